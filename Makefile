@@ -1,0 +1,52 @@
+# connectomix: `make demo` runs the pipeline on the default phantom; `make test` runs the test suite.
+# Both create .venv (pinned from requirements.lock) on first use.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORES  ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-all bench lint lock clean help
+
+help:
+	@echo "make demo      run the whole workflow on config.yaml (the phantom); outputs under results/"
+	@echo "make test      run the test suite (not the tests marked slow)"
+	@echo "make test-all  run every test, slow ones included"
+	@echo "make bench     run the benchmarks (tables under benchmarks/results/)"
+	@echo "make lint      snakemake --lint"
+	@echo "make lock      re-resolve requirements.in into requirements.lock"
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found); set PYTHON=..."; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	@$(BIN)/python -m connectomix.summary results
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+
+lock:
+	rm -rf /tmp/connectomix-lock && $(PYTHON) -m venv /tmp/connectomix-lock
+	/tmp/connectomix-lock/bin/pip install --quiet -r requirements.in
+	( echo "# Exact pins, resolved from requirements.in by 'make lock' (Python 3.11, x86_64). Installed by 'make'."; \
+	  /tmp/connectomix-lock/bin/pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' ) > requirements.lock
+	$(PYTHON) src/connectomix/envs.py .
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,23 @@
+# connectomix: serial-section EM -> connectome. `make demo` runs this on config.yaml (the phantom).
+# Rules are thin: each calls `python -m connectomix STAGE ...` with explicit paths and parameters.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "src/connectomix/schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/phantom.smk"
+include: "rules/ingest.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        [raw_volume_done(name) for name in DATASETS],

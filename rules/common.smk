@@ -1,0 +1,89 @@
+# Shared helpers for the rule files: the validated config, dataset shapes and the block grid.
+import json
+import shlex
+
+from connectomix import config as cmx_config
+from connectomix.blocks import BlockGrid
+
+CFG = cmx_config.validate(config, source="config")
+RESULTS = CFG["results_dir"]
+DATASETS = list(CFG["datasets"])
+ENV = "../envs/connectomix.yaml"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    block=r"z\d+_y\d+_x\d+",
+
+
+def dataset_cfg(name):
+    return CFG["datasets"][name]
+
+
+def volume_path(name):
+    return f"{RESULTS}/{name}/volume.zarr"
+
+
+def is_phantom(name):
+    return "phantom" in dataset_cfg(name)
+
+
+_SHAPES = {}
+
+
+def dataset_shape(name):
+    """Volume shape (z, y, x) in voxels, known before any job runs (phantom params or the source's headers)."""
+    if name not in _SHAPES:
+        ds = dataset_cfg(name)
+        if "phantom" in ds:
+            from connectomix.phantom import PhantomParams
+
+            shape = tuple(PhantomParams.from_dict(ds["phantom"]).shape)
+        else:
+            from connectomix.ingest import probe
+
+            shape = tuple(ds["roi"]["shape"]) if "roi" in ds else tuple(probe(ds["source"]).shape)
+        _SHAPES[name] = shape
+    return _SHAPES[name]
+
+
+def block_grid(name, halo=(0, 0, 0)):
+    return BlockGrid(dataset_shape(name), CFG["blocks"]["shape"], halo, CFG["storage"]["chunk_shape"])
+
+
+def voxels(name):
+    z, y, x = dataset_shape(name)
+    return z * y * x
+
+
+def raw_volume_done(name):
+    """The file that says `raw` (with its pyramid) is complete for a dataset."""
+    if is_phantom(name):
+        return f"{RESULTS}/{name}/gt/phantom.json"
+    return f"{RESULTS}/{name}/ingest.json"
+
+
+def zyx(values):
+    return " ".join(str(v) for v in values)
+
+
+def json_arg(value):
+    """A mapping as one shell-quoted JSON argument."""
+    return shlex.quote(json.dumps(value, sort_keys=True))
+
+
+PHANTOM_DATASETS = [name for name in DATASETS if is_phantom(name)] or ["__none__"]
+SOURCE_DATASETS = [name for name in DATASETS if not is_phantom(name)] or ["__none__"]
+
+
+def slab_resources(factor=8):
+    """Resources for a job that streams a dataset slab by slab (memory bounded by one slab of sections)."""
+
+    def _slab(wc):
+        z, y, x = dataset_shape(wc.dataset)
+        return factor * min(z, CFG["storage"]["chunk_shape"][0]) * y * x
+
+    return {
+        "mem_mb": lambda wc: cmx_config.job_resources(_slab(wc), CFG)["mem_mb"],
+        "runtime": lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"],
+    }

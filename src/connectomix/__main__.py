@@ -1,0 +1,5 @@
+import sys
+
+from connectomix.cli import main
+
+sys.exit(main())

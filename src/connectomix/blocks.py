@@ -1,0 +1,235 @@
+"""The one block grid shared by every blockwise stage.
+
+A volume of ``shape`` voxels (z, y, x) is cut into blocks of ``block_shape`` voxels. Each block has
+
+* an id ``z{i}_y{j}_x{k}`` (grid indices),
+* a *write ROI*: the voxels it owns, aligned to storage chunks and clipped to the volume (edge blocks are smaller),
+* a *read ROI*: the write ROI grown by the stage's halo (context) and clipped to the volume.
+
+Blocks never write outside their write ROI, so blocks of one stage never race. Iteration is in C order of the grid
+indices (z slowest), which is deterministic. Per-block JSON markers are written last and atomically.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+_BLOCK_ID = re.compile(r"^z(\d+)_y(\d+)_x(\d+)$")
+
+
+def _triple(values: Sequence[int], name: str) -> tuple[int, int, int]:
+    values = tuple(int(v) for v in values)
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 3 entries (z, y, x), got {values}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A box of voxels: ``offset`` (inclusive start) and ``shape``, both (z, y, x)."""
+
+    offset: tuple[int, int, int]
+    shape: tuple[int, int, int]
+
+    @property
+    def end(self) -> tuple[int, int, int]:
+        return tuple(o + s for o, s in zip(self.offset, self.shape))  # type: ignore[return-value]
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(o, e) for o, e in zip(self.offset, self.end))  # type: ignore[return-value]
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
+    def grow(self, halo: Sequence[int]) -> "Roi":
+        halo = _triple(halo, "halo")
+        return Roi(
+            tuple(o - h for o, h in zip(self.offset, halo)),  # type: ignore[arg-type]
+            tuple(s + 2 * h for s, h in zip(self.shape, halo)),  # type: ignore[arg-type]
+        )
+
+    def intersect(self, other: "Roi") -> "Roi":
+        start = tuple(max(a, b) for a, b in zip(self.offset, other.offset))
+        end = tuple(min(a, b) for a, b in zip(self.end, other.end))
+        return Roi(start, tuple(max(0, e - s) for s, e in zip(start, end)))  # type: ignore[arg-type]
+
+    def relative_to(self, outer: "Roi") -> tuple[slice, slice, slice]:
+        """Slices that cut this ROI out of an array holding ``outer``."""
+        if any(o < p or e > q for o, p, e, q in zip(self.offset, outer.offset, self.end, outer.end)):
+            raise ValueError(f"{self} is not inside {outer}")
+        return tuple(
+            slice(o - p, o - p + s) for o, p, s in zip(self.offset, outer.offset, self.shape)
+        )  # type: ignore[return-value]
+
+    def to_nm(self, voxel_size: Sequence[float], origin_nm: Sequence[float] = (0, 0, 0)) -> dict:
+        return {
+            "offset_nm": [o * v + g for o, v, g in zip(self.offset, voxel_size, origin_nm)],
+            "shape_nm": [s * v for s, v in zip(self.shape, voxel_size)],
+        }
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a grid: grid index, the ROI it writes and the ROI it reads."""
+
+    index: tuple[int, int, int]
+    write: Roi
+    read: Roi
+
+    @property
+    def id(self) -> str:
+        return block_id(self.index)
+
+    @property
+    def write_in_read(self) -> tuple[slice, slice, slice]:
+        """Slices that crop the write ROI out of an array holding the read ROI."""
+        return self.write.relative_to(self.read)
+
+
+def block_id(index: Sequence[int]) -> str:
+    i, j, k = _triple(index, "block index")
+    return f"z{i}_y{j}_x{k}"
+
+
+def parse_block_id(text: str) -> tuple[int, int, int]:
+    """``'z1_y0_x2'`` -> ``(1, 0, 2)``; a clear error for anything else."""
+    match = _BLOCK_ID.match(text)
+    if not match:
+        raise ValueError(f"bad block id {text!r}: expected the form z<i>_y<j>_x<k>, e.g. z0_y1_x2")
+    return tuple(int(g) for g in match.groups())  # type: ignore[return-value]
+
+
+class BlockGrid:
+    """A grid of blocks over a volume.
+
+    ``block_shape`` must be a multiple of ``chunk_shape`` (when given) so that write ROIs are aligned to storage
+    chunks and no two blocks ever write into the same chunk. ``halo`` is the per-stage context added to read ROIs;
+    it may exceed the volume (read ROIs are clipped).
+    """
+
+    def __init__(
+        self,
+        volume_shape: Sequence[int],
+        block_shape: Sequence[int],
+        halo: Sequence[int] = (0, 0, 0),
+        chunk_shape: Sequence[int] | None = None,
+    ):
+        self.volume_shape = _triple(volume_shape, "volume_shape")
+        self.block_shape = _triple(block_shape, "block_shape")
+        self.halo = _triple(halo, "halo")
+        if any(s <= 0 for s in self.volume_shape):
+            raise ValueError(f"volume_shape must be positive, got {self.volume_shape}")
+        if any(b <= 0 for b in self.block_shape):
+            raise ValueError(f"block_shape must be positive, got {self.block_shape}")
+        if any(h < 0 for h in self.halo):
+            raise ValueError(f"halo must be >= 0, got {self.halo}")
+        if chunk_shape is not None:
+            self.chunk_shape = _triple(chunk_shape, "chunk_shape")
+            bad = [b for b, c in zip(self.block_shape, self.chunk_shape) if c <= 0 or b % c]
+            if bad:
+                raise ValueError(
+                    f"block_shape {self.block_shape} must be a multiple of the storage chunk shape "
+                    f"{self.chunk_shape} so that blocks never share a chunk"
+                )
+        else:
+            self.chunk_shape = None
+        self.volume = Roi((0, 0, 0), self.volume_shape)
+        self.grid_shape: tuple[int, int, int] = tuple(
+            -(-v // b) for v, b in zip(self.volume_shape, self.block_shape)
+        )  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return self.grid_shape[0] * self.grid_shape[1] * self.grid_shape[2]
+
+    def __iter__(self) -> Iterator[Block]:
+        for index in itertools.product(*(range(n) for n in self.grid_shape)):
+            yield self.block(index)
+
+    def __repr__(self) -> str:
+        return (
+            f"BlockGrid(volume_shape={self.volume_shape}, block_shape={self.block_shape}, "
+            f"halo={self.halo}, grid_shape={self.grid_shape})"
+        )
+
+    def ids(self) -> list[str]:
+        return [block_id(index) for index in itertools.product(*(range(n) for n in self.grid_shape))]
+
+    def block(self, index: Sequence[int] | str) -> Block:
+        if isinstance(index, str):
+            index = parse_block_id(index)
+        index = _triple(index, "block index")
+        if any(not 0 <= i < n for i, n in zip(index, self.grid_shape)):
+            raise ValueError(f"block {block_id(index)} is outside the grid {self.grid_shape}")
+        offset = tuple(i * b for i, b in zip(index, self.block_shape))
+        write = Roi(offset, self.block_shape).intersect(self.volume)  # type: ignore[arg-type]
+        read = write.grow(self.halo).intersect(self.volume)
+        return Block(index, write, read)
+
+    def neighbors(self, block: Block) -> list[Block]:
+        """Blocks sharing a face with ``block`` at a higher index (each face listed once over the grid)."""
+        out = []
+        for axis in range(3):
+            index = list(block.index)
+            index[axis] += 1
+            if index[axis] < self.grid_shape[axis]:
+                out.append(self.block(index))
+        return out
+
+
+def atomic_write_json(path: str | os.PathLike, payload: dict) -> None:
+    """Write JSON to ``path`` via a temp file in the same folder and an atomic rename.
+
+    A killed job leaves either the old file or none, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, sort_keys=True, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_marker(path: str | os.PathLike, block: Block, **fields) -> None:
+    """The per-block marker, written last: block id, ROIs and whatever the stage adds (counts, timings, checksums)."""
+    payload = {
+        "block": block.id,
+        "write_offset": list(block.write.offset),
+        "write_shape": list(block.write.shape),
+        "read_offset": list(block.read.offset),
+        "read_shape": list(block.read.shape),
+    }
+    payload.update(fields)
+    atomic_write_json(path, payload)
+
+
+def read_marker(path: str | os.PathLike) -> dict:
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,69 @@
+"""``python -m connectomix STAGE ...``: the command line every Snakemake rule calls.
+
+Each stage lives in ``connectomix.<module>`` and provides ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``--help`` is fast and a heavy import (torch) is paid
+only by the stages that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line description)
+STAGES: dict[str, tuple[str, str]] = {
+    "phantom": ("connectomix.phantom.cli", "generate the ground-truth phantom tissue block"),
+    "ingest": ("connectomix.ingest", "read TIFF/PNG/JPEG/HDF5/zarr/N5 sections into the dataset's OME-Zarr"),
+    "pyramid": ("connectomix.pyramid", "add a multiscale pyramid to an array of an OME-Zarr volume"),
+    "train": ("connectomix.train", "train the U-Net (affinities + synapse maps) on ground truth"),
+    "predict": ("connectomix.predict", "blockwise U-Net inference: affinities and synapse maps"),
+    "segment": ("connectomix.segment", "watershed fragments, agglomeration, stitching, relabelling"),
+    "skeletonize": ("connectomix.skeletonize", "blockwise kimimaro skeletons, merged per segment; morphology"),
+    "synapses": ("connectomix.synapses", "synaptic clefts and partner assignment"),
+    "connectome": ("connectomix.connectome", "neurons, edges and connectome exports"),
+    "coregister": ("connectomix.coregister", "match two-photon ROIs to EM somata"),
+    "analysis": ("connectomix.analysis", "cell types, tuning and like-to-like analyses"),
+    "export": ("connectomix.export", "Neuroglancer precomputed, SWC and report exports"),
+    "evaluate": ("connectomix.evaluate", "accuracy against ground truth; metrics.json"),
+    "check-config": ("connectomix.config", "validate a config file against the schema"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    width = max(len(name) for name in STAGES)
+    listing = "\n".join(f"  {name:<{width}}  {desc}" for name, (_, desc) in STAGES.items())
+    parser = argparse.ArgumentParser(
+        prog="connectomix",
+        description="Connectome reconstruction from serial-section EM. Each command is one pipeline stage.",
+        epilog=f"stages:\n{listing}\n\nRun 'connectomix STAGE --help' for a stage's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("stage", choices=sorted(STAGES), metavar="STAGE", help="the stage to run")
+    parser.add_argument("--version", action="version", version=f"connectomix {_version()}")
+    return parser
+
+
+def _version() -> str:
+    from connectomix.provenance import version
+
+    return version()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in STAGES:
+        _top_parser().parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, description = STAGES[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"connectomix {name}", description=description)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as error:
+        # Bad input: one clear line naming what is wrong, a non-zero exit, no traceback noise.
+        print(f"connectomix {name}: error: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,119 @@
+"""Config loading and validation against ``schemas/config.schema.yaml``, with defaults filled in.
+
+Snakemake validates with ``snakemake.utils.validate`` in the Snakefile; this module does the same without
+Snakemake (for the CLI, notebooks and tests) and fills defaults at every depth, datasets included.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+SCHEMA_FILE = "config.schema.yaml"
+
+
+@functools.lru_cache(maxsize=1)
+def schema() -> dict:
+    text = resources.files("connectomix").joinpath("schemas", SCHEMA_FILE).read_text()
+    return yaml.safe_load(text)
+
+
+def schema_path() -> Path:
+    return Path(str(resources.files("connectomix").joinpath("schemas", SCHEMA_FILE)))
+
+
+def _resolve(node: dict, root: dict) -> dict:
+    while "$ref" in node:
+        target = root
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _fill(value, node: dict, root: dict):
+    node = _resolve(node, root)
+    if value is None and "default" in node:
+        value = copy.deepcopy(node["default"])
+    if isinstance(value, dict):
+        for key, sub in node.get("properties", {}).items():
+            filled = _fill(value.get(key), sub, root)
+            if filled is not None:
+                value[key] = filled
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in value:
+                if key not in node.get("properties", {}):
+                    value[key] = _fill(value[key], extra, root)
+    return value
+
+
+def validate(config: dict, source: str = "config") -> dict:
+    """Validate ``config`` and return a copy with every default filled in.
+
+    Raises ``ValueError`` naming the offending key, the value and what the schema expects.
+    """
+    import jsonschema
+
+    root = schema()
+    validator = jsonschema.Draft202012Validator(root)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ValueError(f"{source}: invalid value at '{where}': {error.message}")
+    config = _fill(copy.deepcopy(config), root, root)
+    _check_consistency(config, source)
+    return config
+
+
+def _check_consistency(config: dict, source: str) -> None:
+    chunk = config["storage"]["chunk_shape"]
+    block = config["blocks"]["shape"]
+    if any(b % c for b, c in zip(block, chunk)):
+        raise ValueError(
+            f"{source}: blocks.shape {block} must be a multiple of storage.chunk_shape {chunk} (z, y, x)"
+        )
+
+
+def load(path: str | Path) -> dict:
+    """Read a YAML config file, validate it and fill defaults."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from error
+    return validate(config, source=str(path))
+
+
+def job_resources(read_voxels: int, config: dict) -> dict:
+    """mem_mb and runtime (minutes) for a job that reads ``read_voxels`` voxels, from the `resources` section."""
+    res = config["resources"]
+    mvox = read_voxels / 1e6
+    return {
+        "mem_mb": max(res["min_mem_mb"], int(res["mem_mb_per_mvoxel"] * mvox)),
+        "runtime": max(res["min_runtime_min"], int(res["runtime_min_per_mvoxel"] * mvox + 0.999)),
+    }
+
+
+# --- CLI: `connectomix check-config` ---------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", help="YAML config file to validate")
+    parser.add_argument("--print", action="store_true", help="print the config with defaults filled in")
+
+
+def run(args) -> int:
+    config = load(args.config)
+    if args.print:
+        print(yaml.safe_dump(config, sort_keys=False))
+    else:
+        print(f"{args.config}: valid ({len(config['datasets'])} dataset(s))")
+    return 0

@@ -1,0 +1,282 @@
+"""OME-Zarr (NGFF 0.4) volumes: one group per dataset, one multiscale image per named array.
+
+Layout of ``results/{dataset}/volume.zarr``::
+
+    raw/0, raw/1, ...            uint8 images, pyramid by mean
+    gt/labels/0, ...             uint64 labels, pyramid by mode
+    affinities/0, ...            (c, z, y, x) arrays have a channel axis
+
+Every named array is a group carrying NGFF ``multiscales`` metadata (axes (c,) z, y, x; voxel size and offset
+in nanometres as scale and translation), so napari, ome-zarr-py and Neuroglancer read it. Arrays are zarr format 2
+with '/' chunk keys, as NGFF 0.4 prescribes. Extra attributes (provenance, quantization scale) go under the
+``connectomix`` key of the group.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import zarr
+
+NGFF_VERSION = "0.4"
+LABEL_DTYPE = np.uint64
+
+
+@dataclass(frozen=True)
+class VolumeMeta:
+    """What a named array's metadata says about level 0."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+    voxel_size: tuple[float, float, float]  # nm (z, y, x)
+    offset_nm: tuple[float, float, float]
+    channels: tuple[str, ...] | None
+    levels: int
+    is_label: bool
+    attrs: dict
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        return tuple(self.shape[-3:])  # type: ignore[return-value]
+
+    @property
+    def spatial_chunks(self) -> tuple[int, int, int]:
+        return tuple(self.chunks[-3:])  # type: ignore[return-value]
+
+
+def _compressor():
+    from numcodecs import Blosc
+
+    return Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
+
+
+def _axes(has_channels: bool) -> list[dict]:
+    axes = [{"name": "c", "type": "channel"}] if has_channels else []
+    axes += [{"name": a, "type": "space", "unit": "nanometer"} for a in ("z", "y", "x")]
+    return axes
+
+
+def _dataset_entry(level: int, scale_zyx, offset_nm, has_channels: bool) -> dict:
+    lead = [1.0] if has_channels else []
+    return {
+        "path": str(level),
+        "coordinateTransformations": [
+            {"type": "scale", "scale": lead + [float(s) for s in scale_zyx]},
+            {"type": "translation", "translation": [0.0] * len(lead) + [float(o) for o in offset_nm]},
+        ],
+    }
+
+
+def open_root(root: str | os.PathLike, mode: str = "a") -> zarr.Group:
+    """The dataset's OME-Zarr group (created in mode 'a' if missing)."""
+    if mode == "r" and not Path(root).exists():
+        raise FileNotFoundError(f"no OME-Zarr volume at {root}")
+    return zarr.open_group(str(root), mode=mode, zarr_format=2)
+
+
+def create_array(
+    root: str | os.PathLike,
+    name: str,
+    shape: Sequence[int],
+    dtype,
+    chunks: Sequence[int],
+    voxel_size: Sequence[float],
+    offset_nm: Sequence[float] = (0.0, 0.0, 0.0),
+    channels: Sequence[str] | None = None,
+    is_label: bool = False,
+    attrs: dict | None = None,
+    fill_value=0,
+) -> zarr.Array:
+    """Create (replacing any old one) the multiscale group ``name`` with an empty level-0 array.
+
+    ``shape`` and ``chunks`` are (z, y, x), or (c, z, y, x) when ``channels`` names the channels.
+    Returns the level-0 array, ready for blockwise writes.
+    """
+    shape = tuple(int(s) for s in shape)
+    chunks = tuple(int(c) for c in chunks)
+    has_channels = channels is not None
+    ndim = 4 if has_channels else 3
+    if len(shape) != ndim or len(chunks) != ndim:
+        raise ValueError(
+            f"{name}: shape {shape} and chunks {chunks} must have {ndim} axes "
+            f"({'c, ' if has_channels else ''}z, y, x)"
+        )
+    if has_channels and len(channels) != shape[0]:
+        raise ValueError(f"{name}: {len(channels)} channel names for {shape[0]} channels")
+    chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
+    group = open_root(root)
+    if name in group:
+        del group[name]
+        shutil.rmtree(Path(root) / name, ignore_errors=True)
+    sub = group.require_group(name)
+    array = sub.create_array(
+        "0",
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=fill_value,
+        compressors=_compressor(),
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+        overwrite=True,
+    )
+    _write_multiscales(sub, name, 1, (1, 1, 1), voxel_size, offset_nm, has_channels, is_label)
+    meta = {"voxel_size": [float(v) for v in voxel_size], "offset_nm": [float(o) for o in offset_nm]}
+    if has_channels:
+        meta["channels"] = list(channels)
+    meta.update(attrs or {})
+    sub.attrs["connectomix"] = meta
+    return array
+
+
+def _write_multiscales(group, name, levels, factor, voxel_size, offset_nm, has_channels, is_label):
+    datasets = []
+    for level in range(levels):
+        scale = [v * f**level for v, f in zip(voxel_size, factor)]
+        # NGFF: a coarser voxel's centre shifts by half the extra size.
+        shift = [o + (v * (f**level - 1)) / 2 for o, v, f in zip(offset_nm, voxel_size, factor)]
+        datasets.append(_dataset_entry(level, scale, shift, has_channels))
+    group.attrs["multiscales"] = [
+        {
+            "version": NGFF_VERSION,
+            "name": name,
+            "axes": _axes(has_channels),
+            "datasets": datasets,
+            "type": "mode" if is_label else "mean",
+        }
+    ]
+    if is_label:
+        group.attrs["image-label"] = {"version": NGFF_VERSION}
+
+
+def open_array(root: str | os.PathLike, name: str, level: int = 0, mode: str = "r") -> zarr.Array:
+    """Open level ``level`` of the named array; a clear error if it is missing."""
+    path = Path(root) / name / str(level)
+    if not (path / ".zarray").exists():
+        raise FileNotFoundError(f"no array '{name}' level {level} in {root} (looked for {path})")
+    return zarr.open_array(str(path), mode=mode, zarr_format=2)
+
+
+def has_array(root: str | os.PathLike, name: str) -> bool:
+    return (Path(root) / name / "0" / ".zarray").exists()
+
+
+def read_meta(root: str | os.PathLike, name: str) -> VolumeMeta:
+    """Metadata of a named array (level 0): voxel size, offset, channels, pyramid levels, extra attributes."""
+    array = open_array(root, name)
+    group = zarr.open_group(str(Path(root) / name), mode="r", zarr_format=2)
+    ms = group.attrs.get("multiscales")
+    if not ms:
+        raise ValueError(f"{Path(root) / name} has no NGFF 'multiscales' metadata")
+    extra = dict(group.attrs.get("connectomix", {}))
+    return VolumeMeta(
+        name=name,
+        shape=tuple(array.shape),
+        dtype=array.dtype,
+        chunks=tuple(array.chunks),
+        voxel_size=tuple(extra.get("voxel_size", ms[0]["datasets"][0]["coordinateTransformations"][0]["scale"][-3:])),
+        offset_nm=tuple(extra.get("offset_nm", (0.0, 0.0, 0.0))),
+        channels=tuple(extra["channels"]) if "channels" in extra else None,
+        levels=len(ms[0]["datasets"]),
+        is_label="image-label" in group.attrs,
+        attrs=extra,
+    )
+
+
+def update_attrs(root: str | os.PathLike, name: str, **fields) -> None:
+    """Merge ``fields`` into the named array's ``connectomix`` attributes."""
+    group = zarr.open_group(str(Path(root) / name), mode="a", zarr_format=2)
+    meta = dict(group.attrs.get("connectomix", {}))
+    meta.update(fields)
+    group.attrs["connectomix"] = meta
+
+
+def write_full(root, name, data: np.ndarray, chunks, voxel_size, offset_nm=(0, 0, 0), **kwargs) -> zarr.Array:
+    """Create the named array and write ``data`` into it (for small volumes: phantoms, tests)."""
+    array = create_array(root, name, data.shape, data.dtype, chunks, voxel_size, offset_nm, **kwargs)
+    array[...] = data
+    return array
+
+
+# --- pyramid -------------------------------------------------------------------------------------------------
+
+
+def _mode_pool(block: np.ndarray, factor: tuple[int, ...]) -> np.ndarray:
+    """Most frequent value in each window (ties go to the smallest value); shape divisible by ``factor``."""
+    shape = []
+    for s, f in zip(block.shape, factor):
+        shape += [s // f, f]
+    windows = block.reshape(shape)
+    nd = block.ndim
+    windows = windows.transpose(list(range(0, 2 * nd, 2)) + list(range(1, 2 * nd, 2)))
+    windows = windows.reshape(windows.shape[:nd] + (-1,))
+    windows = np.sort(windows, axis=-1)
+    counts = (windows[..., :, None] == windows[..., None, :]).sum(axis=-1)
+    pick = np.argmax(counts, axis=-1)
+    return np.take_along_axis(windows, pick[..., None], axis=-1)[..., 0]
+
+
+def _mean_pool(block: np.ndarray, factor: tuple[int, ...], dtype) -> np.ndarray:
+    shape = []
+    for s, f in zip(block.shape, factor):
+        shape += [s // f, f]
+    mean = block.reshape(shape).mean(axis=tuple(range(1, 2 * block.ndim, 2)))
+    if np.issubdtype(dtype, np.integer):
+        mean = np.rint(mean)
+    return mean.astype(dtype)
+
+
+def build_pyramid(
+    root: str | os.PathLike,
+    name: str,
+    levels: int,
+    factor: Sequence[int] = (1, 2, 2),
+) -> int:
+    """Add levels 1..levels-1 to the named array, each from the one before, blockwise with dask.
+
+    Images are averaged; labels take the most frequent label in each window (mode). Levels stop early when a
+    dimension would drop below one window. Returns the number of levels written (level 0 included).
+    """
+    import dask.array as da
+
+    meta = read_meta(root, name)
+    factor = tuple(int(f) for f in factor)
+    if len(factor) != 3 or any(f < 1 for f in factor):
+        raise ValueError(f"pyramid factor must be 3 positive integers (z, y, x), got {factor}")
+    full_factor = ((1,) if meta.channels is not None else ()) + factor
+    group = zarr.open_group(str(Path(root) / name), mode="a", zarr_format=2)
+    for key in list(group.array_keys()):
+        if key != "0":
+            del group[key]
+    written = 1
+    for level in range(1, levels):
+        source = open_array(root, name, level - 1)
+        out_shape = tuple(s // f for s, f in zip(source.shape, full_factor))
+        if min(out_shape[-3:]) < 1:
+            break
+        src = da.from_zarr(source)
+        # Work in chunks that are whole multiples of the window so each output chunk comes from one task.
+        work_chunks = tuple(max(f, (c // f) * f) for c, f in zip(source.chunks, full_factor))
+        src = src[tuple(slice(0, o * f) for o, f in zip(out_shape, full_factor))].rechunk(work_chunks)
+        if meta.is_label:
+            pooled = src.map_blocks(_mode_pool, full_factor, dtype=source.dtype,
+                                    chunks=tuple(tuple(c // f for c in cs) for cs, f in zip(src.chunks, full_factor)))
+        else:
+            pooled = src.map_blocks(_mean_pool, full_factor, source.dtype, dtype=source.dtype,
+                                    chunks=tuple(tuple(c // f for c in cs) for cs, f in zip(src.chunks, full_factor)))
+        target = group.create_array(
+            str(level), shape=out_shape, chunks=tuple(min(c, s) for c, s in zip(meta.chunks, out_shape)),
+            dtype=source.dtype, fill_value=0, compressors=_compressor(),
+            chunk_key_encoding={"name": "v2", "separator": "/"}, overwrite=True,
+        )
+        da.store(pooled.rechunk(target.chunks), target, lock=False)  # chunks aligned: no two tasks share one
+        written += 1
+    _write_multiscales(group, name, written, factor, meta.voxel_size, meta.offset_nm,
+                       meta.channels is not None, meta.is_label)
+    return written

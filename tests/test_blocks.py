@@ -1,0 +1,86 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from connectomix.blocks import BlockGrid, Roi, atomic_write_json, block_id, parse_block_id, read_marker, write_marker
+
+
+def test_block_ids_round_trip_and_bad_ids():
+    assert block_id((1, 0, 12)) == "z1_y0_x12"
+    assert parse_block_id("z1_y0_x12") == (1, 0, 12)
+    for bad in ("z1_y0", "1_0_2", "z1_y0_x2 ", "zA_y0_x0"):
+        with pytest.raises(ValueError, match="bad block id"):
+            parse_block_id(bad)
+
+
+def test_write_rois_tile_volume_exactly_when_not_divisible():
+    grid = BlockGrid((10, 37, 50), (4, 16, 16), chunk_shape=(2, 8, 8))
+    assert grid.grid_shape == (3, 3, 4)
+    cover = np.zeros(grid.volume_shape, dtype=int)
+    for block in grid:
+        cover[block.write.slices] += 1
+        assert all(o % c == 0 for o, c in zip(block.write.offset, (2, 8, 8))), "write ROI not chunk aligned"
+    assert (cover == 1).all(), "every voxel must be written by exactly one block"
+    edge = grid.block("z2_y2_x3")
+    assert edge.write.offset == (8, 32, 48) and edge.write.shape == (2, 5, 2)
+
+
+def test_read_roi_is_write_plus_halo_clipped():
+    grid = BlockGrid((20, 100, 100), (10, 50, 50), halo=(2, 8, 8))
+    inner = grid.block((1, 1, 0))
+    assert inner.read.offset == (8, 42, 0)  # clipped at x = 0
+    assert inner.read.end == (20, 100, 58)  # clipped at the far z and y faces
+    data = np.arange(20 * 100 * 100).reshape(20, 100, 100)
+    cropped = data[inner.read.slices][inner.write_in_read]
+    assert np.array_equal(cropped, data[inner.write.slices])
+
+
+def test_halo_larger_than_volume_reads_whole_volume():
+    grid = BlockGrid((3, 20, 20), (2, 10, 10), halo=(5, 50, 50))
+    for block in grid:
+        assert block.read == Roi((0, 0, 0), (3, 20, 20))
+        assert block.read.relative_to(block.read) == block.read.slices
+
+
+def test_iteration_order_is_deterministic_c_order():
+    grid = BlockGrid((4, 4, 4), (2, 2, 2))
+    ids = [b.id for b in grid]
+    assert ids == grid.ids()
+    assert ids[:3] == ["z0_y0_x0", "z0_y0_x1", "z0_y1_x0"] and ids[-1] == "z1_y1_x1"
+    assert len(ids) == len(grid) == 8
+
+
+def test_neighbors_list_each_face_once():
+    grid = BlockGrid((4, 4, 4), (2, 2, 2))
+    faces = {(a.id, b.id) for a in grid for b in grid.neighbors(a)}
+    assert len(faces) == 12  # a 2x2x2 grid has 12 internal faces
+
+
+def test_block_shape_must_align_to_chunks_and_be_valid():
+    with pytest.raises(ValueError, match="multiple of the storage chunk"):
+        BlockGrid((10, 10, 10), (5, 5, 5), chunk_shape=(2, 5, 5))
+    with pytest.raises(ValueError, match="positive"):
+        BlockGrid((10, 0, 10), (5, 5, 5))
+    with pytest.raises(ValueError, match="outside the grid"):
+        BlockGrid((10, 10, 10), (5, 5, 5)).block("z2_y0_x0")
+
+
+def test_marker_written_atomically(tmp_path):
+    grid = BlockGrid((4, 4, 4), (2, 2, 2))
+    path = tmp_path / "blocks" / "stage" / "z0_y0_x1.json"
+    write_marker(path, grid.block("z0_y0_x1"), voxels=np.int64(8), seconds=0.5)
+    marker = read_marker(path)
+    assert marker["block"] == "z0_y0_x1" and marker["write_offset"] == [0, 0, 2] and marker["voxels"] == 8
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "no temp files left behind"
+
+
+def test_atomic_write_keeps_old_file_when_serialization_fails(tmp_path):
+    path = tmp_path / "m.json"
+    atomic_write_json(path, {"ok": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"bad": object()})
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert sorted(os.listdir(tmp_path)) == ["m.json"]

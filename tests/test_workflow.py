@@ -1,0 +1,116 @@
+"""The workflow house: CLI, config schema, Snakemake lint and dry-run plans, env pins."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from connectomix import cli
+from connectomix import config as cmx_config
+from connectomix.envs import lock_pins
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def test_cli_lists_every_stage_and_each_has_help(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listing = capsys.readouterr().out
+    for name in cli.STAGES:
+        assert name in listing
+    available = [n for n, (m, _) in cli.STAGES.items() if _module_exists(m)]
+    assert {"phantom", "ingest", "pyramid", "check-config"} <= set(available)
+    for name in available:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: connectomix " + name in capsys.readouterr().out
+
+
+def _module_exists(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_default_config_is_valid_and_defaults_filled():
+    config = cmx_config.load(REPO / "config.yaml")
+    assert config["storage"]["chunk_shape"] == [8, 64, 64]
+    assert config["datasets"]["phantom"]["offset_nm"] == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"blocks": {"shape": [24, 100, 100]}}, "multiple of storage.chunk_shape"),
+        ({"datasets": {"d": {"voxel_size": [40, 8]}}}, "datasets/d/voxel_size"),
+        ({"datasets": {"d": {"voxel_size": [40, 8, 8]}}}, "datasets/d"),
+        ({"pyramid": {"levels": 0}}, "pyramid/levels"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_bad_config_names_the_key(patch, message):
+    config = {"datasets": {"phantom": {"voxel_size": [40, 8, 8], "phantom": {}}}}
+    config.update(patch)
+    with pytest.raises(ValueError, match=message):
+        cmx_config.validate(config)
+
+
+def test_schema_documents_every_property():
+    missing = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, sub in node.get("properties", {}).items():
+                if isinstance(sub, dict) and "description" not in sub and "$ref" not in sub:
+                    missing.append(f"{path}.{key}")
+                walk(sub, f"{path}.{key}")
+            for key in ("additionalProperties", "items"):
+                if isinstance(node.get(key), dict):
+                    walk(node[key], path + "[*]")
+            for key, sub in node.get("$defs", {}).items():
+                walk(sub, f"$defs.{key}")
+
+    walk(cmx_config.schema(), "config")
+    assert not missing, f"schema keys without a description: {missing}"
+
+
+def _snakemake(*args, cwd=REPO, timeout=240):
+    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_snakemake_lint_is_clean():
+    result = _snakemake("--lint")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Lints for" not in output, output
+
+
+def test_dry_run_plans_the_full_dag(tmp_path):
+    result = _snakemake("-n", "--quiet", "rules", "--directory", str(REPO), "--config", f"results_dir={tmp_path}/results")
+    assert result.returncode == 0, result.stderr
+    assert "phantom" in result.stdout
+
+
+def test_env_file_pins_exactly_the_lock():
+    env = yaml.safe_load((REPO / "envs" / "connectomix.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert [p for p in pip if not p.startswith("--")] == lock_pins(REPO / "requirements.lock")
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_every_rule_declares_conda_threads_and_resources():
+    for smk in (REPO / "rules").glob("*.smk"):
+        text = smk.read_text()
+        for block in text.split("\nrule ")[1:]:
+            name = block.split(":")[0]
+            if "shell:" not in block and "script:" not in block:
+                continue
+            for key in ("conda:", "threads:", "resources:", "log:"):
+                assert key in block, f"{smk.name}: rule {name} lacks {key}"
