@@ -13,6 +13,14 @@ validate(config, "src/connectomix/schemas/config.schema.yaml")
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    block=r"z\d+_y\d+_x\d+",
+
+
+
 include: "rules/phantom.smk"
 include: "rules/ingest.smk"
 

@@ -1,4 +1,4 @@
-# Shared helpers for the rule files: the validated config, dataset shapes and the block grid.
+# Shared helpers for all rules: the validated config, dataset shapes and the block grid.
 import json
 import shlex
 
@@ -9,11 +9,6 @@ CFG = cmx_config.validate(config, source="config")
 RESULTS = CFG["results_dir"]
 DATASETS = list(CFG["datasets"])
 ENV = "../envs/connectomix.yaml"
-
-
-wildcard_constraints:
-    dataset="|".join(DATASETS),
-    block=r"z\d+_y\d+_x\d+",
 
 
 def dataset_cfg(name):
@@ -61,6 +56,20 @@ def raw_volume_done(name):
     if is_phantom(name):
         return f"{RESULTS}/{name}/gt/phantom.json"
     return f"{RESULTS}/{name}/ingest.json"
+
+
+def roi_args(wc):
+    """CLI arguments cropping a dataset to its configured ROI (empty when it has none)."""
+    roi = dataset_cfg(wc.dataset).get("roi")
+    return f"--roi-offset {zyx(roi['offset'])} --roi-shape {zyx(roi['shape'])}" if roi else ""
+
+
+def dataset_dir(wc):
+    return f"{RESULTS}/{wc.dataset}"
+
+
+def volume_of(wc):
+    return volume_path(wc.dataset)
 
 
 def zyx(values):

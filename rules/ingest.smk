@@ -1,11 +1,6 @@
 # ingest: raw EM sections (TIFF, PNG/JPEG, HDF5, zarr, N5) -> `raw` in the dataset's OME-Zarr, with its pyramid.
 
 
-def _roi_args(wc):
-    roi = dataset_cfg(wc.dataset).get("roi")
-    return f"--roi-offset {zyx(roi['offset'])} --roi-shape {zyx(roi['shape'])}" if roi else ""
-
-
 rule ingest:
     wildcard_constraints:
         dataset="|".join(SOURCE_DATASETS),
@@ -13,10 +8,11 @@ rule ingest:
         summary=f"{RESULTS}/{{dataset}}/ingest.json",
         raw=directory(f"{RESULTS}/{{dataset}}/volume.zarr/raw"),
     params:
+        volume=volume_of,
         source=lambda wc: json_arg(dataset_cfg(wc.dataset)["source"]),
         voxel_size=lambda wc: zyx(dataset_cfg(wc.dataset)["voxel_size"]),
         offset=lambda wc: zyx(dataset_cfg(wc.dataset)["offset_nm"]),
-        roi=_roi_args,
+        roi=roi_args,
         chunks=zyx(CFG["storage"]["chunk_shape"]),
         levels=CFG["pyramid"]["levels"],
         factor=zyx(CFG["pyramid"]["factor"]),
@@ -29,7 +25,7 @@ rule ingest:
         **slab_resources(),
     shell:
         "python -m connectomix ingest --source {params.source} "
-        "--volume {RESULTS}/{wildcards.dataset}/volume.zarr --voxel-size {params.voxel_size} "
+        "--volume {params.volume} --voxel-size {params.voxel_size} "
         "--offset-nm {params.offset} --chunk-shape {params.chunks} {params.roi} "
         "--pyramid-levels {params.levels} --pyramid-factor {params.factor} "
         "--summary {output.summary} > {log} 2>&1"

@@ -9,6 +9,8 @@ rule phantom:
         raw=directory(f"{RESULTS}/{{dataset}}/volume.zarr/raw"),
         gt=directory(f"{RESULTS}/{{dataset}}/volume.zarr/gt"),
     params:
+        out_dir=dataset_dir,
+        volume=volume_of,
         spec=lambda wc: json_arg(dataset_cfg(wc.dataset)["phantom"]),
         voxel_size=lambda wc: zyx(dataset_cfg(wc.dataset)["voxel_size"]),
         offset=lambda wc: zyx(dataset_cfg(wc.dataset)["offset_nm"]),
@@ -24,7 +26,7 @@ rule phantom:
         mem_mb=lambda wc: cmx_config.job_resources(40 * voxels(wc.dataset), CFG)["mem_mb"],
         runtime=lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"],
     shell:
-        "python -m connectomix phantom --out-dir {RESULTS}/{wildcards.dataset} "
-        "--volume {RESULTS}/{wildcards.dataset}/volume.zarr --params {params.spec} "
+        "python -m connectomix phantom --out-dir {params.out_dir} "
+        "--volume {params.volume} --params {params.spec} "
         "--voxel-size {params.voxel_size} --offset-nm {params.offset} --chunk-shape {params.chunks} "
         "--pyramid-levels {params.levels} --pyramid-factor {params.factor} > {log} 2>&1"

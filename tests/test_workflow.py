@@ -50,7 +50,8 @@ def test_default_config_is_valid_and_defaults_filled():
     [
         ({"blocks": {"shape": [24, 100, 100]}}, "multiple of storage.chunk_shape"),
         ({"datasets": {"d": {"voxel_size": [40, 8]}}}, "datasets/d/voxel_size"),
-        ({"datasets": {"d": {"voxel_size": [40, 8, 8]}}}, "datasets/d"),
+        ({"datasets": {"d": {"voxel_size": [40, 8, 8]}}}, "dataset 'd' must have exactly one of"),
+        ({"datasets": {"d": {"voxel_size": [40, 8, 8], "phantom": {}, "source": {"path": "x"}}}}, "exactly one"),
         ({"pyramid": {"levels": 0}}, "pyramid/levels"),
         ({"bogus": 1}, "bogus"),
     ],

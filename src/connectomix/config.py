@@ -61,9 +61,11 @@ def validate(config: dict, source: str = "config") -> dict:
 
     root = schema()
     validator = jsonschema.Draft202012Validator(root)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        error = errors[0]
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        # Descend into oneOf/anyOf so the message names the deepest offending key.
+        while error.context:
+            error = jsonschema.exceptions.best_match(error.context)
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ValueError(f"{source}: invalid value at '{where}': {error.message}")
     config = _fill(copy.deepcopy(config), root, root)
@@ -72,6 +74,13 @@ def validate(config: dict, source: str = "config") -> dict:
 
 
 def _check_consistency(config: dict, source: str) -> None:
+    for name, dataset in config["datasets"].items():
+        kinds = [key for key in ("phantom", "source") if key in dataset]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"{source}: dataset '{name}' must have exactly one of 'phantom' (generate) or 'source' (ingest), "
+                f"found {kinds or 'neither'}"
+            )
     chunk = config["storage"]["chunk_shape"]
     block = config["blocks"]["shape"]
     if any(b % c for b, c in zip(block, chunk)):
