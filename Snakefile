@@ -28,4 +28,4 @@ include: "rules/ingest.smk"
 rule all:
     default_target: True
     input:
-        [raw_volume_done(name) for name in DATASETS],
+        [path for targets in FINAL_TARGETS.values() for name in DATASETS for path in targets(name)],

@@ -10,6 +10,10 @@ RESULTS = CFG["results_dir"]
 DATASETS = list(CFG["datasets"])
 ENV = "../envs/connectomix.yaml"
 
+# Final outputs per stage, registered by each stage's .smk as FINAL_TARGETS["stage"] = function(dataset) -> paths.
+# The default target (all) requests them for every dataset.
+FINAL_TARGETS = {}
+
 
 def dataset_cfg(name):
     return CFG["datasets"][name]

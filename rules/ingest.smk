@@ -1,6 +1,9 @@
 # ingest: raw EM sections (TIFF, PNG/JPEG, HDF5, zarr, N5) -> `raw` in the dataset's OME-Zarr, with its pyramid.
 
 
+FINAL_TARGETS["ingest"] = lambda name: [] if is_phantom(name) else [raw_volume_done(name)]
+
+
 rule ingest:
     wildcard_constraints:
         dataset="|".join(SOURCE_DATASETS),

@@ -1,6 +1,9 @@
 # phantom: a synthetic EM block with full ground truth (the default dataset).
 
 
+FINAL_TARGETS["phantom"] = lambda name: [raw_volume_done(name)] if is_phantom(name) else []
+
+
 rule phantom:
     wildcard_constraints:
         dataset="|".join(PHANTOM_DATASETS),
