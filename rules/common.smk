@@ -13,6 +13,9 @@ ENV = "../envs/connectomix.yaml"
 # Final outputs per stage, registered by each stage's .smk as FINAL_TARGETS["stage"] = function(dataset) -> paths.
 # The default target (all) requests them for every dataset.
 FINAL_TARGETS = {}
+# Per-stage metric files (results/{dataset}/eval/{stage}.json), registered the same way as
+# EVAL_TARGETS["stage"] = function(dataset) -> paths; the metrics step merges them into eval/metrics.json.
+EVAL_TARGETS = {}
 
 
 def dataset_cfg(name):
