@@ -155,6 +155,13 @@ def _write_multiscales(group, name, levels, factor, voxel_size, offset_nm, has_c
         group.attrs["image-label"] = {"version": NGFF_VERSION}
 
 
+def delete_array(root: str | os.PathLike, name: str) -> None:
+    """Remove a named array (all levels) if present: what a failed job calls so no partial output survives."""
+    path = Path(root) / name
+    if path.exists():
+        shutil.rmtree(path)
+
+
 def open_array(root: str | os.PathLike, name: str, level: int = 0, mode: str = "r") -> zarr.Array:
     """Open level ``level`` of the named array; a clear error if it is missing."""
     path = Path(root) / name / str(level)
@@ -237,11 +244,13 @@ def build_pyramid(
     name: str,
     levels: int,
     factor: Sequence[int] = (1, 2, 2),
+    workers: int | None = None,
 ) -> int:
     """Add levels 1..levels-1 to the named array, each from the one before, blockwise with dask.
 
     Images are averaged; labels take the most frequent label in each window (mode). Levels stop early when a
-    dimension would drop below one window. Returns the number of levels written (level 0 included).
+    dimension would drop below one window. ``workers`` caps dask's threads (default: the job's CPU affinity).
+    Returns the number of levels written (level 0 included).
     """
     import dask.array as da
 
@@ -275,7 +284,8 @@ def build_pyramid(
             dtype=source.dtype, fill_value=0, compressors=_compressor(),
             chunk_key_encoding={"name": "v2", "separator": "/"}, overwrite=True,
         )
-        da.store(pooled.rechunk(target.chunks), target, lock=False)  # chunks aligned: no two tasks share one
+        da.store(pooled.rechunk(target.chunks), target, lock=False, scheduler="threads",
+                 num_workers=workers or len(os.sched_getaffinity(0)))  # chunks aligned: no two tasks share one
         written += 1
     _write_multiscales(group, name, written, factor, meta.voxel_size, meta.offset_nm,
                        meta.channels is not None, meta.is_label)
