@@ -1,0 +1,204 @@
+"""Co-registration: functional input validation, transform fits, the ILP assignment, CLI and evaluation."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from connectomix import cli
+from connectomix import coregister as cr
+from connectomix.analysis.synthetic import make_dataset, rotation
+
+
+# --- assignment ----------------------------------------------------------------------------------------------------
+
+
+def test_ilp_matches_within_gate_and_leaves_far_roi_unmatched():
+    d = np.array([[1.0, 9.0], [9.0, 1.5], [7.0, 8.0]])  # ROI 2 is beyond the gate of 4 from every soma
+    out = cr.assign_ilp(d, gate=4.0)
+    assert out["soma"].tolist() == [0, 1, -1]
+    assert out.loc[:1, "distance"].tolist() == [1.0, 1.5]
+    assert np.isnan(out.loc[2, "distance"]) and out.loc[2, "confidence"] == 0
+    assert (out.loc[:1, "confidence"] > 0.5).all()
+
+
+def test_ilp_two_equidistant_rois_share_one_soma_at_most_once():
+    d = np.array([[1.0], [1.0]])
+    out = cr.assign_ilp(d, gate=4.0)
+    assert sorted(out["soma"].tolist()) == [-1, 0]  # one matched, the other left unmatched
+    matched = out[out["soma"] == 0]
+    assert matched["confidence"].iloc[0] <= 0.5  # the ambiguity shows in the confidence
+
+
+def test_ilp_finds_the_global_optimum_not_the_greedy_one():
+    # Greedy (closest first) gives ROI0->soma0 (1.0) and leaves ROI1 unmatched (cost 4): total 5.
+    # The optimum swaps: ROI0->soma1 (1.2) + ROI1->soma0 (1.1) = 2.3.
+    d = np.array([[1.0, 1.2], [1.1, 50.0]])
+    out = cr.assign_ilp(d, gate=4.0)
+    assert out["soma"].tolist() == [1, 0]
+
+
+def test_ilp_unmatched_cost_below_distance_leaves_roi_unmatched():
+    d = np.array([[3.0]])
+    assert cr.assign_ilp(d, gate=4.0, unmatched_cost=2.0)["soma"].tolist() == [-1]
+    assert cr.assign_ilp(d, gate=4.0, unmatched_cost=3.5)["soma"].tolist() == [0]
+
+
+# --- transforms ----------------------------------------------------------------------------------------------------
+
+
+def _true_affine():
+    m = np.eye(4)
+    m[:3, :3] = rotation(-50, 12) @ np.diag([1.01e-3, 0.97e-3, 1.0e-3])
+    m[:3, 3] = [30.0, 400.0, -25.0]
+    return m
+
+
+def test_fit_affine_recovers_exact_landmarks():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 1e5, (6, 3))
+    m = _true_affine()
+    fit = cr.fit_from_landmarks(src, cr.apply_affine(m, src))
+    np.testing.assert_allclose(fit, m, rtol=1e-6, atol=1e-6)
+
+
+def test_transform_recovered_from_noisy_partial_overlap_with_outliers():
+    """Unknown correspondences: 30 % of somata not imaged, 25 ROIs outside the EM block, 0.5 µm noise."""
+    rng = np.random.default_rng(4)
+    em = []
+    while len(em) < 120:
+        p = rng.uniform(0, 1, 3) * [110e3, 110e3, 60e3]
+        if all(np.linalg.norm(p - q) > 9e3 for q in em):
+            em.append(p)
+    em = np.array(em)
+    m = _true_affine()
+    img = cr.apply_affine(m, em)
+    imaged = rng.random(len(em)) < 0.7
+    rois = img[imaged] + rng.normal(0, 0.5, (imaged.sum(), 3))
+    outliers = []
+    while len(outliers) < 25:  # cells imaged beyond the EM block: no partner
+        c = rng.uniform(img.min(0) - 50, img.max(0) + 50)
+        if np.linalg.norm(img - c, axis=1).min() > 12:
+            outliers.append(c)
+    q = np.vstack([rois, outliers])
+    truth = np.concatenate([np.flatnonzero(imaged), -np.ones(len(outliers), int)])
+
+    params = cr.merged_params({})
+    fit = cr.estimate_transform(em, q, params)
+    err = np.linalg.norm(cr.apply_affine(fit.matrix, em) - img, axis=1)
+    assert err.max() < 0.5, err.max()  # µm, over the whole EM block
+    assert 0.3 < fit.sigma_um < 0.8  # the residual scale is the ROI noise
+
+    table = pd.DataFrame({"roi_id": np.arange(len(q)), "x_um": q[:, 0], "y_um": q[:, 1], "z_um": q[:, 2]})
+    somata = pd.DataFrame({"id": np.arange(len(em)) + 1, "soma_x_nm": em[:, 0], "soma_y_nm": em[:, 1],
+                           "soma_z_nm": em[:, 2]})
+    matches, _, _ = cr.coregister(table, somata, params)
+    pred = matches["neuron_id"].to_numpy(np.int64) - 1
+    assert (pred[truth >= 0] == truth[truth >= 0]).mean() >= 0.99
+    assert (matches["neuron_id"].to_numpy()[truth < 0] == 0).all()
+
+
+def test_landmarks_take_precedence_and_mirror_images_are_found():
+    rng = np.random.default_rng(2)
+    em = rng.uniform(0, 1, (60, 3)) * [80e3, 80e3, 40e3]
+    m = _true_affine()
+    m[:3, 2] *= -1  # a flipped z axis (det < 0)
+    img = cr.apply_affine(m, em)
+    params = cr.merged_params({})
+    landmarks = [{"em_nm": em[i].tolist(), "imaging_um": img[i].tolist()} for i in range(5)]
+    fit = cr.estimate_transform(em, img, params, landmarks)
+    assert fit.method == "landmarks+icp"
+    np.testing.assert_allclose(cr.apply_affine(fit.matrix, em), img, atol=1e-6)
+    blind = cr.estimate_transform(em, img + rng.normal(0, 0.3, img.shape), params)
+    assert np.linalg.det(blind.matrix[:3, :3]) < 0
+    assert np.abs(cr.apply_affine(blind.matrix, em) - img).max() < 0.5
+
+
+# --- input validation ----------------------------------------------------------------------------------------------
+
+
+def _write_functional(tmp_path, rois=None, responses=None, stimuli=None):
+    rois = rois if rois is not None else pd.DataFrame(
+        {"roi_id": [1, 2, 3], "x_um": [0.0, 1, 2], "y_um": [0.0, 1, 2], "z_um": [0.0, 1, 2]})
+    stimuli = stimuli if stimuli is not None else pd.DataFrame({"stimulus_id": [0, 1], "orientation_deg": [0, 90]})
+    responses = responses if responses is not None else np.ones((3, 2, 4))
+    paths = tmp_path / "rois.parquet", tmp_path / "responses.npy", tmp_path / "stimuli.csv"
+    rois.to_parquet(paths[0])
+    np.save(paths[1], responses)
+    stimuli.to_csv(paths[2], index=False)
+    return paths
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_column", r"rois.parquet: ROI table lacks column\(s\) \['z_um'\]"),
+    ("duplicated_ids", r"rois.parquet: duplicated roi_id values \[2\]"),
+    ("nan_responses", r"responses.npy: responses contain NaN"),
+    ("stimulus_count", r"responses.npy: 2 stimuli in responses but 3 rows in .*stimuli.csv"),
+    ("roi_count", r"responses.npy: 2 response rows but 3 ROIs"),
+    ("axes", r"responses.npy: responses must have 3 axes"),
+])
+def test_bad_functional_input_names_file_and_problem(tmp_path, case, message):
+    kwargs = {}
+    if case == "missing_column":
+        kwargs["rois"] = pd.DataFrame({"roi_id": [1], "x_um": [0.0], "y_um": [0.0]})
+    elif case == "duplicated_ids":
+        kwargs["rois"] = pd.DataFrame({"roi_id": [1, 2, 2], "x_um": [0.0] * 3, "y_um": [0.0] * 3, "z_um": [0.0] * 3})
+    elif case == "nan_responses":
+        r = np.ones((3, 2, 4))
+        r[1, 1, 1] = np.nan
+        kwargs["responses"] = r
+    elif case == "stimulus_count":
+        kwargs["stimuli"] = pd.DataFrame({"stimulus_id": [0, 1, 2], "orientation_deg": [0, 60, 120]})
+    elif case == "roi_count":
+        kwargs["responses"] = np.ones((2, 2, 4))
+    elif case == "axes":
+        kwargs["responses"] = np.ones((3, 2))
+    paths = _write_functional(tmp_path, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        cr.load_functional(*paths)
+
+
+def test_roi_aliases_and_ground_truth_column_ignored(tmp_path):
+    table = pd.DataFrame({"roi_id": [5, 6], "x": [1.0, 2], "y": [0.0, 1], "z": [3.0, 4], "neuron_id": [9, 0]})
+    table.to_csv(tmp_path / "rois.csv", index=False)
+    loaded = cr.load_rois(tmp_path / "rois.csv")
+    assert list(loaded.columns) == ["roi_id", "x_um", "y_um", "z_um"]
+
+
+# --- CLI and evaluation --------------------------------------------------------------------------------------------
+
+
+def test_cli_and_evaluation_on_synthetic_phantom(tmp_path, capsys):
+    make_dataset(tmp_path, n_neurons=50, seed=3, n_extra_rois=8)
+    f = tmp_path / "gt" / "functional"
+    args = ["--rois", str(f / "rois.parquet"), "--responses", str(f / "responses.npy"),
+            "--stimuli", str(f / "stimuli.parquet"), "--neurons", str(tmp_path / "neurons.parquet")]
+    assert cli.main(["coregister", *args, "--out", str(tmp_path / "matches.parquet"),
+                     "--transform", str(tmp_path / "coregister.json")]) == 0
+    matches = pd.read_parquet(tmp_path / "matches.parquet")
+    assert list(matches.columns) == ["roi_id", "neuron_id", "distance", "confidence"]
+    assert matches["confidence"].between(0, 1).all()
+    assert cli.main(["evaluate", "coregister", "--matches", str(tmp_path / "matches.parquet"),
+                     "--transform", str(tmp_path / "coregister.json"), "--rois-gt", str(f / "rois.parquet"),
+                     "--affine-gt", str(f / "affine.json"), "--neurons", str(tmp_path / "neurons.parquet"),
+                     "--gt-neurons", str(tmp_path / "gt" / "neurons.parquet"),
+                     "--out", str(tmp_path / "eval" / "coregister.json")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "coregister.json").read_text())
+    assert metrics["stage"] == "coregister"
+    assert metrics["metrics"]["accuracy"] >= 0.99
+    assert metrics["metrics"]["false_match_rate"] == 0
+    assert metrics["metrics"]["affine_error_um_max"] < 0.5
+    # Bad input through the CLI: one clear line, exit 1.
+    (tmp_path / "bad.csv").write_text("roi_id,x_um,y_um\n1,0,0\n")
+    bad = ["--rois", str(tmp_path / "bad.csv"), *args[2:]]
+    assert cli.main(["coregister", *bad, "--out", str(tmp_path / "m.parquet"),
+                     "--transform", str(tmp_path / "t.json")]) == 1
+    assert "bad.csv: ROI table lacks column(s) ['z_um']" in capsys.readouterr().err
+
+
+def test_only_neurons_with_a_soma_are_candidates(tmp_path):
+    table = pd.DataFrame({"id": np.array([1, 2, 3], np.uint64), "is_neuron": [True, False, True],
+                          "soma_x_nm": [0.0, 1.0, np.nan], "soma_y_nm": 0.0, "soma_z_nm": 0.0})
+    table.to_parquet(tmp_path / "neurons.parquet")
+    assert cr.load_somata(tmp_path / "neurons.parquet")["id"].tolist() == [1]
