@@ -1,0 +1,118 @@
+# skeletonize: blockwise kimimaro on `segmentation` (one job per block, pieces cropped to the write ROI) -> one merge
+# job (pieces fused at block faces into one tree per segment: skeletons.parquet) -> morphology.parquet.
+# Evaluation (phantoms): ERL and split/merge counts of the segmentation along ground-truth skeletons.
+
+SKELETONIZE = CFG["skeletonize"]
+
+
+# (lambdas, not functions: the linter wants functions in common.smk, which belongs to everyone)
+skeleton_grid = lambda name: block_grid(name, SKELETONIZE["halo"])
+# Voxels a block job reads (its read ROI), for the resource requests.
+skeleton_block_voxels = lambda wc: skeleton_grid(wc.dataset).block(wc.block).read.size
+skeleton_markers = lambda wc: [
+    f"{RESULTS}/{wc.dataset}/blocks/skeletonize/{b}.json" for b in skeleton_grid(wc.dataset).ids()
+]
+
+
+FINAL_TARGETS["skeletonize"] = lambda name: [
+    f"{RESULTS}/{name}/skeletons.parquet",
+    f"{RESULTS}/{name}/morphology.parquet",
+]
+EVAL_TARGETS["skeletons"] = lambda name: [f"{RESULTS}/{name}/eval/skeletons.json"] if is_phantom(name) else []
+
+
+rule skeletonize_block:
+    input:
+        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
+    output:
+        pieces=f"{RESULTS}/{{dataset}}/skeletonize/pieces/{{block}}.npz",
+        marker=f"{RESULTS}/{{dataset}}/blocks/skeletonize/{{block}}.json",
+    params:
+        volume=volume_of,
+        spec=json_arg(SKELETONIZE),
+        block_shape=zyx(CFG["blocks"]["shape"]),
+        chunks=zyx(CFG["storage"]["chunk_shape"]),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/skeletonize/{{block}}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=lambda wc: cmx_config.job_resources(12 * skeleton_block_voxels(wc), CFG)["mem_mb"],
+        runtime=lambda wc: cmx_config.job_resources(4 * skeleton_block_voxels(wc), CFG)["runtime"],
+    shell:
+        "python -m connectomix skeletonize block --volume {params.volume} --array segmentation "
+        "--block {wildcards.block} --block-shape {params.block_shape} --chunk-shape {params.chunks} "
+        "--params {params.spec} --pieces {output.pieces} --marker {output.marker} --threads {threads} > {log} 2>&1"
+
+
+rule skeletonize_merge:
+    input:
+        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
+        markers=skeleton_markers,
+    output:
+        skeletons=f"{RESULTS}/{{dataset}}/skeletons.parquet",
+        summary=f"{RESULTS}/{{dataset}}/skeletonize/merge.json",
+    params:
+        volume=volume_of,
+        spec=json_arg(SKELETONIZE),
+        block_shape=zyx(CFG["blocks"]["shape"]),
+        pieces=lambda wc: f"{RESULTS}/{wc.dataset}/skeletonize/pieces",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/skeletonize/merge.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["mem_mb"],
+        runtime=lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"],
+    shell:
+        "python -m connectomix skeletonize merge --volume {params.volume} --array segmentation "
+        "--block-shape {params.block_shape} --pieces-dir {params.pieces} --params {params.spec} "
+        "--segments {input.segments} --out {output.skeletons} --summary {output.summary} > {log} 2>&1"
+
+
+rule skeletonize_morphology:
+    input:
+        skeletons=f"{RESULTS}/{{dataset}}/skeletons.parquet",
+    output:
+        morphology=f"{RESULTS}/{{dataset}}/morphology.parquet",
+    params:
+        spec=json_arg(SKELETONIZE),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/skeletonize/morphology.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=CFG["resources"]["min_mem_mb"],
+        runtime=CFG["resources"]["min_runtime_min"],
+    shell:
+        "python -m connectomix skeletonize morphology --skeletons {input.skeletons} --params {params.spec} "
+        "--out {output.morphology} > {log} 2>&1"
+
+
+rule evaluate_skeletons:
+    wildcard_constraints:
+        dataset="|".join(PHANTOM_DATASETS),
+    input:
+        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
+        gt=f"{RESULTS}/{{dataset}}/gt/phantom.json",
+    output:
+        metrics=f"{RESULTS}/{{dataset}}/eval/skeletons.json",
+    params:
+        volume=volume_of,
+        objects=lambda wc: f"{RESULTS}/{wc.dataset}/gt/objects.parquet",
+        spec=json_arg(SKELETONIZE),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/evaluate/skeletons.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=lambda wc: cmx_config.job_resources(24 * voxels(wc.dataset), CFG)["mem_mb"],
+        runtime=lambda wc: cmx_config.job_resources(4 * voxels(wc.dataset), CFG)["runtime"],
+    shell:
+        "python -m connectomix evaluate skeletons --volume {params.volume} --seg-array segmentation "
+        "--gt-array gt/labels --objects {params.objects} --params {params.spec} --threads {threads} "
+        "--dataset {wildcards.dataset} --out {output.metrics} > {log} 2>&1"

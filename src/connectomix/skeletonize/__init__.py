@@ -1,0 +1,163 @@
+"""``connectomix skeletonize``: blockwise kimimaro skeletons, merged per segment, and morphology.
+
+Actions (each one Snakemake job kind):
+
+* ``block``: skeletonize one block of a label array (read ROI = write ROI + halo), crop to the write ROI,
+  save the pieces (``.npz``) and the block marker.
+* ``merge``: fuse every segment's pieces into one tree (see ``connectomix.skeletonize.core``) and write
+  ``skeletons.parquet`` (layout in ``connectomix.skeletonize.morphology``) and a JSON summary.
+* ``morphology``: per-segment cable length, branch points, tips, radii, soma, extent, axon/dendrite split.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from connectomix.skeletonize.core import (  # noqa: F401  (public API)
+    Skel, finalize, kimimaro_skeletons, load_pieces, merge_all, merge_pieces, save_pieces, skeletonize_block,
+    skeletonize_blockwise, skeletonize_whole, to_tree,
+)
+from connectomix.skeletonize.params import DEFAULTS, resolve  # noqa: F401
+
+
+def _zyx(text):
+    return [int(v) for v in text]
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    b = sub.add_parser("block", help="skeletonize one block and crop it to its write ROI")
+    b.add_argument("--volume", required=True, help="the dataset's OME-Zarr (volume.zarr)")
+    b.add_argument("--array", default="segmentation", help="label array in the volume (default segmentation)")
+    b.add_argument("--block", required=True, help="block id z<i>_y<j>_x<k>")
+    b.add_argument("--block-shape", nargs=3, type=int, required=True, metavar=("Z", "Y", "X"),
+                   help="block (write ROI) shape in voxels")
+    b.add_argument("--chunk-shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
+                   help="storage chunk shape (checks block alignment)")
+    b.add_argument("--params", default="{}", help="`skeletonize:` config section as JSON (defaults filled)")
+    b.add_argument("--pieces", required=True, help="output .npz of the block's skeleton pieces")
+    b.add_argument("--marker", required=True, help="block marker JSON, written last")
+    b.add_argument("--threads", type=int, default=1, help="kimimaro processes (default 1)")
+    b.set_defaults(func=_run_block)
+
+    m = sub.add_parser("merge", help="merge block pieces into one tree per segment")
+    m.add_argument("--volume", required=True, help="the dataset's OME-Zarr (volume.zarr)")
+    m.add_argument("--array", default="segmentation", help="label array the blocks read (default segmentation)")
+    m.add_argument("--block-shape", nargs=3, type=int, required=True, metavar=("Z", "Y", "X"),
+                   help="block shape in voxels (the grid the pieces came from)")
+    m.add_argument("--pieces-dir", required=True, help="folder of <block>.npz pieces")
+    m.add_argument("--params", default="{}", help="`skeletonize:` config section as JSON")
+    m.add_argument("--segments", default=None,
+                   help="segments.parquet (optional): only its ids are kept when it has an `id` column")
+    m.add_argument("--out", required=True, help="skeletons.parquet to write")
+    m.add_argument("--summary", required=True, help="JSON summary (counts, timings, provenance)")
+    m.set_defaults(func=_run_merge)
+
+    g = sub.add_parser("morphology", help="per-segment morphology table")
+    g.add_argument("--skeletons", required=True, help="skeletons.parquet")
+    g.add_argument("--params", default="{}", help="`skeletonize:` config section as JSON")
+    g.add_argument("--synapses", default=None,
+                   help="optional parquet of synapse sites (id, z_nm, y_nm, x_nm, kind pre|post) for the "
+                        "polarity split (axon_dendrite.method = synapses)")
+    g.add_argument("--out", required=True, help="morphology.parquet to write")
+    g.set_defaults(func=_run_morphology)
+
+
+def run(args) -> int:
+    return args.func(args)
+
+
+def _grid(volume, array, block_shape, halo, chunk_shape=None):
+    from connectomix.blocks import BlockGrid
+    from connectomix.io import read_meta
+
+    meta = read_meta(volume, array)
+    return BlockGrid(meta.spatial_shape, block_shape, halo, chunk_shape), meta
+
+
+def _run_block(args) -> int:
+    from connectomix.blocks import write_marker
+    from connectomix.io import open_array
+
+    params = resolve(json.loads(args.params))
+    grid, meta = _grid(args.volume, args.array, args.block_shape, params["halo"], args.chunk_shape)
+    block = grid.block(args.block)
+    start = time.perf_counter()
+    labels = np.asarray(open_array(args.volume, args.array)[block.read.slices])
+    t_read = time.perf_counter() - start
+    pieces, counts = skeletonize_block(labels, block, meta.voxel_size, params, meta.offset_nm, args.threads)
+    save_pieces(args.pieces, pieces, counts)
+    write_marker(args.marker, block, pieces=len(pieces), vertices=int(sum(len(p) for p in pieces.values())),
+                 labels=len(counts), read_s=round(t_read, 3), total_s=round(time.perf_counter() - start, 3))
+    print(f"{block.id}: {len(pieces)} skeleton pieces, {len(counts)} labels")
+    return 0
+
+
+def _run_merge(args) -> int:
+    import pandas as pd
+
+    from connectomix.blocks import atomic_write_json
+    from connectomix.provenance import record
+    from connectomix.skeletonize.morphology import skeletons_to_table
+
+    params = resolve(json.loads(args.params))
+    grid, meta = _grid(args.volume, args.array, args.block_shape, params["halo"])
+    start = time.perf_counter()
+    by_label: dict[int, list[Skel]] = {}
+    counts: dict[int, int] = {}
+    for block_id in grid.ids():
+        path = Path(args.pieces_dir) / f"{block_id}.npz"
+        if not path.exists():
+            raise FileNotFoundError(f"missing skeleton pieces of block {block_id}: {path}")
+        pieces, block_counts = load_pieces(path)
+        for label, piece in pieces.items():
+            by_label.setdefault(label, []).append(piece)
+        for label, c in block_counts.items():
+            counts[label] = counts.get(label, 0) + c
+    if args.segments:
+        seg = pd.read_parquet(args.segments)
+        if "id" in seg.columns:
+            keep = set(int(i) for i in seg["id"])
+            by_label = {k: v for k, v in by_label.items() if k in keep}
+    stats: dict = {}
+    skels = merge_all(by_label, counts, params, stats)
+    table = skeletons_to_table(skels)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(args.out)
+    not_trees = [k for k, s in skels.items() if s.n_components() != 1]
+    atomic_write_json(args.summary, {
+        "segments": len(skels), "vertices": len(table), "blocks": len(grid),
+        "cable_length_nm": float(sum(s.cable_length() for s in skels.values())),
+        "segments_not_one_tree": len(not_trees), **stats,
+        "merge_s": round(time.perf_counter() - start, 3),
+        "provenance": record({"skeletonize": params}, {"volume": str(args.volume), "array": args.array}),
+    })
+    print(f"{len(skels)} skeletons, {len(table)} vertices ({len(not_trees)} not a single tree)")
+    return 0
+
+
+def _run_morphology(args) -> int:
+    import pandas as pd
+
+    from connectomix.skeletonize.morphology import morphology_table, table_to_trees
+
+    params = resolve(json.loads(args.params))
+    trees = table_to_trees(pd.read_parquet(args.skeletons))
+    synapses_by_id = None
+    if args.synapses:
+        syn = pd.read_parquet(args.synapses)
+        synapses_by_id = {int(k): g for k, g in syn.groupby("id")}
+    table = morphology_table(trees, params, synapses_by_id)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(args.out)
+    print(f"morphology of {len(table)} segments ({int(table['has_soma'].sum()) if len(table) else 0} with a soma)")
+    return 0

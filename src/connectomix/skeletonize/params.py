@@ -1,0 +1,47 @@
+"""Skeletonization parameters: defaults (mirroring the `skeletonize:` section of the config schema) and merging."""
+
+from __future__ import annotations
+
+import copy
+
+# Keep in sync with `skeletonize:` in schemas/config.schema.yaml (tests/test_skeletonize.py checks the two agree).
+DEFAULTS: dict = {
+    "halo": [4, 32, 32],
+    "teasar": {
+        "scale": 1.5,
+        "const": 300.0,
+        "pdrf_scale": 100000.0,
+        "pdrf_exponent": 4,
+        "soma_detection_threshold": 750.0,
+        "soma_acceptance_threshold": 3500.0,
+        "soma_invalidation_scale": 2.0,
+        "soma_invalidation_const": 300.0,
+    },
+    "fix_branching": True,
+    "dust_threshold": 100,
+    "min_segment_voxels": 1000,
+    "face_match_distance_nm": 400.0,
+    "join_distance_nm": 1000.0,
+    "tick_threshold_nm": 300.0,
+    "axon_dendrite": {
+        "method": "radius",
+        "min_axon_cable_nm": 2000.0,
+    },
+}
+
+
+def _merge(base: dict, update: dict, path: str = "skeletonize") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if key not in base:
+            raise ValueError(f"unknown parameter {path}.{key} (known: {', '.join(sorted(base))})")
+        if isinstance(base[key], dict):
+            out[key] = _merge(base[key], value or {}, f"{path}.{key}")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(params: dict | None = None) -> dict:
+    """The full parameter set: ``params`` (possibly partial, as in the config) over the defaults."""
+    return _merge(DEFAULTS, params or {})

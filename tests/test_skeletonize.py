@@ -1,0 +1,236 @@
+"""Skeleton stage: blockwise kimimaro + seamless merge, block invariance, morphology, CLI, ERL evaluation."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from connectomix import io
+from connectomix.blocks import BlockGrid, read_marker
+from connectomix.skeletonize import core, params as skparams
+from connectomix.skeletonize.morphology import (
+    AXON, DENDRITE, SOMA, compartments, morphology_table, skeletons_to_table, table_to_trees,
+)
+from connectomix.skeletonize.synthetic import _paint_capsule, synthetic_neurons
+
+VS = (40.0, 8.0, 8.0)
+# TEASAR scaled to these small volumes (neurites ~50-70 nm, somata ~250 nm).
+SMALL = {
+    "halo": [4, 24, 24],
+    "teasar": {"const": 150, "soma_invalidation_const": 150, "soma_detection_threshold": 120,
+               "soma_acceptance_threshold": 150},
+    "min_segment_voxels": 500,
+    "tick_threshold_nm": 300,
+    "axon_dendrite": {"min_axon_cable_nm": 300},
+}
+
+
+def _tubes():
+    """Touching tubes crossing every kind of block face (z, y, x) and a block corner; a Y branch."""
+    labels = np.zeros((32, 128, 128), np.uint64)
+    paint = lambda lab, a, b, r: _paint_capsule(labels, lab, np.asarray(a, float), np.asarray(b, float), r, VS)  # noqa
+    paint(1, [100, 100, 100], [1200, 900, 950], 60)  # diagonal through the block corner
+    paint(2, [600, 50, 900], [700, 1000, 100], 60)  # crosses y and x faces, touches 1
+    paint(2, [650, 500, 500], [1200, 900, 200], 50)  # a branch of 2 crossing the z face
+    paint(3, [100, 800, 80], [1200, 820, 150], 70)  # runs along z through the z face
+    return labels
+
+
+def test_defaults_match_the_schema():
+    from connectomix import config as cmx_config
+
+    section = cmx_config.validate({"datasets": {"p": {"voxel_size": [40, 8, 8], "phantom": {}}}})["skeletonize"]
+    assert section == skparams.DEFAULTS
+    with pytest.raises(ValueError, match="skeletonize.teasar.bogus"):
+        skparams.resolve({"teasar": {"bogus": 1}})
+
+
+def test_crop_cuts_edges_exactly_at_the_face():
+    # A straight path along x from voxel 0 to 9; the write ROI owns x in [0, 5).
+    vox = np.stack([np.zeros(10), np.zeros(10), np.arange(10.0)], axis=1)
+    edges = np.stack([np.arange(9), np.arange(1, 10)], axis=1)
+    piece = core.crop_to_roi(vox, edges, np.ones(10, np.float32), core.Roi((0, 0, 0), (1, 1, 5)), VS, (0, 0, 0))
+    assert len(piece) == 6 and piece.is_tree()
+    face = np.flatnonzero(piece.face_axis >= 0)
+    assert len(face) == 1 and piece.face_axis[face[0]] == 2 and piece.face_plane[face[0]] == 5
+    assert piece.vertices[face[0], 2] == pytest.approx(4.5 * 8)  # half a voxel past the last owned one
+    assert piece.cable_length() == pytest.approx(4.5 * 8)
+
+
+def test_tubes_blockwise_equal_whole_volume_and_are_trees():
+    labels = _tubes()
+    whole = core.skeletonize_whole(labels, VS, SMALL)
+    stats = {}
+    grid = BlockGrid(labels.shape, (16, 64, 64), SMALL["halo"])
+    by_label, counts = {}, {}
+    for block in grid:
+        pieces, c = core.skeletonize_block(labels[block.read.slices], block, VS, SMALL)
+        core._collect(pieces, c, by_label, counts)
+    merged = core.merge_all(by_label, counts, SMALL, stats)
+    assert set(merged) == set(whole) == {1, 2, 3}
+    assert stats["face_pairs_fused"] >= 6  # every segment crosses faces; the cut points were fused
+    assert {k: sum((labels == k).sum() for _ in [0]) for k in merged} == {k: counts[k] for k in merged}
+    for label, skel in merged.items():
+        assert skel.is_tree(), label
+        assert len(by_label[label]) >= 2, label  # really came from several blocks
+        ratio = skel.cable_length() / whole[label].cable_length()
+        assert abs(ratio - 1) < 0.03, (label, ratio)
+        # No duplicate vertices survive the merge.
+        assert len(np.unique(np.round(skel.vertices, 3), axis=0)) == len(skel)
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_block_invariance_on_synthetic_neurons(seed):
+    """Branching neurites of several touching labels: blockwise-merged vs whole-volume kimimaro (same finalize)."""
+    labels, _ = synthetic_neurons((32, 128, 128), VS, n_neurons=4, seed=seed, soma_radius_nm=(60, 70),
+                                  neurite_radius_nm=(40, 70), branches=1)
+    whole = core.skeletonize_whole(labels, VS, SMALL)
+    merged = core.skeletonize_blockwise(labels, VS, (16, 64, 64), SMALL)
+    assert set(merged) == set(whole) and merged
+    total_w = sum(s.cable_length() for s in whole.values())
+    total_b = sum(s.cable_length() for s in merged.values())
+    assert abs(total_b / total_w - 1) < 0.03
+    for label, skel in merged.items():
+        assert skel.is_tree(), label
+        assert abs(skel.cable_length() / whole[label].cable_length() - 1) < 0.05, label
+
+
+def test_merge_removes_cycles_and_joins_close_components():
+    # A square loop of four pieces and a separate piece 200 nm away.
+    sq = np.array([[0, 0, 0], [0, 0, 80], [0, 80, 80], [0, 80, 0]], float)
+    loop = core.Skel(sq, [[0, 1], [1, 2], [2, 3], [3, 0]], np.ones(4))
+    far = core.Skel([[0, 280, 80], [0, 360, 80]], [[0, 1]], np.ones(2))
+    stats = {}
+    out = core.merge_pieces([loop, far], {"join_distance_nm": 250, "tick_threshold_nm": 0}, stats)
+    assert out.is_tree() and stats["cycle_edges_removed"] == 1 and stats["components_joined"] == 1
+    out2 = core.merge_pieces([loop, far], {"join_distance_nm": 150, "tick_threshold_nm": 0})
+    assert out2.n_components() == 2  # beyond the limit: not joined
+
+
+def test_soma_is_found_and_split_into_axon_and_dendrites():
+    labels = np.zeros((32, 128, 128), np.uint64)
+    soma = np.array([640.0, 512, 512])
+    _paint_capsule(labels, 7, soma, soma, 180, VS)
+    for end, r in (([640, 500, 1010], 80), ([640, 1010, 520], 80), ([640, 10, 500], 40)):  # the thin one: axon
+        _paint_capsule(labels, 7, soma, np.asarray(end, float), r, VS)
+    p = {**SMALL, "teasar": {**SMALL["teasar"], "soma_invalidation_scale": 1.0, "soma_invalidation_const": 50}}
+    skels = core.skeletonize_blockwise(labels, VS, (16, 64, 64), p)
+    table = skeletons_to_table(skels)
+    (skel, parent), = table_to_trees(table).values()
+    assert np.linalg.norm(skel.vertices[0] - soma) < 100 and skel.radii[0] > 150  # root at the soma centre
+    comp, method = compartments(skel, parent, p)
+    assert method == "radius" and comp[0] == SOMA
+    axon_y = skel.vertices[comp == AXON, 1]
+    assert len(axon_y) and axon_y.max() < soma[1]  # the thin neurite (towards y = 0) is the axon
+    morph = morphology_table(table_to_trees(table), p)
+    row = morph.iloc[0]
+    assert row["has_soma"] and abs(row["soma_y_nm"] - soma[1]) < 100 and row["soma_radius_nm"] > 150
+    whole = core.skeletonize_whole(labels, VS, p)[7]
+    assert row["tips"] == (whole.degrees() == 1).sum() >= 3  # three neurites (and what kimimaro adds alike)
+    assert abs(row["cable_length_nm"] / whole.cable_length() - 1) < 0.03
+    assert row["axon_cable_nm"] > 0 and row["dendrite_cable_nm"] > row["axon_cable_nm"]
+    assert row["cable_length_nm"] == pytest.approx(skel.cable_length())
+    # Polarity hook: presynaptic sites on a dendrite make it the axon.
+    from connectomix.skeletonize.morphology import _subtree_of
+
+    top = _subtree_of(parent, 0)
+    one = np.flatnonzero(top == top[np.flatnonzero(comp == DENDRITE)[0]])  # the vertices of one dendrite
+    dend = skel.vertices[one[-3:]]
+    syn = pd.DataFrame({"z_nm": dend[:, 0], "y_nm": dend[:, 1], "x_nm": dend[:, 2], "kind": ["pre"] * 3})
+    comp2, method2 = compartments(skel, parent, {**p, "axon_dendrite": {"method": "synapses"}}, syn)
+    assert method2 == "synapses" and (comp2 == AXON).sum() > 0
+    assert not (comp2 == AXON)[comp == AXON].any()  # the old axon is now a dendrite
+    assert (comp2 == AXON)[one].all() and (comp2 == DENDRITE).sum() > 0
+
+
+def _volume(tmp_path, labels, name="segmentation"):
+    root = tmp_path / "volume.zarr"
+    io.write_full(root, name, labels, (8, 64, 64), VS, is_label=True)
+    return root
+
+
+def test_cli_blocks_merge_morphology(tmp_path, capsys):
+    from connectomix import cli
+
+    labels = _tubes()
+    root = _volume(tmp_path, labels)
+    spec = json.dumps(SMALL)
+    grid = BlockGrid(labels.shape, (16, 64, 64), SMALL["halo"], (8, 64, 64))
+    for block_id in grid.ids():
+        assert cli.main(["skeletonize", "block", "--volume", str(root), "--block", block_id, "--block-shape",
+                         "16", "64", "64", "--chunk-shape", "8", "64", "64", "--params", spec,
+                         "--pieces", str(tmp_path / "pieces" / f"{block_id}.npz"),
+                         "--marker", str(tmp_path / "blocks" / f"{block_id}.json")]) == 0
+        assert read_marker(tmp_path / "blocks" / f"{block_id}.json")["block"] == block_id
+    out = tmp_path / "skeletons.parquet"
+    assert cli.main(["skeletonize", "merge", "--volume", str(root), "--block-shape", "16", "64", "64",
+                     "--pieces-dir", str(tmp_path / "pieces"), "--params", spec, "--out", str(out),
+                     "--summary", str(tmp_path / "merge.json")]) == 0
+    table = pd.read_parquet(out)
+    assert sorted(table["id"].unique()) == [1, 2, 3]
+    assert (table.groupby("id")["parent"].apply(lambda p: (p < 0).sum()) == 1).all()  # one root each
+    summary = json.loads((tmp_path / "merge.json").read_text())
+    assert summary["segments"] == 3 and summary["segments_not_one_tree"] == 0
+    whole = core.skeletonize_whole(labels, VS, SMALL)
+    trees = table_to_trees(table)
+    for label, (skel, _) in trees.items():
+        assert abs(skel.cable_length() / whole[label].cable_length() - 1) < 0.03
+    assert cli.main(["skeletonize", "morphology", "--skeletons", str(out), "--params", spec,
+                     "--out", str(tmp_path / "morphology.parquet")]) == 0
+    morph = pd.read_parquet(tmp_path / "morphology.parquet")
+    assert list(morph["id"]) == [1, 2, 3]
+    assert np.allclose(morph["cable_length_nm"], [trees[i][0].cable_length() for i in (1, 2, 3)])
+    assert (morph["branch_points"] >= 0).all() and morph.loc[morph["id"] == 2, "branch_points"].item() >= 1
+    ext = [np.ptp(trees[i][0].vertices, axis=0) for i in (1, 2, 3)]
+    assert np.allclose(morph[["extent_z_nm", "extent_y_nm", "extent_x_nm"]].to_numpy(), ext)
+    assert morph.loc[morph["id"] == 3, "extent_z_nm"].item() > 900  # tube 3 runs along z
+    # A missing block is a clear error.
+    (tmp_path / "pieces" / "z0_y0_x0.npz").unlink()
+    assert cli.main(["skeletonize", "merge", "--volume", str(root), "--block-shape", "16", "64", "64",
+                     "--pieces-dir", str(tmp_path / "pieces"), "--out", str(out),
+                     "--summary", str(tmp_path / "merge.json")]) == 1
+    assert "z0_y0_x0" in capsys.readouterr().err
+
+
+def test_erl_metrics_by_hand():
+    from connectomix.evaluate.skeletons import run_length_metrics
+
+    line = lambda n: core.Skel(np.stack([np.zeros(n), np.zeros(n), 10.0 * np.arange(n)], 1),  # noqa: E731
+                               np.stack([np.arange(n - 1), np.arange(1, n)], 1), np.ones(n))
+    gt = {1: line(11), 2: line(11)}  # two 100 nm skeletons
+    perfect = run_length_metrics(gt, {1: np.full(11, 5), 2: np.full(11, 6)})
+    assert perfect["erl_nm"] == pytest.approx(100) == perfect["gt_erl_nm"]
+    assert perfect["splits"] == 0 and perfect["merges"] == 0
+    split = run_length_metrics(gt, {1: np.r_[np.full(6, 5), np.full(5, 7)], 2: np.full(11, 6)})
+    # Skeleton 1 split 50 + 40 (the edge across the split is wrong): (50^2 + 40^2 + 100^2) / 200.
+    assert split["erl_nm"] == pytest.approx((50**2 + 40**2 + 100**2) / 200) and split["splits"] == 1
+    merged = run_length_metrics(gt, {1: np.full(11, 5), 2: np.full(11, 5)})
+    assert merged["erl_nm"] == 0 and merged["merges"] == 1
+
+
+def test_evaluate_cli_perfect_and_split_segmentation(tmp_path):
+    from connectomix import cli
+
+    labels = _tubes()
+    root = tmp_path / "volume.zarr"
+    io.write_full(root, "gt/labels", labels, (8, 64, 64), VS, is_label=True)
+    io.write_full(root, "segmentation", labels * 10, (8, 64, 64), VS, is_label=True)  # same objects, new ids
+    out = tmp_path / "eval" / "skeletons.json"
+    spec = json.dumps(SMALL)
+    assert cli.main(["evaluate", "skeletons", "--volume", str(root), "--params", spec, "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["stage"] == "skeletons"
+    assert m["metrics"]["erl_nm"] == pytest.approx(m["metrics"]["gt_erl_nm"]) and m["metrics"]["gt_erl_nm"] > 500
+    assert m["metrics"]["splits"] == 0 and m["metrics"]["merges"] == 0
+    split = labels * 10
+    split[:, :, 64:][split[:, :, 64:] > 0] += 1  # every object cut at x = 64
+    merged = np.where(labels == 3, 1, labels)  # 3 merged into 1
+    io.write_full(root, "segmentation", np.maximum(split, 0), (8, 64, 64), VS, is_label=True)
+    assert cli.main(["evaluate", "skeletons", "--volume", str(root), "--params", spec, "--out", str(out)]) == 0
+    ms = json.loads(out.read_text())["metrics"]
+    assert ms["splits"] >= 2 and ms["erl_nm"] < 0.8 * ms["gt_erl_nm"] and ms["merges"] == 0
+    io.write_full(root, "segmentation", merged, (8, 64, 64), VS, is_label=True)
+    assert cli.main(["evaluate", "skeletons", "--volume", str(root), "--params", spec, "--out", str(out)]) == 0
+    mm = json.loads(out.read_text())["metrics"]
+    assert mm["merges"] == 1 and mm["erl_nm"] < m["metrics"]["erl_nm"]
