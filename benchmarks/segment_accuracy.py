@@ -1,0 +1,189 @@
+"""Segmentation accuracy benchmark: connectomix (blockwise) vs waterz and mwatershed run directly on the same
+affinities. One command: ``python benchmarks/segment_accuracy.py`` -> benchmarks/results/segment_accuracy.{json,md}.
+
+Inputs:
+* ``synthetic``: Voronoi cells with membranes, affinities from ground truth degraded by blur, noise, holes and
+  false boundaries (``connectomix.segment.synthetic``). Used while the phantom generator is absent.
+* ``phantom`` (when ``connectomix.phantom`` exists): its gt/labels, the same degraded GT-derived affinities.
+* ``gala-test-p1``: gala-fibsem test volume, affinities from gala's own boundary map test-p1
+  (aff(v, v+o) = 1 - max(p1[v], p1[v+o])): the peer baseline through the same agglomeration.
+  Hook: ``--gala-affinities ZARR`` (an OME-Zarr with a U-Net `affinities` array) runs the same on U-Net output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from connectomix import io
+from connectomix.evaluate.segmentation import contingency, metrics, voi
+from connectomix.segment import stitch, synthetic as syn
+from connectomix.segment.fragments import NN_OFFSETS
+
+OUT = Path(__file__).resolve().parent / "results"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+
+
+def affinities_from_boundary(p: np.ndarray) -> np.ndarray:
+    """uint8 nearest-neighbour affinities from a boundary probability map: 1 - max(p[v], p[v+o])."""
+    affs = np.zeros((3,) + p.shape, np.float32)
+    for c, off in enumerate(NN_OFFSETS):
+        d = int(np.flatnonzero(off)[0])
+        sl_v = [slice(None)] * 3
+        sl_n = [slice(None)] * 3
+        sl_v[d], sl_n[d] = slice(1, None), slice(None, -1)
+        affs[c][tuple(sl_v)] = 1 - np.maximum(p[tuple(sl_v)], p[tuple(sl_n)])
+    return np.clip(np.rint(affs * 255), 0, 255).astype(np.uint8)
+
+
+def inputs(args):
+    out = {}
+    shape = (32, 192, 192)
+    gt = syn.voronoi_labels(shape, 120, seed=11, anisotropy=(40, 8, 8))
+    out["synthetic"] = dict(gt=gt, affs=syn.degrade(syn.affinities_from_labels(gt), seed=12, holes=30,
+                                                     false_boundaries=30), voxel=(40, 8, 8),
+                            note="Voronoi GT, degraded GT affinities")
+    try:
+        from connectomix.phantom import PhantomParams, generate
+
+        ph = generate(PhantomParams.from_dict({"seed": 7}), (40, 8, 8))
+        pgt = np.asarray(ph.labels).astype(np.uint64)
+        out["phantom"] = dict(gt=pgt, affs=syn.degrade(syn.affinities_from_labels(pgt), seed=12), voxel=(40, 8, 8),
+                              note="phantom gt/labels, degraded GT affinities")
+    except Exception as error:  # noqa: BLE001 - the phantom is optional here
+        print(f"phantom skipped: {error}", file=sys.stderr)
+    gala = SHARED / "gala-fibsem"
+    if gala.is_dir():
+        import h5py
+
+        with h5py.File(gala / "test-gt.lzf.h5") as f:
+            ggt = np.asarray(f["stack"]).astype(np.uint64)
+        with h5py.File(gala / "test-p1.lzf.h5") as f:
+            p1 = np.asarray(f["stack"]).astype(np.float32)
+        out["gala-test-p1"] = dict(gt=ggt, affs=affinities_from_boundary(p1), voxel=(10, 10, 10),
+                                   note="gala test, affinities from gala's own boundary map test-p1 (no U-Net yet)")
+        if args.gala_affinities:
+            affs = np.asarray(io.open_array(args.gala_affinities, "affinities")[...])
+            out["gala-test-unet"] = dict(gt=ggt, affs=affs, voxel=(10, 10, 10), note="gala test, U-Net affinities")
+    return out
+
+
+def quiet(fn, *a, **k):
+    """Run ``fn`` with the C-level stdout silenced (waterz prints progress from C++)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        return fn(*a, **k)
+    finally:
+        os.dup2(saved, 1)
+        os.close(devnull)
+        os.close(saved)
+
+
+def best_of(gt, segs):
+    """(threshold, metrics) with the lowest VOI sum over a list of (threshold, segmentation)."""
+    scored = [(t, metrics(gt, s)) for t, s in segs]
+    return min(scored, key=lambda x: x[1]["voi"])
+
+
+def run_one(name, d, block_shape, threshold):
+    import mwatershed
+    import waterz
+
+    gt, affs, voxel = d["gt"], d["affs"], d["voxel"]
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="cmx_bench_"))
+    root = tmp / "volume.zarr"
+    syn.write_test_volume(root, affs, voxel, (8, 32, 32))
+    for method in ("mean", "quantile", "mutex"):
+        t = time.perf_counter()
+        summary = stitch.segment_volume(root, tmp / method, {"agglomerate": {"method": method, "threshold": threshold}},
+                                        block_shape, (8, 32, 32))
+        dt = time.perf_counter() - t
+        seg = np.asarray(io.open_array(root, "segmentation")[...])
+        rows.append({"method": f"connectomix blockwise ({method})", "threshold": threshold if method != "mutex" else
+                     "bias 0.5", "seconds": dt, "blocks": summary["blocks"], **metrics(gt, seg)})
+        if method == "mean":
+            frags = np.asarray(io.open_array(root, "fragments")[...])
+            from connectomix.evaluate.segmentation import threshold_sweep
+            from connectomix.segment.rag import Rag
+            from connectomix.segment.stitch import agglomerate_graph, load_setup
+
+            nodes, merges = agglomerate_graph(Rag.from_npz(tmp / method / "graph.npz"),
+                                              load_setup(tmp / method)["params"], threshold=1.0)
+            sweep = threshold_sweep(gt, frags, nodes, merges, THRESHOLDS)
+            best = min(sweep, key=lambda r: r["voi"])
+            rows.append({"method": "connectomix blockwise (mean), best threshold", "seconds": None,
+                         **{k: best[k] for k in ("threshold", "voi_split", "voi_merge", "voi", "arand")}})
+    f32 = affs.astype(np.float32) / 255
+    t = time.perf_counter()
+    # waterz yields one buffer, updated in place: copy each threshold's segmentation as it comes
+    segs = list(zip(THRESHOLDS, quiet(lambda: [s.copy() for s in waterz.agglomerate(f32, THRESHOLDS)])))
+    dt = time.perf_counter() - t
+    at = dict(segs)[threshold]
+    rows.append({"method": "waterz whole volume (own zwatershed fragments)", "threshold": threshold, "seconds": dt,
+                 **metrics(gt, at)})
+    th, m = best_of(gt, segs)
+    rows.append({"method": "waterz whole volume, best threshold", "threshold": th, "seconds": None, **m})
+    import fastremap
+
+    # waterz sizes its tables by the largest id: give it consecutive ids
+    frags, _ = fastremap.renumber(np.asarray(io.open_array(root, "fragments")[...]), preserve_zero=True)
+    t = time.perf_counter()
+    seg = quiet(lambda: next(waterz.agglomerate(f32, [threshold], fragments=frags.astype(np.uint64))))
+    rows.append({"method": "waterz agglomeration on connectomix fragments", "threshold": threshold,
+                 "seconds": time.perf_counter() - t, **metrics(gt, seg)})
+    t = time.perf_counter()
+    seg = mwatershed.agglom(f32.astype(np.float64) - 0.5, [list(o) for o in NN_OFFSETS]).astype(np.uint64)
+    rows.append({"method": "mwatershed whole volume (pixel mutex, nn offsets)", "threshold": "bias 0.5",
+                 "seconds": time.perf_counter() - t, **metrics(gt, seg)})
+    for r in rows:
+        r["dataset"] = name
+        r["note"] = d["note"]
+        r["voxels"] = int(gt.size)
+    return rows
+
+
+def markdown(rows) -> str:
+    lines = ["| dataset | method | threshold | VOI split | VOI merge | VOI sum | ARAND | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        secs = f"{r['seconds']:.2f}" if r.get("seconds") is not None else "-"
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['threshold']} | {r['voi_split']:.3f} | "
+                     f"{r['voi_merge']:.3f} | {r['voi']:.3f} | {r['arand']:.3f} | {secs} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gala-affinities", help="OME-Zarr with U-Net `affinities` of gala test (hook)")
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    rows = []
+    for name, d in inputs(args).items():
+        block = (8, 64, 64) if d["voxel"][0] > 2 * d["voxel"][1] else (24, 64, 64)
+        rows += run_one(name, d, block, args.threshold)
+        print(markdown([r for r in rows if r["dataset"] == name]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "segment_accuracy.json").write_text(json.dumps(rows, indent=1, default=str))
+    head = ("# Segmentation accuracy (VOI in bits, ground-truth label 0 ignored; lower is better)\n\n"
+            "`python benchmarks/segment_accuracy.py`. All methods on the same affinities per dataset.\n\n")
+    (out / "segment_accuracy.md").write_text(head + markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Segmentation throughput: the whole connectomix segment stage run blockwise (setup, fragments, RAG,
+agglomeration, relabel, finish) vs waterz on the whole volume, same run, same input; and the peak memory of each
+block job (one process per block via the CLI, peak RSS recorded in the block markers).
+
+One command: ``python benchmarks/segment_throughput.py`` -> benchmarks/results/segment_throughput.{json,md}.
+Input: gala-fibsem test affinities from test-p1 when ../shared/data exists, and a synthetic 32x256x256 volume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from segment_accuracy import SHARED, affinities_from_boundary, quiet  # noqa: E402
+
+from connectomix.segment import stitch, synthetic as syn  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def volumes():
+    out = {}
+    shape = (32, 256, 256)
+    gt = syn.voronoi_labels(shape, 150, seed=21, anisotropy=(40, 8, 8))
+    out["synthetic-32x256x256"] = (syn.degrade(syn.affinities_from_labels(gt), seed=22), (40, 8, 8), (16, 128, 128))
+    gala = SHARED / "gala-fibsem" / "test-p1.lzf.h5"
+    if gala.exists():
+        import h5py
+
+        with h5py.File(gala) as f:
+            p1 = np.asarray(f["stack"]).astype(np.float32)
+        out["gala-test-p1"] = (affinities_from_boundary(p1), (10, 10, 10), (24, 64, 64))
+    return out
+
+
+def block_job_memory(root, work, n_blocks: int) -> dict:
+    """Run a few blocks of each blockwise step as separate CLI processes; their markers hold the peak RSS."""
+    s = stitch.load_setup(work)
+    ids = stitch.grid_of(s).ids()
+    picks = ids[:: max(1, len(ids) // n_blocks)][:n_blocks]
+    peaks = {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for action, stage in (("fragments", "segment_fragments"), ("rag", "segment_rag"), ("relabel", "segment_relabel")):
+        for b in picks:
+            subprocess.run([sys.executable, "-m", "connectomix", "segment", action, "--work-dir", str(work),
+                            "--blocks", b], check=True, capture_output=True, env=env)
+        marks = [json.loads((Path(s["marker_dir"]) / stage / f"{b}.json").read_text()) for b in picks]
+        peaks[stage] = max(m["peak_rss_mb"] for m in marks)
+    # the import baseline of a bare process, for reference
+    base = subprocess.run([sys.executable, "-c", "import connectomix.segment.stitch as s; print(s._peak_rss_mb())"],
+                          check=True, capture_output=True, text=True, env=env)
+    peaks["import_baseline"] = float(base.stdout.strip())
+    return peaks
+
+
+def main(argv=None) -> int:
+    import waterz
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--memory-blocks", type=int, default=3, help="blocks per step measured in subprocesses")
+    args = parser.parse_args(argv)
+    rows = []
+    for name, (affs, voxel, block) in volumes().items():
+        tmp = Path(tempfile.mkdtemp(prefix="cmx_tp_"))
+        root = tmp / "volume.zarr"
+        syn.write_test_volume(root, affs, voxel, (8, 32, 32))
+        t = time.perf_counter()
+        summary = stitch.segment_volume(root, tmp / "segment", {}, block, (8, 32, 32))
+        ours = time.perf_counter() - t
+        f32 = affs.astype(np.float32) / 255
+        t = time.perf_counter()
+        quiet(lambda: next(waterz.agglomerate(f32, [0.5])).copy())
+        theirs = time.perf_counter() - t
+        vox = int(np.prod(affs.shape[1:]))
+        row = {"dataset": name, "voxels": vox, "blocks": summary["blocks"], "block_shape": list(block),
+               "connectomix_seconds": ours, "connectomix_voxels_per_s": vox / ours,
+               "waterz_seconds": theirs, "waterz_voxels_per_s": vox / theirs, "ratio_vs_waterz": theirs / ours,
+               "step_seconds": summary["timings"], "peak_rss_mb": block_job_memory(root, tmp / "segment",
+                                                                                    args.memory_blocks)}
+        rows.append(row)
+        print(json.dumps(row, indent=1))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "segment_throughput.json").write_text(json.dumps(rows, indent=1))
+    lines = ["# Segmentation throughput (one process, serial blocks; 2 shared cores)\n",
+             "`python benchmarks/segment_throughput.py`. connectomix = whole stage blockwise (setup, fragments, RAG, "
+             "agglomerate, relabel, segments.parquet); waterz = zwatershed + agglomeration on the whole volume "
+             "in memory (threshold 0.5). Peak RSS per block job from separate CLI processes (MB).\n",
+             "| dataset | voxels | blocks | connectomix vox/s | waterz vox/s | waterz/connectomix time ratio | "
+             "peak RSS fragments / rag / relabel (MB) | import baseline (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r["peak_rss_mb"]
+        lines.append(f"| {r['dataset']} | {r['voxels']} | {r['blocks']} | {r['connectomix_voxels_per_s']:.3g} | "
+                     f"{r['waterz_voxels_per_s']:.3g} | {r['ratio_vs_waterz']:.3f} | {p['segment_fragments']:.0f} / "
+                     f"{p['segment_rag']:.0f} / {p['segment_relabel']:.0f} | {p['import_baseline']:.0f} |")
+    (out / "segment_throughput.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The blockwise flow: setup -> fragments (per block) -> RAG (per block) -> agglomerate (global) -> relabel (per
+block) -> finish. Results do not depend on the block size beyond the fragments' block-face cuts, which the global
+agglomeration merges (their contacts have high affinity).
+
+Files under ``work_dir`` (``results/{dataset}/segment/``): ``setup.json``, ``edges/{block}.npz`` (block RAG
+tables), ``graph.npz`` (merged RAG), ``merges.npz`` (nodes + merge history), ``lut.npz`` (fragment -> segment),
+``stats/{block}.parquet`` (per-block segment statistics). Per-block markers go to
+``{marker_dir}/{segment_fragments|segment_rag|segment_relabel}/{block}.json``, written last.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from connectomix import io, provenance
+from connectomix.blocks import Block, BlockGrid, Roi, atomic_write_json, write_marker
+from connectomix.segment import params as seg_params
+from connectomix.segment.agglomerate import agglomerate as run_agglomeration
+from connectomix.segment.agglomerate import apply_lut, lookup_table
+from connectomix.segment.fragments import NN_OFFSETS, block_fragments, nn_channels
+from connectomix.segment.rag import Rag, block_rag, contract, majority_pairs, merge_rags
+
+AFFINITIES = "affinities"
+FRAGMENTS = "fragments"
+SEGMENTATION = "segmentation"
+STAGES = ("segment_fragments", "segment_rag", "segment_relabel")
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process, MB: VmHWM (Linux; reset by exec, unlike ru_maxrss which a child
+    inherits from its parent), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
+
+
+def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, marker_dir=None) -> dict:
+    """Create the empty ``fragments`` and ``segmentation`` arrays and write ``setup.json`` (resolved parameters,
+    block grid, fragment mode, affinity offsets). Returns the setup record."""
+    work_dir = Path(work_dir)
+    params = seg_params.resolve(params)
+    meta = io.read_meta(volume, AFFINITIES)
+    offsets = [list(map(int, o)) for o in meta.attrs.get("offsets", NN_OFFSETS)]
+    nn_channels(offsets)  # fail early if the nearest-neighbour channels are missing
+    shape = meta.spatial_shape
+    chunks = tuple(chunk_shape or meta.spatial_chunks)
+    grid = BlockGrid(shape, block_shape, params["halo"], chunks)
+    mode = seg_params.fragment_mode(params, meta.voxel_size)
+    record = {
+        "volume": str(volume),
+        "marker_dir": str(marker_dir or work_dir.parent / "blocks"),
+        "shape": list(shape),
+        "voxel_size": list(meta.voxel_size),
+        "offset_nm": list(meta.offset_nm),
+        "block_shape": list(grid.block_shape),
+        "chunk_shape": list(chunks),
+        "halo": list(grid.halo),
+        "blocks": len(grid),
+        "mode": mode,
+        "offsets": offsets,
+        "params": params,
+        "provenance": provenance.record(params, {"affinities": str(Path(volume) / AFFINITIES)}),
+    }
+    for name in (FRAGMENTS, SEGMENTATION):
+        io.create_array(volume, name, shape, np.uint64, chunks, meta.voxel_size, meta.offset_nm, is_label=True,
+                        attrs={"provenance": record["provenance"]})
+    for sub in ("edges", "stats"):
+        (work_dir / sub).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work_dir / "setup.json", record)
+    return record
+
+
+def load_setup(work_dir) -> dict:
+    """The record ``setup`` wrote; a clear error if setup has not run."""
+    path = Path(work_dir) / "setup.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run `connectomix segment setup` first")
+    return json.loads(path.read_text())
+
+
+def grid_of(setup_record: dict) -> BlockGrid:
+    """The block grid of a setup record."""
+    return BlockGrid(setup_record["shape"], setup_record["block_shape"], setup_record["halo"],
+                     setup_record["chunk_shape"])
+
+
+def _marker(setup_record: dict, stage: str, block: Block) -> Path:
+    return Path(setup_record["marker_dir"]) / stage / f"{block.id}.json"
+
+
+def _read_affs(volume, roi: Roi, channels=None) -> np.ndarray:
+    arr = io.open_array(volume, AFFINITIES)
+    sl = (slice(None),) + roi.slices
+    data = np.asarray(arr[sl])
+    return data if channels is None else np.ascontiguousarray(data[channels])
+
+
+def fragments_block(work_dir, block_id: str) -> dict:
+    """Watershed fragments of one block: read ROI in, write ROI out (ids unique by block); writes its marker."""
+    start = time.perf_counter()
+    s = load_setup(work_dir)
+    block = grid_of(s).block(block_id)
+    affs = _read_affs(s["volume"], block.read)
+    labels, count, views = block_fragments(affs, s["offsets"], s["voxel_size"], s["params"], s["mode"],
+                                           block.write_in_read, block.index)
+    io.open_array(s["volume"], FRAGMENTS, mode="r+")[block.write.slices] = labels
+    faces = Path(work_dir) / "faces" / f"{block.id}.npz"
+    faces.parent.mkdir(parents=True, exist_ok=True)
+    tmp = faces.with_suffix(".tmp.npz")
+    np.savez(tmp, **views)
+    tmp.replace(faces)
+    fields = {"fragments": count, "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}
+    write_marker(_marker(s, "segment_fragments", block), block, **fields)
+    return fields
+
+
+def _rag_roi(block: Block) -> tuple[Roi, tuple[int, int, int]]:
+    """The write ROI grown by one voxel on each low side that is inside the volume, and that growth (0 or 1)."""
+    pad = tuple(1 if o > 0 else 0 for o in block.write.offset)
+    roi = Roi(tuple(o - p for o, p in zip(block.write.offset, pad)),
+              tuple(s + p for s, p in zip(block.write.shape, pad)))
+    return roi, pad  # type: ignore[return-value]
+
+
+def _face_pairs(work_dir, s: dict, block: Block, frags: np.ndarray, pad) -> tuple[np.ndarray, np.ndarray]:
+    """Fragment pairs cut apart by this block's lower faces, from both blocks' views across the face."""
+    grid = grid_of(s)
+    us, vs = [], []
+    with np.load(Path(work_dir) / "faces" / f"{block.id}.npz") as own_views:
+        own_views = dict(own_views)
+    for d in range(3):
+        if not pad[d]:
+            continue
+        index = list(block.index)
+        index[d] -= 1
+        lower = grid.block(index)
+        with np.load(Path(work_dir) / "faces" / f"{lower.id}.npz") as f:
+            lower_view = f[f"up{d}"] if f"up{d}" in f else None
+        first = [slice(p, None) for p in pad]
+        first[d] = pad[d]
+        last = [slice(p, None) for p in pad]
+        last[d] = 0
+        if lower_view is not None:  # the lower block's labelling of our first plane
+            a, b = majority_pairs(frags[tuple(first)], lower_view)
+            us.append(a), vs.append(b)
+        if f"down{d}" in own_views:  # our labelling of the lower block's last plane
+            a, b = majority_pairs(frags[tuple(last)], own_views[f"down{d}"])
+            us.append(a), vs.append(b)
+    if not us:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    return np.concatenate(us).astype(np.uint64), np.concatenate(vs).astype(np.uint64)
+
+
+def rag_block(work_dir, block_id: str) -> dict:
+    """RAG edges owned by one block (its voxels' nearest-neighbour affinities, face contacts to the lower
+    neighbours included); needs the fragments of this block and of its lower face neighbours."""
+    start = time.perf_counter()
+    s = load_setup(work_dir)
+    block = grid_of(s).block(block_id)
+    roi, pad = _rag_roi(block)
+    frags = np.asarray(io.open_array(s["volume"], FRAGMENTS)[roi.slices])
+    affs = _read_affs(s["volume"], block.write, nn_channels(s["offsets"]))
+    rag = block_rag(frags, affs, pad)
+    rag.same_u, rag.same_v = _face_pairs(work_dir, s, block, frags, pad)
+    path = Path(work_dir) / "edges" / f"{block.id}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    rag.to_npz(tmp)
+    tmp.replace(path)
+    fields = {"edges": len(rag), "edge_file": str(path), "seconds": time.perf_counter() - start,
+              "peak_rss_mb": _peak_rss_mb()}
+    write_marker(_marker(s, "segment_rag", block), block, **fields)
+    return fields
+
+
+def agglomerate(work_dir) -> dict:
+    """Merge every block's RAG into one graph, agglomerate it globally and write the lookup table."""
+    start = time.perf_counter()
+    work_dir = Path(work_dir)
+    s = load_setup(work_dir)
+    grid = grid_of(s)
+    missing = [b for b in grid.ids() if not (work_dir / "edges" / f"{b}.npz").exists()]
+    if missing:
+        raise FileNotFoundError(f"RAG tables missing for {len(missing)} block(s), e.g. {missing[0]}: run segment rag")
+    rag = merge_rags([Rag.from_npz(work_dir / "edges" / f"{b}.npz") for b in grid.ids()])
+    rag.to_npz(work_dir / "graph.npz")
+    nodes, merges = agglomerate_graph(rag, s["params"])
+    np.savez(work_dir / "merges.npz", nodes=nodes, merges=merges)
+    fragments, segments = lookup_table(nodes, merges)
+    np.savez(work_dir / "lut.npz", fragments=fragments, segments=segments)
+    summary = {"nodes": int(len(nodes)), "edges": int(len(rag)), "merges": int(len(merges)),
+               "segments_in_graph": int(len(nodes) - len(fragments)),
+               "face_joins": int(len(rag.same_u)), "seconds": time.perf_counter() - start,
+               "peak_rss_mb": _peak_rss_mb(), "method": s["params"]["agglomerate"]["method"],
+               "threshold": s["params"]["agglomerate"]["threshold"]}
+    atomic_write_json(work_dir / "agglomerate.json", summary)
+    return summary
+
+
+def agglomerate_graph(rag: Rag, params: dict, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Join face-cut fragments (``rag.same_*``, merge score -1), then agglomerate the contracted graph with the
+    configured method (``threshold`` overrides the configured one). Returns (nodes, merges) over fragment ids."""
+    if threshold is not None:
+        params = {**params, "agglomerate": {**params["agglomerate"], "threshold": threshold}}
+    nodes = np.unique(np.concatenate([rag.u, rag.v, rag.same_u, rag.same_v]))
+    forced = np.zeros(len(rag.same_u), dtype=[("a", np.uint64), ("b", np.uint64), ("score", np.float64)])
+    forced["a"], forced["b"], forced["score"] = rag.same_u, rag.same_v, -1.0
+    source, target = lookup_table(nodes, forced)
+    _, merges = run_agglomeration(contract(rag, source, target), params)
+    return nodes, np.concatenate([forced, merges])
+
+
+def load_lut(work_dir) -> tuple[np.ndarray, np.ndarray]:
+    """The fragment -> segment table written by ``agglomerate``."""
+    with np.load(Path(work_dir) / "lut.npz") as f:
+        return f["fragments"], f["segments"]
+
+
+def segment_stats(seg: np.ndarray, offset) -> "object":
+    """Per-segment partial statistics of one block (id, voxels, coordinate sums, bounding box in global voxels)."""
+    import fastremap
+    import pandas as pd
+    from scipy import ndimage
+
+    columns = ["id", "voxels", "sum_z", "sum_y", "sum_x", "start_z", "start_y", "start_x", "stop_z", "stop_y",
+               "stop_x"]
+    renum, mapping = fastremap.renumber(np.ascontiguousarray(seg), preserve_zero=True, in_place=False)
+    inverse = {v: k for k, v in mapping.items()}
+    n = int(renum.max())
+    if n == 0:
+        return pd.DataFrame({c: np.zeros(0, np.uint64 if c == "id" else np.int64) for c in columns})
+    flat = renum.ravel().astype(np.int64)
+    counts = np.bincount(flat, minlength=n + 1)[1:]
+    sums = []
+    for axis in range(3):
+        coord = np.broadcast_to(
+            np.arange(seg.shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)]) + offset[axis], seg.shape)
+        sums.append(np.bincount(flat, weights=coord.ravel().astype(np.float64), minlength=n + 1)[1:])
+    boxes = ndimage.find_objects(renum.astype(np.int64))
+    start = np.array([[sl[a].start + offset[a] for a in range(3)] for sl in boxes], np.int64)
+    stop = np.array([[sl[a].stop + offset[a] for a in range(3)] for sl in boxes], np.int64)
+    ids = np.array([inverse[i] for i in range(1, n + 1)], np.uint64)
+    return pd.DataFrame({
+        "id": ids, "voxels": counts.astype(np.int64), "sum_z": sums[0], "sum_y": sums[1], "sum_x": sums[2],
+        "start_z": start[:, 0], "start_y": start[:, 1], "start_x": start[:, 2],
+        "stop_z": stop[:, 0], "stop_y": stop[:, 1], "stop_x": stop[:, 2],
+    })
+
+
+def relabel_block(work_dir, block_id: str, lut=None) -> dict:
+    """Write one block of ``segmentation`` (fragments through the lookup table) and its segment statistics."""
+    start = time.perf_counter()
+    s = load_setup(work_dir)
+    block = grid_of(s).block(block_id)
+    frags = np.asarray(io.open_array(s["volume"], FRAGMENTS)[block.write.slices])
+    fragments, segments = lut if lut is not None else load_lut(work_dir)
+    seg = apply_lut(frags, fragments, segments)
+    io.open_array(s["volume"], SEGMENTATION, mode="r+")[block.write.slices] = seg
+    stats = segment_stats(seg, block.write.offset)
+    path = Path(work_dir) / "stats" / f"{block.id}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.parquet")
+    stats.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    fields = {"segments": int(len(stats)), "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}
+    write_marker(_marker(s, "segment_relabel", block), block, **fields)
+    return fields
+
+
+def segments_table(work_dir) -> "object":
+    """``segments.parquet`` rows from the per-block statistics: id, voxels, bounding box (voxels, stop exclusive,
+    and nm) and centroid (nm; voxel (0, 0, 0) sits at ``offset_nm``)."""
+    import pandas as pd
+
+    s = load_setup(work_dir)
+    parts = [pd.read_parquet(Path(work_dir) / "stats" / f"{b}.parquet") for b in grid_of(s).ids()]
+    df = pd.concat(parts, ignore_index=True)
+    agg = df.groupby("id", sort=True).agg(
+        voxels=("voxels", "sum"), sum_z=("sum_z", "sum"), sum_y=("sum_y", "sum"), sum_x=("sum_x", "sum"),
+        start_z=("start_z", "min"), start_y=("start_y", "min"), start_x=("start_x", "min"),
+        stop_z=("stop_z", "max"), stop_y=("stop_y", "max"), stop_x=("stop_x", "max"),
+    ).reset_index()
+    vs, off = s["voxel_size"], s["offset_nm"]
+    out = pd.DataFrame({"id": agg["id"].astype(np.uint64), "voxels": agg["voxels"].astype(np.int64)})
+    for a, axis in enumerate("zyx"):
+        out[f"bbox_start_{axis}"] = agg[f"start_{axis}"].astype(np.int64)
+        out[f"bbox_stop_{axis}"] = agg[f"stop_{axis}"].astype(np.int64)
+    for a, axis in enumerate("zyx"):
+        out[f"bbox_start_{axis}_nm"] = off[a] + agg[f"start_{axis}"] * vs[a]
+        out[f"bbox_stop_{axis}_nm"] = off[a] + agg[f"stop_{axis}"] * vs[a]
+    for a, axis in enumerate("zyx"):
+        out[f"centroid_{axis}_nm"] = off[a] + agg[f"sum_{axis}"] / agg["voxels"] * vs[a]
+    return out
+
+
+def finish(work_dir, segments_out, summary_out=None, pyramid_levels: int = 1, pyramid_factor=(1, 2, 2)) -> dict:
+    """Write ``segments.parquet`` (atomically), the segmentation pyramid and the stage summary JSON."""
+    s = load_setup(work_dir)
+    grid = grid_of(s)
+    missing = [b for b in grid.ids() if not (Path(work_dir) / "stats" / f"{b}.parquet").exists()]
+    if missing:
+        raise FileNotFoundError(f"relabel not done for {len(missing)} block(s), e.g. {missing[0]}")
+    table = segments_table(work_dir)
+    segments_out = Path(segments_out)
+    segments_out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = segments_out.with_suffix(".tmp.parquet")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(segments_out)
+    levels = io.build_pyramid(s["volume"], SEGMENTATION, pyramid_levels, pyramid_factor) if pyramid_levels > 1 else 1
+    agg_path = Path(work_dir) / "agglomerate.json"
+    summary = {
+        "segments": int(len(table)),
+        "voxels": int(table["voxels"].sum()),
+        "largest_segment_voxels": int(table["voxels"].max()) if len(table) else 0,
+        "blocks": len(grid),
+        "pyramid_levels": levels,
+        "mode": s["mode"],
+        "agglomerate": json.loads(agg_path.read_text()) if agg_path.exists() else {},
+        "segments_parquet": str(segments_out),
+        "provenance": s["provenance"],
+    }
+    io.update_attrs(s["volume"], SEGMENTATION, segments=int(len(table)), stable_ids="lowest fragment id")
+    if summary_out:
+        atomic_write_json(summary_out, summary)
+    return summary
+
+
+def segment_volume(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, segments_out=None,
+                   summary_out=None, pyramid_levels: int = 1, pyramid_factor=(1, 2, 2)) -> dict:
+    """Run the whole blockwise flow in this process, block after block (tests, benchmarks, small volumes)."""
+    work_dir = Path(work_dir)
+    s = setup(volume, work_dir, params, block_shape, chunk_shape)
+    grid = grid_of(s)
+    timings = {}
+    t = time.perf_counter()
+    for b in grid.ids():
+        fragments_block(work_dir, b)
+    timings["fragments"] = time.perf_counter() - t
+    t = time.perf_counter()
+    for b in grid.ids():
+        rag_block(work_dir, b)
+    timings["rag"] = time.perf_counter() - t
+    t = time.perf_counter()
+    agg = agglomerate(work_dir)
+    timings["agglomerate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    lut = load_lut(work_dir)
+    for b in grid.ids():
+        relabel_block(work_dir, b, lut)
+    timings["relabel"] = time.perf_counter() - t
+    t = time.perf_counter()
+    summary = finish(work_dir, segments_out or work_dir / "segments.parquet", summary_out, pyramid_levels,
+                     pyramid_factor)
+    timings["finish"] = time.perf_counter() - t
+    summary["timings"] = timings
+    summary["agglomerate"] = agg
+    return summary
