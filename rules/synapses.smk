@@ -1,0 +1,101 @@
+# synapses: synapse_maps (cleft/pre/post) + segmentation -> clefts (per block) -> stitched clefts, partners
+# -> synapses.parquet (CAVE-style). Block ids are those of block_grid(); markers under blocks/synapses/.
+
+SYNAPSES = CFG["synapses"]
+
+FINAL_TARGETS["synapses"] = lambda name: [f"{RESULTS}/{name}/synapses.parquet"]
+EVAL_TARGETS["synapses"] = lambda name: [f"{RESULTS}/{name}/eval/synapses.json"] if is_phantom(name) else []
+
+
+rule synapses_setup:
+    input:
+        predict=f"{RESULTS}/{{dataset}}/predict.json",
+    output:
+        setup=f"{RESULTS}/{{dataset}}/synapses/setup.json",
+    params:
+        work=lambda wc: f"{RESULTS}/{wc.dataset}/synapses",
+        volume=volume_of,
+        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks/synapses",
+        spec=json_arg(SYNAPSES),
+        block=zyx(CFG["blocks"]["shape"]),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/synapses/setup.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=CFG["resources"]["min_mem_mb"],
+        runtime=CFG["resources"]["min_runtime_min"],
+    shell:
+        "python -m connectomix synapses init --volume {params.volume} --work-dir {params.work} "
+        "--params {params.spec} --block-shape {params.block} --marker-dir {params.markers} > {log} 2>&1"
+
+
+rule synapses_block:
+    input:
+        setup=f"{RESULTS}/{{dataset}}/synapses/setup.json",
+    output:
+        marker=f"{RESULTS}/{{dataset}}/blocks/synapses/{{block}}.json",
+    params:
+        work=lambda wc: f"{RESULTS}/{wc.dataset}/synapses",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/synapses/blocks/{{block}}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        # 4 channels of uint8/float32 per read voxel, plus labels
+        mem_mb=lambda wc: cmx_config.job_resources(24 * block_grid(wc.dataset).block(wc.block).read.size, CFG)["mem_mb"],
+        runtime=lambda wc: cmx_config.job_resources(block_grid(wc.dataset).block(wc.block).read.size, CFG)["runtime"],
+    shell:
+        "python -m connectomix synapses block --work-dir {params.work} --block {wildcards.block} > {log} 2>&1"
+
+
+rule synapses_stitch:
+    input:
+        markers=lambda wc: expand(
+            f"{RESULTS}/{wc.dataset}/blocks/synapses/{{block}}.json", block=block_grid(wc.dataset).ids()
+        ),
+        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
+    output:
+        synapses=f"{RESULTS}/{{dataset}}/synapses.parquet",
+        clefts=f"{RESULTS}/{{dataset}}/synapses/clefts.parquet",
+        summary=f"{RESULTS}/{{dataset}}/synapses/summary.json",
+    params:
+        work=lambda wc: f"{RESULTS}/{wc.dataset}/synapses",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/synapses/stitch.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        # one block (+ partner halo) at a time: EDT indices dominate
+        mem_mb=lambda wc: cmx_config.job_resources(80 * block_grid(wc.dataset, (4, 32, 32)).block((0, 0, 0)).read.size, CFG)["mem_mb"],
+        runtime=lambda wc: cmx_config.job_resources(4 * voxels(wc.dataset), CFG)["runtime"],
+    shell:
+        "python -m connectomix synapses stitch --work-dir {params.work} --out {output.synapses} "
+        "--clefts-out {output.clefts} --summary {output.summary} > {log} 2>&1"
+
+
+rule evaluate_synapses:
+    wildcard_constraints:
+        dataset="|".join(PHANTOM_DATASETS),
+    input:
+        synapses=f"{RESULTS}/{{dataset}}/synapses.parquet",
+        gt=f"{RESULTS}/{{dataset}}/gt/phantom.json",
+    output:
+        metrics=f"{RESULTS}/{{dataset}}/eval/synapses.json",
+    params:
+        volume=volume_of,
+        gt_synapses=lambda wc: f"{RESULTS}/{wc.dataset}/gt/synapses.parquet",
+        tolerance=SYNAPSES["evaluation"]["tolerance_nm"],
+    log:
+        f"{RESULTS}/{{dataset}}/logs/evaluate/synapses.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **slab_resources(16),
+    shell:
+        "python -m connectomix evaluate synapses --synapses {input.synapses} --gt-synapses {params.gt_synapses} "
+        "--volume {params.volume} --tolerance-nm {params.tolerance} --out {output.metrics} > {log} 2>&1"

@@ -1,0 +1,309 @@
+"""Synapse stage: cleft stitching across blocks, partner assignment, the one-to-one matching metric."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from connectomix import io
+from connectomix import synapses as syn
+from connectomix.evaluate import synapses as ev
+
+VS = (40.0, 8.0, 8.0)
+
+# Toy tissue (all z): 1 | 2 | 3 (y < 40) / 5 (y >= 40) | 4, separated along x at 32, 64, 96.
+# Clefts: (name, slices, pre object, post object, pre side, polarity mode)
+CLEFTS = {
+    "clear": (np.s_[2:8, 8:28, 31:33], 1, 2, "clear"),
+    "ambiguous": (np.s_[2:8, 40:60, 31:33], 1, 2, "ambiguous"),
+    "autapse": (np.s_[2:8, 8:28, 111:113], 4, 4, "clear"),
+    "three": (np.s_[2:8, 24:46, 63:65], 2, 3, "clear"),
+    "no_segment": (np.s_[11:13, 50:56, 12:14], 0, 0, "none"),
+    "tiny": (np.s_[12:13, 8:10, 120:122], 4, 4, "clear"),
+}
+
+
+def toy_labels(shape=(16, 64, 128)):
+    labels = np.zeros(shape, np.uint64)
+    labels[:, :, :32] = 1
+    labels[:, :, 32:64] = 2
+    labels[:, :40, 64:96] = 3
+    labels[:, 40:, 64:96] = 5
+    labels[:, :, 96:] = 4
+    labels[9:16, 42:64, 4:22] = 0  # an extracellular pocket around the 'no_segment' cleft
+    return labels
+
+
+def toy_maps(labels, noise=0.03, seed=0):
+    """uint8 (cleft, pre, post) maps for the toy clefts: pre/post high on each side of a cleft within 80 nm."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    maps = np.full((3,) + labels.shape, 0.05, np.float32)
+    xs = np.arange(labels.shape[2])[None, None, :]
+    for name, (sl, pre, post, mode) in CLEFTS.items():
+        mask = np.zeros(labels.shape, bool)
+        mask[sl] = True
+        maps[0][mask] = 0.95
+        near = ndimage.distance_transform_edt(~mask, sampling=VS) <= 80
+        x0, x1 = sl[2].start, sl[2].stop - 1
+        pre_side = near & (xs <= x0) & (labels == pre) & ~mask
+        post_side = near & (xs >= x1) & (labels == post) & ~mask
+        if mode == "clear":
+            maps[1][pre_side] = 0.9
+            maps[2][post_side] = 0.9
+        elif mode == "ambiguous":
+            for side in (pre_side, post_side):
+                maps[1][side] = 0.5
+                maps[2][side] = 0.5
+    maps += rng.normal(0, noise, maps.shape).astype(np.float32)
+    return np.round(np.clip(maps, 0, 1) * 255).astype(np.uint8)
+
+
+def write_toy(root, labels, maps, chunks=(4, 16, 16)):
+    io.write_full(root, "synapse_maps", maps, (3,) + chunks, VS, channels=("cleft", "pre", "post"))
+    io.write_full(root, "segmentation", labels, chunks, VS, is_label=True)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("toy")
+    labels = toy_labels()
+    write_toy(tmp / "v.zarr", labels, toy_maps(labels))
+    params = {"min_size_voxels": 10}
+    summary = syn.detect_synapses(tmp / "v.zarr", tmp / "work", params, block_shape=(8, 32, 32))
+    clefts = pd.read_parquet(tmp / "work" / "clefts.parquet")
+    table = pd.read_parquet(tmp / "work" / "synapses.parquet")
+    return {"tmp": tmp, "labels": labels, "summary": summary, "clefts": clefts, "table": table}
+
+
+def _cleft_row(toy, name):
+    sl = CLEFTS[name][0]
+    lowest = tuple(s.start for s in sl)
+    cid = np.ravel_multi_index(lowest, toy["labels"].shape) + 1
+    rows = toy["clefts"][toy["clefts"]["id"] == cid]
+    assert len(rows) == 1, f"cleft {name} (id {cid}) not found once in {toy['clefts']['id'].tolist()}"
+    return rows.iloc[0]
+
+
+def test_clear_pre_post_assigned_with_positions(toy):
+    row = _cleft_row(toy, "clear")
+    assert row["status"] == "accepted"
+    assert (row["pre"], row["post"]) == (1, 2)
+    assert row["score"] > 0.5
+    syn_row = toy["table"][toy["table"]["id"] == row["id"]].iloc[0]
+    assert (syn_row["pre_pt_root_id"], syn_row["post_pt_root_id"]) == (1, 2)
+    x, y, z = syn_row["ctr_pt_position"]
+    assert z == pytest.approx(4.5 * 40) and y == pytest.approx(17.5 * 8) and x == pytest.approx(31.5 * 8)
+    # partner points lie inside their segments, next to the cleft
+    for key, obj in (("pre_pt_position", 1), ("post_pt_position", 2)):
+        px, py, pz = syn_row[key]
+        voxel = (int(round(pz / 40)), int(round(py / 8)), int(round(px / 8)))
+        assert toy["labels"][voxel] == obj
+        assert abs(px - x) <= 24
+    assert syn_row["size"] == 6 * 20 * 2
+    # area: half the exposed surface of a 6 x 20 x 2 slab, outer z faces inside the volume
+    faces = 2 * (20 * 2 * 64) + 2 * (6 * 2 * 320) + 2 * (6 * 20 * 320)
+    assert syn_row["size_nm2"] == pytest.approx(faces / 2)
+
+
+def test_autapse_rejected(toy):
+    row = _cleft_row(toy, "autapse")
+    assert row["status"] == "autapse"
+    assert row["pre"] == 0 and row["post"] == 0
+
+
+def test_ambiguous_polarity_rejected(toy):
+    assert _cleft_row(toy, "ambiguous")["status"] == "unclear_polarity"
+
+
+def test_cleft_touching_three_segments_picks_the_right_pair(toy):
+    row = _cleft_row(toy, "three")
+    assert row["n_candidates"] == 3  # objects 2, 3 and 5 all touch it
+    assert row["status"] == "accepted"
+    assert (row["pre"], row["post"]) == (2, 3)
+
+
+def test_no_segment_and_size_filter(toy):
+    assert _cleft_row(toy, "no_segment")["status"] == "no_segment"
+    tiny = np.ravel_multi_index((12, 8, 120), toy["labels"].shape) + 1
+    assert tiny not in set(toy["clefts"]["id"].tolist())
+    assert len(toy["table"]) == 2
+    assert toy["summary"]["status"] == {"accepted": 2, "autapse": 1, "unclear_polarity": 1, "no_segment": 1}
+
+
+def test_blockwise_equals_whole_volume(toy):
+    """A cleft spanning several blocks gets one id and the same partners as a single-block run."""
+    whole = syn.detect_synapses(toy["tmp"] / "v.zarr", toy["tmp"] / "whole", {"min_size_voxels": 10},
+                                block_shape=(16, 64, 128))
+    assert whole["clefts"] == toy["summary"]["clefts"]
+    a = toy["table"].sort_values("id").reset_index(drop=True)
+    b = pd.read_parquet(toy["tmp"] / "whole" / "synapses.parquet").sort_values("id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9)
+    # the 'three' cleft spans blocks in y and x (block 8 x 32 x 32) and still is one cleft
+    row = _cleft_row(toy, "three")
+    assert row["voxels"] == 6 * 22 * 2
+
+
+@pytest.mark.parametrize("connectivity", [6, 26])
+def test_stitching_matches_whole_volume_components(tmp_path, connectivity):
+    """Random blobs across many blocks: the stitched `clefts` array equals whole-volume cc3d, ids included."""
+    import cc3d
+    from scipy import ndimage
+
+    rng = np.random.default_rng(connectivity)
+    shape = (16, 64, 80)
+    field = ndimage.gaussian_filter(rng.normal(size=shape), (1.0, 2.5, 2.5))
+    prob = (field > np.quantile(field, 0.9)).astype(np.uint8) * 230
+    maps = np.stack([prob, prob // 2, prob // 3])
+    write_toy(tmp_path / "v.zarr", np.ones(shape, np.uint64), maps, chunks=(4, 16, 16))
+    params = {"connectivity": connectivity, "min_size_voxels": 8}
+    syn.detect_synapses(tmp_path / "v.zarr", tmp_path / "w", params, block_shape=(8, 32, 32))
+    got = np.asarray(io.open_array(tmp_path / "v.zarr", "clefts")[...])
+
+    comp = cc3d.connected_components(prob > 127, connectivity=connectivity)
+    expected = np.zeros(shape, np.uint64)
+    flat = comp.ravel()
+    ids, first, counts = np.unique(flat, return_index=True, return_counts=True)
+    lut = np.zeros(int(ids.max()) + 1, np.uint64)
+    for i, f, c in zip(ids, first, counts):
+        if i and c >= 8:
+            lut[i] = f + 1
+    expected = lut[comp]
+    assert (expected > 0).sum() > 1000
+    boxes = [b for b in ndimage.find_objects(comp) if b is not None]
+    spanning = [b for b in boxes if any(s.start // n != (s.stop - 1) // n for s, n in zip(b, (8, 32, 32)))]
+    assert len(spanning) > 3  # the test really crosses block faces
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_assign_partners_rules_on_tables():
+    clefts = pd.DataFrame({"id": np.array([10, 20, 30, 40], np.uint64), "cleft_prob": [0.9, 0.9, 0.9, 0.9]})
+    rows = [
+        # clear: 1 pre, 2 post, 3 a bystander touching the edge
+        (10, 1, 100, 90, 10, 50), (10, 2, 100, 10, 85, 50), (10, 3, 100, 5, 5, 20),
+        # one object on both sides
+        (20, 7, 200, 90, 90, 100),
+        # two strong pre sides: no post partner
+        (30, 8, 100, 90, 10, 50), (30, 9, 100, 85, 12, 50),
+        # the post side has too little contact to count
+        (40, 1, 100, 90, 10, 50), (40, 2, 100, 10, 90, 2),
+    ]
+    pairs = pd.DataFrame(rows, columns=["id", "segment", "voxels", "sum_pre", "sum_post", "contact"])
+    pairs[["pt_z", "pt_y", "pt_x"]] = 0.0
+    pairs["id"] = pairs["id"].astype(np.uint64)
+    pairs["segment"] = pairs["segment"].astype(np.uint64)
+    out = syn.assign_partners(clefts, pairs, syn.resolve()).set_index("id")
+    assert out.loc[10, "status"] == "accepted" and (out.loc[10, "pre"], out.loc[10, "post"]) == (1, 2)
+    assert out.loc[10, "score"] == pytest.approx(0.9 * min(0.9 - 0.1, 0.85 - 0.1))
+    assert out.loc[20, "status"] == "autapse"
+    assert out.loc[30, "status"] == "unclear_polarity"
+    # only object 1 is a candidate: it wins both channels but has no real post signal
+    assert out.loc[40, "status"] == "unclear_polarity"
+    assert out.loc[40, "pre"] == 0 and out.loc[40, "n_candidates"] == 1
+
+
+# --- matching metric ---------------------------------------------------------------------------------------------
+
+
+def greedy_match(pred, gt, tol):
+    """Nearest pair first: the baseline the Hungarian matching must beat."""
+    d = np.linalg.norm(pred[:, None] - gt[None], axis=2)
+    used_p, used_g, n = set(), set(), 0
+    for i, j in sorted(np.ndindex(d.shape), key=lambda ij: d[ij]):
+        if d[i, j] <= tol and i not in used_p and j not in used_g:
+            used_p.add(i), used_g.add(j)
+            n += 1
+    return n
+
+
+def test_hungarian_beats_greedy():
+    # pred A sits between gt 1 and gt 2 (nearest to gt 1); pred B reaches only gt 1.
+    gt = np.array([[0, 0, 0], [0, 0, 300.0]])
+    pred = np.array([[0, 0, 140.0], [0, 0, -150.0]])
+    assert greedy_match(pred, gt, 200) == 1
+    i_pred, i_gt = ev.match_points(pred, gt, 200)
+    assert list(zip(i_pred, i_gt)) == [(0, 1), (1, 0)]
+
+
+def test_matching_is_one_to_one_and_gated():
+    gt = np.array([[0, 0, 0], [0, 0, 1000.0], [0, 5000, 0]])
+    pred = np.array([[0, 0, 10.0], [0, 0, 20.0], [0, 0, 1150.0], [0, 9000, 0]])
+    i_pred, i_gt = ev.match_points(pred, gt, 200)
+    assert len(set(i_gt)) == len(i_gt) == 2
+    assert list(zip(i_pred, i_gt)) == [(0, 0), (2, 1)]  # 0 is nearer gt 0 than 1 is
+    assert ev.prf(2, 4, 3) == pytest.approx({"precision": 0.5, "recall": 2 / 3, "f1": 4 / 7})
+    coincident = ev.match_points(gt, gt, 200)
+    assert list(coincident[0]) == [0, 1, 2] and list(coincident[1]) == [0, 1, 2]
+
+
+def test_evaluate_partner_accuracy_with_overlap_mapping():
+    seg = np.zeros((2, 4, 4), np.uint64)
+    gt = np.zeros((2, 4, 4), np.uint64)
+    seg[:, :, :2], seg[:, :, 2:] = 11, 12
+    gt[:, :, :2], gt[:, :, 2:] = 1, 2
+    gt[:, 0, 1] = 2  # a minority voxel must not change the mapping
+    mapping = ev.segment_to_gt(seg, gt, slab=1)
+    assert mapping.to_dict() == {11: 1, 12: 2}
+    pred = pd.DataFrame({"ctr_pt_position": [[0, 0, 0], [500.0, 0, 0]], "pre_pt_root_id": np.array([11, 12], np.uint64),
+                         "post_pt_root_id": np.array([12, 11], np.uint64)})
+    truth = pd.DataFrame({"ctr_z_nm": [0, 0.0], "ctr_y_nm": [0, 0.0], "ctr_x_nm": [50, 520.0],
+                          "pre": np.array([1, 1], np.uint64), "post": np.array([2, 2], np.uint64)})
+    m = ev.evaluate(pred, truth, 200, mapping)
+    assert m["f1"] == 1.0 and m["partner_accuracy"] == 0.5
+
+
+# --- schema --------------------------------------------------------------------------------------------------------
+
+
+def test_schema_defaults_match_module_defaults(repo):
+    schema = yaml.safe_load((repo / "src/connectomix/schemas/config.schema.yaml").read_text())
+    section = schema["properties"]["synapses"]
+    assert section["additionalProperties"] is False
+
+    def defaults(node):
+        return {k: defaults(v) if v.get("type") == "object" else v["default"] for k, v in node["properties"].items()}
+
+    assert defaults(section) == syn.DEFAULTS
+
+
+def test_cli_help_and_gt_maps(tmp_path, capsys):
+    from connectomix import cli
+
+    labels = toy_labels()
+    clefts = np.zeros_like(labels)
+    clefts[CLEFTS["clear"][0]] = 77
+    truth = pd.DataFrame({"id": np.array([77], np.uint64), "pre": np.array([1], np.uint64),
+                          "post": np.array([2], np.uint64)})
+    maps = syn.maps_from_ground_truth(labels, clefts, truth, VS, noise=0.0)
+    assert maps[0][clefts > 0].min() > 200 and maps[0][clefts == 0].max() < 20
+    assert maps[1][4, 18, 25] > 200 and maps[2][4, 18, 25] < 20  # pre side, 48 nm from the cleft
+    assert maps[2][4, 18, 38] > 200 and maps[1][4, 18, 38] < 20
+    with pytest.raises(SystemExit) as info:
+        cli.main(["synapses", "--help"])
+    assert info.value.code == 0
+
+
+def test_cli_steps_match_in_process_run(toy, tmp_path):
+    """The Snakemake path (init, one job per block, stitch) gives the same table as detect_synapses."""
+    import json
+
+    from connectomix import cli
+
+    vol = toy["tmp"] / "v.zarr"
+    work = tmp_path / "work"
+    params = json.dumps({"min_size_voxels": 10})
+    assert cli.main(["synapses", "init", "--volume", str(vol), "--work-dir", str(work), "--params", params,
+                     "--block-shape", "8", "32", "32", "--marker-dir", str(tmp_path / "blocks")]) == 0
+    ids = syn._grid(syn.load_setup(work)).ids()
+    assert len(ids) == 2 * 2 * 4
+    for block_id in ids:
+        assert cli.main(["synapses", "block", "--work-dir", str(work), "--block", block_id]) == 0
+        assert (tmp_path / "blocks" / f"{block_id}.json").exists()
+    out = tmp_path / "synapses.parquet"
+    assert cli.main(["synapses", "stitch", "--work-dir", str(work), "--out", str(out),
+                     "--summary", str(tmp_path / "summary.json")]) == 0
+    a = pd.read_parquet(out).sort_values("id").reset_index(drop=True)
+    b = toy["table"].sort_values("id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    assert json.loads((tmp_path / "summary.json").read_text())["synapses"] == 2
