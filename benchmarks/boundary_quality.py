@@ -1,0 +1,184 @@
+"""Boundary quality of the U-Net: phantom hold-out and gala-fibsem test (with gala's own p1 map as a baseline).
+
+    python benchmarks/boundary_quality.py [--skip-phantom] [--skip-gala] [--gala-iterations N]
+
+* Phantom: the shipped checkpoint (models/phantom) on the validation slab it never trained on (the last
+  ``validation_fraction`` of the default phantom, seed 7): edge P/R/F1 (cut affinities), voxel boundary P/R/F1
+  (exact and with 1 voxel in-plane tolerance) and cleft F1.
+* gala-fibsem (real FIB-SEM, ../shared/data; skipped with a message when absent): a model is trained with the
+  project's own `connectomix.train` directly from train-image.h5 / train-gt.lzf.h5 (cached under
+  benchmarks/out/gala-model), then evaluated on test-image.h5 against test-gt (0 = boundary voxel). Baseline:
+  gala's own boundary probabilities test-p1. Both at threshold 0.5 and at each one's best threshold.
+
+Writes results/boundary_quality.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from connectomix.models import load_checkpoint  # noqa: E402
+from connectomix.predict import predict_volume  # noqa: E402
+from connectomix.train import (TrainData, affinity_targets, boundary_map, boundary_prf, gt_boundaries,  # noqa: E402
+                               merge_params, prf, synapse_targets, train)
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SHARED = ROOT.parent / "shared" / "data"
+GALA_PARAMS = {
+    "seed": 0, "iterations": 1500, "batch_size": 1, "output_shape": [12, 48, 48], "validation_fraction": 0.0,
+    "checkpoint_every": 100, "augment": {"misalign_prob": 0.0, "missing_section_prob": 0.0},
+    "model": {"num_fmaps": 8, "fmap_inc_factor": 2, "downsample_factors": [[2, 2, 2], [2, 2, 2]],
+              "kernel_sizes": [[3, 3, 3], [3, 3, 3], [3, 3, 3]], "synapses": False},
+}
+
+
+def _best_threshold(prob: np.ndarray, truth: np.ndarray, tolerance: int = 0) -> dict:
+    best = {"f1": -1}
+    for t in np.linspace(0.1, 0.9, 17):
+        m = boundary_prf(prob > t, truth, tolerance)
+        if m["f1"] > best["f1"]:
+            best = {**m, "threshold": round(float(t), 3)}
+    return best
+
+
+def phantom(threads: int) -> dict:
+    ck = ROOT / "models" / "phantom"
+    if not (ck / "checkpoint.json").exists():
+        return {"skipped": "no shipped checkpoint at models/phantom"}
+    model, meta = load_checkpoint(ck)
+    try:
+        from connectomix.phantom import PhantomParams, generate
+    except ImportError as error:
+        return {"skipped": f"phantom generator unavailable ({error})"}
+    data_desc = meta["training"]["data"]
+    spec = data_desc.get("phantom_params", {"seed": 7})
+    voxel_size = tuple(data_desc.get("voxel_size", (40, 8, 8)))
+    ph = generate(PhantomParams.from_dict(spec), voxel_size)
+    z0, z1 = data_desc["validation_sections"]
+    raw, labels, clefts = ph.raw[z0:z1], ph.labels[z0:z1], ph.clefts[z0:z1]
+    t = time.perf_counter()
+    aff, syn = predict_volume(model, raw)
+    seconds = time.perf_counter() - t
+    target, mask = affinity_targets(labels, model.arch.offsets)
+    truth = gt_boundaries(labels)
+    bmap = boundary_map(aff, "min")
+    out = {"checkpoint": str(ck.relative_to(ROOT)), "iterations": meta["iterations"],
+           "holdout_sections": [z0, z1], "shape": list(raw.shape), "predict_seconds": round(seconds, 2),
+           "edge": prf(aff[:3] < 0.5, ~target[:3], mask[:3]),
+           "boundary_exact": boundary_prf(bmap > 0.5, truth, 0),
+           "boundary_tol1": boundary_prf(bmap > 0.5, truth, 1)}
+    if model.arch.synapse_channels:
+        syn_t = synapse_targets(labels, clefts, ph.synapses, voxel_size,
+                                meta["training"]["params"]["pre_post_distance_nm"])
+        for c, name in enumerate(("cleft", "pre", "post")):
+            out[name] = prf(syn[c] > 0.5, syn_t[c])
+    return out
+
+
+def _h5(name):
+    import h5py
+
+    with h5py.File(SHARED / "gala-fibsem" / name, "r") as f:
+        return f["stack"][...]
+
+
+def gala(threads: int, iterations: int) -> dict:
+    if not (SHARED / "gala-fibsem").is_dir():
+        return {"skipped": f"real data not found at {SHARED} (a fresh clone has no ../shared)"}
+    params = merge_params({**GALA_PARAMS, "iterations": iterations})
+    out_dir = HERE / "out" / "gala-model"
+    raw, gt = _h5("train-image.h5"), _h5("train-gt.lzf.h5")
+    data = TrainData(raw, gt.astype(np.uint64), (10, 10, 10), None, (False, False, False),
+                     {"source": "gala-fibsem train-image.h5 / train-gt.lzf.h5 (0 = boundary)"})
+    t = time.perf_counter()
+    meta = train(data, params, out_dir, device="auto", threads=threads, progress=True,
+                 extra_meta={"command": "python benchmarks/boundary_quality.py"})
+    train_s = time.perf_counter() - t
+    model, meta = load_checkpoint(out_dir)
+    test_raw, test_gt, p1 = _h5("test-image.h5"), _h5("test-gt.lzf.h5"), _h5("test-p1.lzf.h5")
+    aff, _ = predict_volume(model, test_raw)
+    truth = test_gt == 0
+    # gala boundaries are label-0 voxels: a voxel is boundary when all its incident affinities are cut
+    ours = boundary_map(aff, "max", in_plane=False)
+    result = {"train_iterations": meta["iterations"], "train_seconds_this_run": round(train_s, 1),
+              "train_seconds_total": meta["training"]["seconds"], "model": meta["architecture"]}
+    for tol in (0, 1):
+        result[f"unet_tol{tol}_t0.5"] = boundary_prf(ours > 0.5, truth, tol)
+        result[f"p1_tol{tol}_t0.5"] = boundary_prf(p1 > 0.5, truth, tol)
+        result[f"unet_tol{tol}_best"] = _best_threshold(ours, truth, tol)
+        result[f"p1_tol{tol}_best"] = _best_threshold(p1, truth, tol)
+    target, mask = affinity_targets(test_gt.astype(np.uint64), model.arch.offsets)
+    result["unet_edge"] = prf(aff[:3] < 0.5, ~target[:3], mask[:3])
+    return result
+
+
+def _fmt(m: dict) -> str:
+    return f"{m['precision']:.3f} / {m['recall']:.3f} / **{m['f1']:.3f}**" + (
+        f" (t={m['threshold']})" if "threshold" in m else "")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--skip-phantom", action="store_true")
+    parser.add_argument("--skip-gala", action="store_true")
+    parser.add_argument("--gala-iterations", type=int, default=GALA_PARAMS["iterations"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    previous = {}
+    if (RESULTS / "boundary_quality.json").exists():
+        previous = json.loads((RESULTS / "boundary_quality.json").read_text())
+    result = {
+        "phantom": previous.get("phantom", {"skipped": "not run"}) if args.skip_phantom else phantom(args.threads),
+        "gala": previous.get("gala", {"skipped": "not run"}) if args.skip_gala else gala(args.threads,
+                                                                                         args.gala_iterations),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "boundary_quality.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = ["# Boundary quality (precision / recall / F1)", ""]
+    ph = result["phantom"]
+    lines.append("## Phantom hold-out (shipped checkpoint)")
+    if "skipped" in ph:
+        lines.append(f"skipped: {ph['skipped']}")
+    else:
+        lines += [f"Sections {ph['holdout_sections']} of the default phantom (never trained on), "
+                  f"{ph['iterations']} training iterations.", "",
+                  "| metric | P / R / F1 |", "|---|---|",
+                  f"| edges (cut nearest-neighbour affinities) | {_fmt(ph['edge'])} |",
+                  f"| boundary voxels, exact | {_fmt(ph['boundary_exact'])} |",
+                  f"| boundary voxels, 1-voxel in-plane tolerance | {_fmt(ph['boundary_tol1'])} |"]
+        for name in ("cleft", "pre", "post"):
+            if name in ph:
+                lines.append(f"| {name} voxels | {_fmt(ph[name])} |")
+    lines += ["", "## gala-fibsem test volume (real FIB-SEM, 50 x 100 x 200)"]
+    g = result["gala"]
+    if "skipped" in g:
+        lines.append(f"skipped: {g['skipped']}")
+    else:
+        lines += [f"U-Net trained on gala train ({g['train_iterations']} iterations, "
+                  f"{g['train_seconds_total'] / 60:.1f} min CPU); ground truth boundary = label 0 voxels.", "",
+                  "| boundaries | tolerance | U-Net @0.5 | gala p1 @0.5 | U-Net best t | gala p1 best t |",
+                  "|---|---|---|---|---|---|"]
+        for tol in (0, 1):
+            lines.append(f"| voxels | {tol} | {_fmt(g[f'unet_tol{tol}_t0.5'])} | {_fmt(g[f'p1_tol{tol}_t0.5'])} | "
+                         f"{_fmt(g[f'unet_tol{tol}_best'])} | {_fmt(g[f'p1_tol{tol}_best'])} |")
+    lines.append("")
+    (RESULTS / "boundary_quality.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

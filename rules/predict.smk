@@ -1,0 +1,118 @@
+# predict: U-Net affinities and synapse maps, blockwise (one job per block), from the shipped checkpoint or
+# (train.enabled) from a model trained here on a ground-truth dataset (see connectomix.predict / connectomix.train).
+from connectomix.predict import workflow_checkpoint, workflow_context
+
+PREDICT = CFG["predict"]
+TRAIN = CFG["train"]
+PREDICT_CHECKPOINT = workflow_checkpoint(CFG, [d for d in DATASETS if is_phantom(d)])
+PREDICT_CONTEXT = workflow_context(CFG, [d for d in DATASETS if is_phantom(d)])
+predict_grid = lambda name: block_grid(name, PREDICT_CONTEXT)
+predict_read_voxels = lambda wc: predict_grid(wc.dataset).block(wc.block).read.size
+
+
+rule train:
+    input:
+        raw=lambda wc: raw_volume_done(wc.dataset),
+    output:
+        checkpoint=f"{RESULTS}/models/{{dataset}}/checkpoint.json",
+        weights=f"{RESULTS}/models/{{dataset}}/weights.pt",
+    params:
+        volume=lambda wc: volume_path(wc.dataset),
+        synapses=lambda wc: f"{RESULTS}/{wc.dataset}/gt/synapses.parquet",
+        out=lambda wc: f"{RESULTS}/models/{wc.dataset}",
+        spec=json_arg(TRAIN),
+        device=TRAIN["device"],
+        threads=TRAIN["threads"],
+    log:
+        f"{RESULTS}/{{dataset}}/logs/train.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=lambda wc: cmx_config.job_resources(30 * voxels(wc.dataset), CFG)["mem_mb"],
+        runtime=lambda wc: max(30, cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"]),
+        gpu=TRAIN["gpu"],
+    shell:
+        "python -m connectomix train --volume {params.volume} --synapses {params.synapses} --out {params.out} "
+        "--params {params.spec} --device {params.device} --threads {params.threads} --no-progress > {log} 2>&1"
+
+
+rule predict_setup:
+    input:
+        raw=lambda wc: raw_volume_done(wc.dataset),
+        checkpoint=f"{PREDICT_CHECKPOINT}/checkpoint.json",
+    output:
+        marker=f"{RESULTS}/{{dataset}}/blocks/predict/setup.json",
+    params:
+        volume=lambda wc: volume_path(wc.dataset),
+        checkpoint=lambda wc, input: input.checkpoint.rsplit("/", 1)[0],
+        chunks=zyx(CFG["storage"]["chunk_shape"]),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/predict/setup.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=CFG["resources"]["min_mem_mb"],
+        runtime=CFG["resources"]["min_runtime_min"],
+    shell:
+        "python -m connectomix predict setup --volume {params.volume} --checkpoint {params.checkpoint} "
+        "--chunk-shape {params.chunks} --marker {output.marker} > {log} 2>&1"
+
+
+rule predict_block:
+    input:
+        setup=f"{RESULTS}/{{dataset}}/blocks/predict/setup.json",
+        checkpoint=f"{PREDICT_CHECKPOINT}/checkpoint.json",
+    output:
+        marker=f"{RESULTS}/{{dataset}}/blocks/predict/{{block}}.json",
+    params:
+        volume=lambda wc: volume_path(wc.dataset),
+        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks/predict",
+        checkpoint=lambda wc, input: input.checkpoint.rsplit("/", 1)[0],
+        block_shape=zyx(CFG["blocks"]["shape"]),
+        tile=zyx(PREDICT["tile_shape"]),
+        batch=PREDICT["batch_size"],
+        device=PREDICT["device"],
+    log:
+        f"{RESULTS}/{{dataset}}/logs/predict/{{block}}.log",
+    conda:
+        ENV
+    threads: PREDICT["threads"]
+    resources:
+        # measured: ~800 MB peak for a 40 x 284 x 284 read ROI (one tile per block, default model)
+        mem_mb=lambda wc: cmx_config.job_resources(2 * predict_read_voxels(wc), CFG)["mem_mb"],
+        runtime=lambda wc: cmx_config.job_resources(predict_read_voxels(wc), CFG)["runtime"],
+        gpu=PREDICT["gpu"],
+    shell:
+        "python -m connectomix predict block --volume {params.volume} --checkpoint {params.checkpoint} "
+        "--block-shape {params.block_shape} --blocks {wildcards.block} --marker-dir {params.markers} "
+        "--tile-shape {params.tile} --batch-size {params.batch} --device {params.device} --threads {threads} "
+        "> {log} 2>&1"
+
+
+rule predict_finish:
+    input:
+        markers=lambda wc: [f"{RESULTS}/{wc.dataset}/blocks/predict/{b}.json" for b in predict_grid(wc.dataset).ids()],
+    output:
+        summary=f"{RESULTS}/{{dataset}}/predict.json",
+    params:
+        volume=lambda wc: volume_path(wc.dataset),
+        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks/predict",
+        checkpoint=PREDICT_CHECKPOINT,
+        levels=CFG["pyramid"]["levels"],
+        factor=zyx(CFG["pyramid"]["factor"]),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/predict/finish.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **slab_resources(),
+    shell:
+        "python -m connectomix predict finish --volume {params.volume} --marker-dir {params.markers} "
+        "--summary {output.summary} --checkpoint {params.checkpoint} --pyramid-levels {params.levels} "
+        "--pyramid-factor {params.factor} > {log} 2>&1"
+
+
+FINAL_TARGETS["predict"] = lambda name: [f"{RESULTS}/{name}/predict.json"]

@@ -1,0 +1,385 @@
+"""Blockwise U-Net inference: ``affinities`` and ``synapse_maps`` (uint8, value/255 = probability).
+
+Seamless by construction: the network uses valid convolutions, every tile starts on the network's pooling lattice
+(multiples of ``Architecture.total_factor`` in global voxel coordinates) and the input outside the volume is the
+whole volume's mirror reflection (computed from global coordinates, so a block at the border sees exactly what a
+whole-volume pass sees). Each block predicts the tiles covering its write ROI and writes exactly that ROI; a block's
+values therefore equal a whole-volume prediction up to float rounding (at most one uint8 step).
+
+CLI (``python -m connectomix predict ACTION``): ``setup`` creates both arrays, ``block`` predicts blocks and writes
+one marker per block (last), ``finish`` builds pyramids and writes a summary JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+SCALE = 1.0 / 255.0
+
+
+# --- padded reads --------------------------------------------------------------------------------------------
+
+
+def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Mirror indices into [0, n) without repeating the edge voxel (numpy 'reflect'), any distance away."""
+    index = np.asarray(index)
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    index = np.mod(index, period)
+    return np.where(index >= n, period - index, index)
+
+
+def read_padded(array, start: Sequence[int], shape: Sequence[int], volume_shape: Sequence[int] | None = None,
+                shifts: np.ndarray | None = None) -> np.ndarray:
+    """Read the box [start, start + shape) of a (z, y, x) array, mirroring the volume outside its bounds.
+
+    ``array`` may be numpy or zarr; only the bounding box of the voxels needed is read. ``shifts`` (optional,
+    (shape[0], 2) ints) offsets each section's in-plane read position (misalignment simulation).
+    """
+    volume_shape = tuple(volume_shape or array.shape[-3:])
+    idx = [reflect_index(np.arange(s, s + n), v) for s, n, v in zip(start, shape, volume_shape)]
+    if shifts is not None:
+        out = np.empty(tuple(shape), dtype=array.dtype)
+        for j, z in enumerate(idx[0]):
+            iy = reflect_index(np.arange(start[1], start[1] + shape[1]) + shifts[j, 0], volume_shape[1])
+            ix = reflect_index(np.arange(start[2], start[2] + shape[2]) + shifts[j, 1], volume_shape[2])
+            y0, y1, x0, x1 = iy.min(), iy.max() + 1, ix.min(), ix.max() + 1
+            section = np.asarray(array[int(z), y0:y1, x0:x1])
+            out[j] = section[np.ix_(iy - y0, ix - x0)]
+        return out
+    lo = [int(i.min()) for i in idx]
+    hi = [int(i.max()) + 1 for i in idx]
+    box = np.asarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+    return box[np.ix_(*(i - a for i, a in zip(idx, lo)))]
+
+
+# --- the predictor -------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str = "auto", threads: int = 0):
+    """'auto' -> CUDA when available, else CPU; CPU uses ``threads`` threads (0: all cores)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+    return dev
+
+
+class Predictor:
+    """Runs a model over regions of a volume with seamless tiling.
+
+    ``tile_shape`` is the wanted output tile (voxels, z, y, x); it is enlarged to the nearest valid output shape.
+    Tiles of equal shape are batched (``batch_size``). On GPU: bf16 autocast and channels-last; CPU: fp32.
+    """
+
+    def __init__(self, model, device="cpu", batch_size: int = 1, tile_shape: Sequence[int] = (24, 192, 192)):
+        import torch
+
+        self.arch = model.arch
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.batch_size = max(1, int(batch_size))
+        self.tile_shape = tuple(int(t) for t in tile_shape)
+        self.context = self.arch.context
+        self.factor = self.arch.total_factor
+        self.n_aff = len(self.arch.offsets)
+
+    def _tiles(self, offset, shape):
+        """Output tile shape and tile starts (aligned to the pooling lattice) covering the box."""
+        want = [max(min(t, s), f) for t, s, f in zip(self.tile_shape, shape, self.factor)]
+        tile = self.arch.valid_output_shape(want)
+        step = [max(f, (t // f) * f) for t, f in zip(tile, self.factor)]
+        first = [(o // f) * f for o, f in zip(offset, self.factor)]
+        starts = []
+        for axis in range(3):
+            axis_starts = list(range(first[axis], offset[axis] + shape[axis], step[axis]))
+            starts.append(axis_starts)
+        grid = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+        return tile, first, grid
+
+    def predict(self, source, offset: Sequence[int], shape: Sequence[int],
+                volume_shape: Sequence[int] | None = None) -> np.ndarray:
+        """Probabilities (float32, (channels, *shape)) for the box at ``offset`` of ``source`` (z, y, x uint8).
+
+        Affinities whose neighbour lies outside the volume are set to 0 (the contract).
+        """
+        return self.predict_many(source, [(offset, shape)], volume_shape)[0]
+
+    def predict_many(self, source, boxes, volume_shape: Sequence[int] | None = None) -> list[np.ndarray]:
+        """:meth:`predict` for several boxes (e.g. blocks) at once: tiles of equal shape share batches."""
+        import torch
+
+        from connectomix.models import normalize_raw
+
+        volume_shape = tuple(volume_shape or source.shape)
+        ctx = self.context
+        jobs = []  # per box: offset, shape, tile, out_start, raw (padded input), result buffer
+        for offset, shape in boxes:
+            offset = tuple(int(o) for o in offset)
+            shape = tuple(int(s) for s in shape)
+            tile, first, grid = self._tiles(offset, shape)
+            # One padded read covering every tile's input, then tiles are views into it.
+            last = [max(g[a] for g in grid) for a in range(3)]
+            in_start = [f - c for f, c in zip(first, ctx)]
+            in_shape = [l + t + c - s for l, t, c, s in zip(last, tile, ctx, in_start)]
+            raw = read_padded(source, in_start, in_shape, volume_shape)
+            out_shape = [l + t - f for l, t, f in zip(last, tile, first)]
+            result = np.zeros((self.arch.out_channels, *out_shape), dtype=np.float32)
+            jobs.append({"offset": offset, "shape": shape, "tile": tile, "first": first, "grid": grid,
+                         "raw": raw, "result": result})
+        # (job, tile start) pairs grouped by tile shape, then batched.
+        by_tile: dict = {}
+        for j, job in enumerate(jobs):
+            by_tile.setdefault(job["tile"], []).extend((j, g) for g in job["grid"])
+        use_cuda = self.device.type == "cuda"
+        with torch.inference_mode():
+            for tile, items in by_tile.items():
+                in_tile = [t + 2 * c for t, c in zip(tile, ctx)]
+                for b in range(0, len(items), self.batch_size):
+                    batch = items[b:b + self.batch_size]
+                    inputs = np.stack([
+                        jobs[j]["raw"][tuple(slice(g[k] - jobs[j]["first"][k], g[k] - jobs[j]["first"][k] + in_tile[k])
+                                             for k in range(3))]
+                        for j, g in batch
+                    ])[:, None]
+                    x = normalize_raw(inputs).to(self.device)
+                    if use_cuda:
+                        x = x.contiguous(memory_format=torch.channels_last_3d)
+                        with torch.autocast("cuda", dtype=torch.bfloat16):
+                            y = self.model(x)
+                    else:
+                        y = self.model(x)
+                    y = torch.sigmoid(y.float()).cpu().numpy()
+                    for (j, g), pred in zip(batch, y):
+                        sl = tuple(slice(s - o, s - o + t) for s, o, t in zip(g, jobs[j]["first"], tile))
+                        jobs[j]["result"][(slice(None),) + sl] = pred
+        outputs = []
+        for job in jobs:
+            crop = tuple(slice(o - s, o - s + n) for o, s, n in zip(job["offset"], job["first"], job["shape"]))
+            result = job["result"][(slice(None),) + crop]
+            zero_outside_affinities(result[:self.n_aff], self.arch.offsets, job["offset"], volume_shape)
+            outputs.append(result)
+        return outputs
+
+
+def zero_outside_affinities(aff: np.ndarray, offsets, offset: Sequence[int], volume_shape: Sequence[int]) -> None:
+    """In place: affinity 0 where v + o lies outside the volume (``aff`` holds the box at global ``offset``)."""
+    for c, o in enumerate(offsets):
+        for axis, d in enumerate(o):
+            if d == 0:
+                continue
+            coords = np.arange(offset[axis], offset[axis] + aff.shape[1 + axis]) + d
+            bad = (coords < 0) | (coords >= volume_shape[axis])
+            if bad.any():
+                index = [slice(None)] * 3
+                index[axis] = bad
+                aff[c][tuple(index)] = 0
+
+
+def quantize(prob: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 (value * SCALE = probability)."""
+    return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
+
+
+def predict_volume(model, raw: np.ndarray, device="cpu", batch_size: int = 1,
+                   tile_shape: Sequence[int] = (24, 192, 192)) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-volume prediction of an in-memory (z, y, x) uint8 volume: (affinities, synapse maps) float32."""
+    predictor = Predictor(model, device, batch_size, tile_shape)
+    prob = predictor.predict(raw, (0, 0, 0), raw.shape, raw.shape)
+    n = len(model.arch.offsets)
+    return prob[:n], prob[n:]
+
+
+# --- blockwise over the OME-Zarr -----------------------------------------------------------------------------
+
+
+def _grid(volume, checkpoint_meta, block_shape):
+    from connectomix.blocks import BlockGrid
+    from connectomix.io import read_meta
+
+    meta = read_meta(volume, "affinities")
+    return BlockGrid(meta.spatial_shape, block_shape, checkpoint_meta["context"], meta.spatial_chunks)
+
+
+def setup(volume, checkpoint, chunk_shape, marker) -> dict:
+    """Create the ``affinities`` and ``synapse_maps`` arrays (replacing old ones) and write the setup marker."""
+    from connectomix.blocks import atomic_write_json
+    from connectomix.io import create_array, read_meta
+    from connectomix.models import read_checkpoint_meta
+    from connectomix.provenance import record
+
+    ck = read_checkpoint_meta(checkpoint)
+    raw = read_meta(volume, "raw")
+    shape = raw.spatial_shape
+    prov = record({"checkpoint": str(checkpoint), "weights_sha256": ck["weights_sha256"],
+                   "context": ck["context"]},
+                  {"raw": str(Path(volume) / "raw"), "checkpoint_sha256": ck["weights_sha256"]})
+    aff_channels = ck["channels"]["affinities"]
+    syn_channels = ck["channels"]["synapse_maps"] or ["cleft", "pre", "post"]
+    create_array(volume, "affinities", (len(aff_channels), *shape), np.uint8, (len(aff_channels), *chunk_shape),
+                 raw.voxel_size, raw.offset_nm, channels=aff_channels,
+                 attrs={"offsets": ck["offsets"], "scale": SCALE, "context": ck["context"], "provenance": prov})
+    create_array(volume, "synapse_maps", (len(syn_channels), *shape), np.uint8, (len(syn_channels), *chunk_shape),
+                 raw.voxel_size, raw.offset_nm, channels=syn_channels,
+                 attrs={"scale": SCALE, "predicted": bool(ck["channels"]["synapse_maps"]), "provenance": prov})
+    payload = {"volume_shape": list(shape), "chunk_shape": list(chunk_shape), "context": ck["context"],
+               "weights_sha256": ck["weights_sha256"], "provenance": prov}
+    atomic_write_json(marker, payload)
+    return payload
+
+
+def predict_blocks(volume, checkpoint, block_shape, block_ids, marker_dir, device="auto", batch_size=1,
+                   tile_shape=(24, 192, 192), threads=0) -> list[dict]:
+    """Predict the given blocks; each writes exactly its write ROI, then its marker (last)."""
+    from connectomix.blocks import write_marker
+    from connectomix.io import open_array
+    from connectomix.models import load_checkpoint
+
+    dev = resolve_device(device, threads)
+    model, ck = load_checkpoint(checkpoint, map_location=dev)
+    grid = _grid(volume, ck, block_shape)
+    raw = open_array(volume, "raw")
+    aff_out = open_array(volume, "affinities", mode="r+")
+    syn_out = open_array(volume, "synapse_maps", mode="r+")
+    predictor = Predictor(model, dev, batch_size, tile_shape)
+    n_aff = len(ck["offsets"])
+    markers = []
+    blocks = [grid.block(bid) for bid in block_ids]
+    # Blocks go through the network together (tiles batched across blocks), `batch_size` blocks' worth at a time.
+    group = max(1, int(batch_size))
+    for i in range(0, len(blocks), group):
+        chunk = blocks[i:i + group]
+        t0 = time.perf_counter()
+        probs = predictor.predict_many(raw, [(b.write.offset, b.write.shape) for b in chunk], grid.volume_shape)
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        for block, prob in zip(chunk, probs):
+            q = quantize(prob)
+            aff_out[(slice(None),) + block.write.slices] = q[:n_aff]
+            if ck["channels"]["synapse_maps"]:
+                syn_out[(slice(None),) + block.write.slices] = q[n_aff:]
+            fields = {"seconds": round(seconds, 3), "device": str(dev), "voxels": block.write.size,
+                      "voxels_per_second": block.write.size / max(seconds, 1e-9),
+                      "mean_affinity": float(q[:n_aff].mean() * SCALE), "weights_sha256": ck["weights_sha256"]}
+            write_marker(Path(marker_dir) / f"{block.id}.json", block, **fields)
+            markers.append(fields)
+    return markers
+
+
+def finish(volume, marker_dir, summary, levels=3, factor=(1, 2, 2), checkpoint=None) -> dict:
+    """Check every block marker exists, build both pyramids and write the summary JSON."""
+    from connectomix.blocks import atomic_write_json, read_marker
+    from connectomix.io import build_pyramid, open_array, read_meta, update_attrs
+
+    meta = read_meta(volume, "affinities")
+    markers = sorted(Path(marker_dir).glob("z*_y*_x*.json"))
+    if not markers:
+        raise FileNotFoundError(f"no block markers in {marker_dir}")
+    records = [read_marker(p) for p in markers]
+    written = sum(int(np.prod(r["write_shape"])) for r in records)
+    if written != int(np.prod(meta.spatial_shape)):
+        raise ValueError(f"block markers cover {written} voxels, the volume has {int(np.prod(meta.spatial_shape))}")
+    out = {}
+    for name in ("affinities", "synapse_maps"):
+        out[name] = {"levels": build_pyramid(volume, name, levels, factor)}
+        arr = open_array(volume, name)
+        means = [float(np.asarray(arr[c]).mean() * SCALE) for c in range(arr.shape[0])]
+        out[name]["channel_means"] = dict(zip(read_meta(volume, name).channels, means))
+    seconds = sum(r.get("seconds", 0.0) for r in records)
+    payload = {"blocks": len(records), "voxels": written, "seconds": round(seconds, 3),
+               "voxels_per_second": written / max(seconds, 1e-9),
+               "devices": sorted({r.get("device", "?") for r in records}), "arrays": out,
+               "weights_sha256": sorted({r.get("weights_sha256") for r in records}),
+               "checkpoint": str(checkpoint) if checkpoint else None}
+    update_attrs(volume, "affinities", predict_summary={k: payload[k] for k in ("blocks", "seconds", "voxels")})
+    atomic_write_json(summary, payload)
+    return payload
+
+
+# --- workflow helpers (rules/predict.smk) ----------------------------------------------------------------------
+
+
+def workflow_checkpoint(cfg: dict, phantom_datasets: Sequence[str]) -> str:
+    """The checkpoint folder the workflow predicts with: trained here (``train.enabled``) or the shipped one."""
+    if not cfg["train"]["enabled"]:
+        return cfg["predict"]["checkpoint"]
+    return f"{cfg['results_dir']}/models/{workflow_train_dataset(cfg, phantom_datasets)}"
+
+
+def workflow_train_dataset(cfg: dict, phantom_datasets: Sequence[str]) -> str:
+    """``train.dataset``, else the first phantom dataset (ground truth is needed)."""
+    name = cfg["train"]["dataset"] or next(iter(phantom_datasets), None)
+    if name is None or name not in cfg["datasets"]:
+        raise ValueError("train.enabled needs train.dataset (a dataset with ground truth) or a phantom dataset")
+    return name
+
+
+def workflow_context(cfg: dict, phantom_datasets: Sequence[str]) -> list[int]:
+    """The network's halo (z, y, x voxels): from the checkpoint JSON, or from ``train.model`` when training here."""
+    if cfg["train"]["enabled"]:
+        from connectomix.train import architecture_from_params
+
+        return list(architecture_from_params(cfg["train"]["model"]).context)
+    path = Path(workflow_checkpoint(cfg, phantom_datasets)) / "checkpoint.json"
+    if not path.exists():
+        raise FileNotFoundError(f"predict.checkpoint: no checkpoint at {path.parent} (see models/README.md)")
+    return list(json.loads(path.read_text())["context"])
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    s = sub.add_parser("setup", help="create the affinities and synapse_maps arrays")
+    s.add_argument("--volume", required=True, help="the dataset's volume.zarr (must hold `raw`)")
+    s.add_argument("--checkpoint", required=True, help="checkpoint folder (weights.pt + checkpoint.json)")
+    s.add_argument("--chunk-shape", type=int, nargs=3, required=True, metavar=("Z", "Y", "X"),
+                   help="storage chunk, voxels")
+    s.add_argument("--marker", required=True, help="setup marker JSON to write")
+    b = sub.add_parser("block", help="predict blocks of the shared block grid")
+    b.add_argument("--volume", required=True)
+    b.add_argument("--checkpoint", required=True)
+    b.add_argument("--block-shape", type=int, nargs=3, required=True, metavar=("Z", "Y", "X"))
+    b.add_argument("--blocks", nargs="+", required=True, metavar="ID", help="block ids, e.g. z0_y1_x0")
+    b.add_argument("--marker-dir", required=True, help="folder for the per-block markers")
+    b.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
+    b.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
+    b.add_argument("--tile-shape", type=int, nargs=3, default=[24, 192, 192], metavar=("Z", "Y", "X"),
+                   help="wanted output tile, voxels (enlarged to a valid network output)")
+    b.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    f = sub.add_parser("finish", help="pyramids and summary")
+    f.add_argument("--volume", required=True)
+    f.add_argument("--marker-dir", required=True)
+    f.add_argument("--summary", required=True, help="summary JSON to write")
+    f.add_argument("--checkpoint", default=None)
+    f.add_argument("--pyramid-levels", type=int, default=3)
+    f.add_argument("--pyramid-factor", type=int, nargs=3, default=[1, 2, 2])
+
+
+def run(args) -> int:
+    if args.action == "setup":
+        info = setup(args.volume, args.checkpoint, args.chunk_shape, args.marker)
+        print(f"predict setup: arrays {info['volume_shape']} created; context {info['context']}")
+    elif args.action == "block":
+        done = predict_blocks(args.volume, args.checkpoint, args.block_shape, args.blocks, args.marker_dir,
+                              args.device, args.batch_size, args.tile_shape, args.threads)
+        for bid, m in zip(args.blocks, done):
+            print(f"predict block {bid}: {m['voxels']} voxels in {m['seconds']} s on {m['device']}")
+    else:
+        info = finish(args.volume, args.marker_dir, args.summary, args.pyramid_levels, args.pyramid_factor,
+                      args.checkpoint)
+        print(json.dumps({k: info[k] for k in ("blocks", "voxels", "seconds")}))
+    return 0

@@ -1,0 +1,175 @@
+"""Blockwise inference: mirrored reads, seamless tiling, the zarr outputs and the CLI actions."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from connectomix import io
+from connectomix.blocks import BlockGrid
+from connectomix.cli import main
+from connectomix.models import Architecture, UNet, save_checkpoint
+from connectomix.predict import Predictor, predict_volume, quantize, read_padded, reflect_index
+
+torch.set_num_threads(2)
+
+TINY = dict(num_fmaps=4, fmap_inc_factor=2, downsample_factors=[[1, 2, 2], [2, 2, 2]],
+            kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]])
+
+
+def _model(seed=0):
+    """A random net whose deep (pooled) paths matter: He init keeps activations alive through every level."""
+    torch.manual_seed(seed)
+    model = UNet(Architecture.from_dict(TINY)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                torch.nn.init.normal_(module.bias, std=0.1)
+        # scale the head so logits spread over about +-3 on EM-like input (probabilities use the whole range)
+        shape = model.arch.input_shape(model.arch.valid_output_shape((4, 16, 16)))
+        x = torch.from_numpy(_raw(shape, seed=99)).float()[None, None] / 127.5 - 1
+        spread = model(x).std()
+        model.head.weight.mul_(1.5 / spread)
+        model.head.bias.zero_()
+    return model
+
+
+def _raw(shape=(16, 64, 64), seed=0):
+    from connectomix.train import synthetic_data
+
+    return synthetic_data(shape, seed=seed)[0].raw
+
+
+def test_reflect_index_matches_numpy_reflect_padding():
+    a = np.arange(5)
+    for pad in (1, 4, 11):
+        expected = np.pad(a, pad, mode="reflect")
+        assert np.array_equal(a[reflect_index(np.arange(-pad, 5 + pad), 5)], expected)
+    assert np.array_equal(reflect_index(np.arange(-2, 3), 1), np.zeros(5, int))
+
+
+def test_read_padded_equals_padding_the_whole_volume():
+    vol = np.random.default_rng(0).integers(0, 255, (6, 9, 7), dtype=np.uint8)
+    padded = np.pad(vol, 4, mode="reflect")
+    for start, shape in [((-4, -4, -4), (14, 17, 15)), ((2, -3, 5), (3, 5, 6)), ((0, 0, 0), (6, 9, 7))]:
+        got = read_padded(vol, start, shape)
+        sl = tuple(slice(s + 4, s + 4 + n) for s, n in zip(start, shape))
+        assert np.array_equal(got, padded[sl])
+
+
+def test_affinities_are_zero_where_the_neighbour_is_outside():
+    raw = _raw((8, 32, 32))
+    aff, syn = predict_volume(_model(), raw)
+    assert aff.shape == (3, 8, 32, 32) and syn.shape == (3, 8, 32, 32)
+    assert (aff[0, 0] == 0).all() and (aff[1, :, 0] == 0).all() and (aff[2, :, :, 0] == 0).all()
+    assert aff[0, 1:].max() > 0.1 and aff[2, :, :, 1:].min() < 0.9
+
+
+def test_blockwise_prediction_is_seamless():
+    """>= 8 blocks (edge blocks partial, several tiles each) equal one whole-volume pass within one uint8 step."""
+    model = _model()
+    raw = _raw((16, 64, 64), seed=3)
+    whole = quantize(Predictor(model, tile_shape=(64, 256, 256)).predict(raw, (0, 0, 0), raw.shape))
+    grid = BlockGrid(raw.shape, (8, 24, 24), model.arch.context, (8, 8, 8))
+    assert len(grid) >= 8
+    blockwise = np.zeros_like(whole)
+    predictor = Predictor(model, batch_size=3, tile_shape=(2, 8, 8))
+    for block in grid:
+        # A block only sees its read ROI (clipped to the volume), as a zarr job does.
+        source = np.zeros_like(raw)
+        source[block.read.slices] = raw[block.read.slices]
+        out = predictor.predict(source, block.write.offset, block.write.shape, raw.shape)
+        blockwise[(slice(None),) + block.write.slices] = quantize(out)
+    diff = np.abs(blockwise.astype(int) - whole.astype(int))
+    assert diff.max() <= 1, f"blockwise differs from whole-volume by up to {diff.max()}"
+    assert whole.std() > 10  # the comparison is not between constant maps
+
+
+def _blockwise(model, raw, block_shape, tile_shape=(2, 8, 8)):
+    grid = BlockGrid(raw.shape, block_shape, model.arch.context)
+    predictor = Predictor(model, batch_size=3, tile_shape=tile_shape)
+    out = np.zeros((model.arch.out_channels, *raw.shape), dtype=np.uint8)
+    for block in grid:
+        out[(slice(None),) + block.write.slices] = quantize(
+            predictor.predict(raw, block.write.offset, block.write.shape, raw.shape))
+    return out
+
+
+def test_tiles_off_the_pooling_lattice_would_not_be_seamless(monkeypatch):
+    """The seamless check has teeth: ignoring the pooling lattice (blocks not on multiples of 4 in-plane) shows."""
+    model = _model()
+    raw = _raw((16, 64, 64), seed=3)
+    whole = quantize(Predictor(model, tile_shape=(64, 256, 256)).predict(raw, (0, 0, 0), raw.shape))
+    aligned = _blockwise(model, raw, (8, 18, 18))  # block offsets 18, 36, 54: aligned down to 16, 36, 52
+    assert np.abs(aligned.astype(int) - whole.astype(int)).max() <= 1
+    original = Predictor._tiles
+
+    def unaligned(self, offset, shape):
+        factor, self.factor = self.factor, (1, 1, 1)
+        try:
+            return original(self, offset, shape)
+        finally:
+            self.factor = factor
+
+    monkeypatch.setattr(Predictor, "_tiles", unaligned)
+    broken = _blockwise(model, raw, (8, 18, 18))
+    assert np.abs(broken.astype(int) - whole.astype(int)).max() > 5
+
+
+def _volume(tmp_path, raw):
+    root = tmp_path / "volume.zarr"
+    io.write_full(root, "raw", raw, (8, 32, 32), (40, 8, 8))
+    return root
+
+
+def test_cli_setup_block_finish(tmp_path, capsys):
+    raw = _raw((16, 64, 64), seed=5)
+    root = _volume(tmp_path, raw)
+    model = _model()
+    ck = tmp_path / "ck"
+    save_checkpoint(ck, model, {"iterations": 1})
+    markers = tmp_path / "blocks"
+    assert main(["predict", "setup", "--volume", str(root), "--checkpoint", str(ck), "--chunk-shape", "8", "32",
+                 "32", "--marker", str(markers / "setup.json")]) == 0
+    meta = io.read_meta(root, "affinities")
+    assert meta.shape == (3, 16, 64, 64) and meta.channels == ("z", "y", "x")
+    assert meta.attrs["offsets"] == [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+    assert meta.attrs["scale"] == pytest.approx(1 / 255)
+    assert io.read_meta(root, "synapse_maps").channels == ("cleft", "pre", "post")
+    grid = BlockGrid(raw.shape, (8, 32, 32), model.arch.context, (8, 32, 32))
+    ids = grid.ids()
+    assert main(["predict", "block", "--volume", str(root), "--checkpoint", str(ck), "--block-shape", "8", "32",
+                 "32", "--blocks", *ids[:4], "--marker-dir", str(markers), "--device", "cpu", "--threads", "1",
+                 "--batch-size", "2", "--tile-shape", "4", "16", "16"]) == 0
+    # finish refuses while blocks are missing
+    assert main(["predict", "finish", "--volume", str(root), "--marker-dir", str(markers),
+                 "--summary", str(tmp_path / "predict.json")]) == 1
+    assert main(["predict", "block", "--volume", str(root), "--checkpoint", str(ck), "--block-shape", "8", "32",
+                 "32", "--blocks", *ids[4:], "--marker-dir", str(markers), "--device", "cpu",
+                 "--threads", "1"]) == 0
+    marker = json.loads((markers / f"{ids[0]}.json").read_text())
+    assert marker["block"] == ids[0] and marker["write_shape"] == [8, 32, 32]
+    assert main(["predict", "finish", "--volume", str(root), "--marker-dir", str(markers),
+                 "--summary", str(tmp_path / "predict.json"), "--pyramid-levels", "2"]) == 0
+    summary = json.loads((tmp_path / "predict.json").read_text())
+    assert summary["blocks"] == 8 and summary["voxels"] == raw.size
+    assert io.read_meta(root, "affinities").levels == 2
+    aff = io.open_array(root, "affinities")[...]
+    whole_aff, whole_syn = predict_volume(model, raw)
+    assert np.abs(aff.astype(int) - quantize(whole_aff).astype(int)).max() <= 1
+    syn = io.open_array(root, "synapse_maps")[...]
+    assert np.abs(syn.astype(int) - quantize(whole_syn).astype(int)).max() <= 1
+
+
+def test_block_with_a_bad_id_is_a_clear_error(tmp_path, capsys):
+    raw = _raw((8, 32, 32))
+    root = _volume(tmp_path, raw)
+    ck = tmp_path / "ck"
+    save_checkpoint(ck, _model(), {"iterations": 1})
+    assert main(["predict", "setup", "--volume", str(root), "--checkpoint", str(ck), "--chunk-shape", "8", "32",
+                 "32", "--marker", str(tmp_path / "s.json")]) == 0
+    assert main(["predict", "block", "--volume", str(root), "--checkpoint", str(ck), "--block-shape", "8", "32",
+                 "32", "--blocks", "z5_y0_x0", "--marker-dir", str(tmp_path / "m"), "--device", "cpu"]) == 1
+    assert "outside the grid" in capsys.readouterr().err

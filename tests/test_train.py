@@ -1,0 +1,210 @@
+"""Training: targets (hand-checked), augmentation consistency, loss, determinism, resume, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from connectomix import io
+from connectomix.cli import main
+from connectomix.models import load_checkpoint
+from connectomix.train import (DEFAULT_PARAMS, TrainData, affinity_targets, architecture_from_params, balanced_bce,
+                               boundary_map, merge_params, prf, sample_batch, synapse_targets, synthetic_data, train)
+
+torch.set_num_threads(2)
+
+TINY_MODEL = {"num_fmaps": 3, "fmap_inc_factor": 2, "downsample_factors": [[1, 2, 2], [1, 2, 2]],
+              "kernel_sizes": [[1, 3, 3], [1, 3, 3], [3, 3, 3]]}
+TINY = {"iterations": 4, "validate_every": 2, "checkpoint_every": 2, "output_shape": [2, 12, 12],
+        "model": TINY_MODEL}
+
+
+def test_affinity_targets_by_hand():
+    labels = np.array([[[1, 1, 2],
+                        [0, 0, 2]],
+                       [[1, 3, 2],
+                        [1, 0, 2]]], dtype=np.uint64)
+    aff, mask = affinity_targets(labels, [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, 0, -2]])
+    # z: voxel v vs the section before; section 0 has no neighbour (masked)
+    assert not mask[0, 0].any() and mask[0, 1].all()
+    assert aff[0, 1].tolist() == [[True, False, True], [False, False, True]]
+    # y: row 1 vs row 0
+    assert aff[1, 0, 1].tolist() == [False, False, True] and aff[1, 1, 1].tolist() == [True, False, True]
+    assert not mask[1, :, 0].any()
+    # x: column j vs j - 1
+    assert aff[2, 0].tolist() == [[False, True, False], [False, False, False]]
+    assert aff[2, 1].tolist() == [[False, False, False], [False, False, False]]
+    # long range x - 2: column 2 vs column 0
+    assert mask[3, ..., 2].all() and not mask[3, ..., :2].any()
+    assert aff[3, 0, 0, 2] == False and aff[3, 1, 1, 2] == False  # noqa: E712  (2 vs 1, 2 vs 1)
+
+
+def test_synapse_targets_by_hand():
+    labels = np.array([1, 1, 1, 2, 2, 2, 2], dtype=np.uint64).reshape(1, 1, 7)
+    clefts = np.zeros_like(labels)
+    clefts[0, 0, 3] = 5
+    table = {"id": np.array([5, 9]), "pre": np.array([1, 2]), "post": np.array([2, 1])}  # 9: not in the volume
+    out = synapse_targets(labels, clefts, table, (40, 8, 8), distance_nm=16)
+    assert out[0, 0, 0].tolist() == [0, 0, 0, 1, 0, 0, 0]
+    assert out[1, 0, 0].tolist() == [0, 1, 1, 0, 0, 0, 0]  # pre (label 1) within 16 nm of x=3
+    assert out[2, 0, 0].tolist() == [0, 0, 0, 1, 1, 1, 0]  # post (label 2), cleft voxel included
+
+
+def test_affinity_channels_under_rotation_and_flips():
+    """Targets of a rotated/flipped volume are the original channels permuted and shifted by one voxel."""
+    labels = synthetic_data((3, 12, 12), seed=4, cells=6)[1]["labels"]
+    offsets = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+    aff = affinity_targets(labels, offsets)[0]
+    # rotation by 90 degrees: R[i, j] = L[j, W-1-i]
+    rot = affinity_targets(np.rot90(labels, 1, axes=(1, 2)), offsets)[0]
+    assert np.array_equal(rot[0], np.rot90(aff[0], 1, axes=(1, 2)))
+    assert np.array_equal(rot[2], np.rot90(aff[1], 1, axes=(1, 2)))  # new x-edges are old y-edges
+    # new y-edge (i, j)-(i-1, j) is old x-edge between columns W-1-i and W-i, stored at column W-i
+    shifted_x = np.zeros_like(aff[2])
+    shifted_x[..., :-1] = aff[2][..., 1:]
+    assert np.array_equal(rot[1][:, 1:], np.rot90(shifted_x, 1, axes=(1, 2))[:, 1:])
+    # flip in x: the edge to the left becomes the edge to the right (shift by one)
+    flip = affinity_targets(labels[..., ::-1], offsets)[0]
+    assert np.array_equal(flip[2][..., 1:], aff[2][..., ::-1][..., :-1])
+    assert np.array_equal(flip[1], aff[1][..., ::-1])
+
+
+def _coded(data: TrainData) -> TrainData:
+    """Raw that encodes the label of each voxel, so labels can be read back from an augmented raw crop."""
+    raw = (data.labels * 17 % 251 + 1).astype(np.uint8)
+    assert len(np.unique(raw)) == len(np.unique(data.labels))
+    return TrainData(raw, data.labels, data.voxel_size, data.synapse, data.synapse_valid)
+
+
+@pytest.mark.parametrize("misalign", [0.0, 1.0])
+def test_augmented_raw_and_targets_stay_consistent(misalign):
+    data = _coded(synthetic_data((10, 48, 48), seed=2, cells=10)[0])
+    params = merge_params({"model": TINY_MODEL, "augment": {
+        "intensity": 0, "noise": 0, "missing_section_prob": 0, "misalign_prob": misalign}})
+    arch = architecture_from_params(params["model"])
+    out_shape = arch.valid_output_shape((2, 12, 12))
+    ctx = arch.context
+    for i in range(12):
+        rng = np.random.default_rng([1, i])
+        raw, target, mask = sample_batch(data, arch, out_shape, 1, rng, params)
+        # Read labels back from the augmented raw over the output box plus one voxel before it.
+        grey = np.rint((raw[0, 0] + 1) * 127.5).astype(np.int64)
+        box = tuple(slice(c - 1, c + o) for c, o in zip(ctx, out_shape))
+        aff = affinity_targets(grey[box], arch.offsets)[0][(slice(None),) + (slice(1, None),) * 3]
+        m = mask[0, :3].astype(bool)
+        assert m.mean() > 0.5
+        assert np.array_equal(aff[:3][m], target[0, :3].astype(bool)[m]), f"sample {i}"
+
+
+def test_pre_post_targets_follow_the_augmented_image():
+    data, gt = synthetic_data((10, 48, 48), seed=2, cells=10)
+    data = _coded(data)
+    code = {int(l) * 17 % 251 + 1 for l in gt["synapses"]["pre"]}, {int(l) * 17 % 251 + 1 for l in gt["synapses"]["post"]}
+    params = merge_params({"model": TINY_MODEL, "synapse_sample_prob": 1.0,
+                           "augment": {"intensity": 0, "noise": 0, "missing_section_prob": 0, "misalign_prob": 0}})
+    arch = architecture_from_params(params["model"])
+    out_shape = arch.valid_output_shape((2, 12, 12))
+    ctx = arch.context
+    hits = 0
+    for i in range(8):
+        raw, target, mask = sample_batch(data, arch, out_shape, 1, np.random.default_rng([3, i]), params)
+        grey = np.rint((raw[0, 0] + 1) * 127.5).astype(np.int64)
+        grey = grey[tuple(slice(c, c + o) for c, o in zip(ctx, out_shape))]
+        cleft, pre, post = target[0, 3:].astype(bool)
+        hits += pre.any() and post.any()
+        assert set(np.unique(grey[pre]).tolist()) <= code[0]  # pre voxels are voxels of presynaptic objects
+        assert set(np.unique(grey[post]).tolist()) <= code[1]
+        assert mask[0, 3:].all()
+    assert hits >= 4  # patches are sampled near clefts
+
+
+def test_balanced_bce_weighs_classes_equally():
+    target = torch.zeros(1, 1, 1, 1, 10)
+    target[..., 0] = 1
+    mask = torch.ones_like(target)
+    logits_pos_wrong = torch.zeros_like(target)
+    logits_pos_wrong[..., 0] = -5  # the one positive is badly wrong, negatives at 0.5
+    logits_neg_wrong = torch.zeros_like(target)
+    logits_neg_wrong[..., 0] = 0
+    logits_neg_wrong[..., 1:] = 5  # all nine negatives badly wrong
+    a = balanced_bce(logits_pos_wrong, target, mask)
+    b = balanced_bce(logits_neg_wrong, target, mask)
+    # one wrong positive weighs as much as nine wrong negatives (class balance)
+    assert float(a) == pytest.approx(float(b), rel=0.05)
+    masked = mask.clone()
+    masked[..., 1:] = 0
+    assert float(balanced_bce(logits_neg_wrong, target, masked)) == pytest.approx(np.log(2), rel=1e-4)
+
+
+def test_metrics_by_hand():
+    pred = np.array([1, 1, 0, 0], bool)
+    truth = np.array([1, 0, 1, 0], bool)
+    assert prf(pred, truth) == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    aff = np.ones((3, 1, 1, 4), np.float32)
+    aff[2, 0, 0, 2] = 0  # cut between x=1 and x=2
+    assert boundary_map(aff, "min")[0, 0].tolist() == [0, 1, 1, 0]
+    assert boundary_map(aff, "max")[0, 0].tolist() == [0, 0, 0, 0]
+
+
+def _weights(path):
+    return torch.load(path / "weights.pt", weights_only=True)
+
+
+def test_training_is_deterministic_and_resumable(tmp_path):
+    data = synthetic_data((10, 40, 40), seed=0, cells=8)[0]
+    a = train(data, TINY, tmp_path / "a", device="cpu", threads=1, progress=False)
+    b = train(data, TINY, tmp_path / "b", device="cpu", threads=1, progress=False)
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["weights_sha256"] == b["weights_sha256"] and a["iterations"] == 4
+    assert {"edge_f1", "boundary_f1", "cleft_f1", "loss_affinities"} <= set(a["validation"])
+    other = train(data, {**TINY, "seed": 1}, tmp_path / "c", device="cpu", threads=1, progress=False)
+    assert other["weights_sha256"] != a["weights_sha256"]
+    # Resume: 2 iterations, then continue to 4 -> the same weights as 4 uninterrupted iterations.
+    half = train(data, {**TINY, "iterations": 2}, tmp_path / "r", device="cpu", threads=1, progress=False)
+    assert half["iterations"] == 2
+    again = train(data, {**TINY, "iterations": 2}, tmp_path / "r", device="cpu", threads=1, progress=False)
+    assert again["iterations"] == 2 and again["weights_sha256"] == half["weights_sha256"]
+    full = train(data, TINY, tmp_path / "r", device="cpu", threads=1, progress=False)
+    assert full["iterations"] == 4
+    wr = _weights(tmp_path / "r")
+    assert all(torch.equal(wa[k], wr[k]) for k in wa)
+    assert [h["iteration"] for h in full["validation_history"]] == [2, 4]
+    model, meta = load_checkpoint(tmp_path / "r")
+    assert meta["training"]["data"]["validation_sections"] == [8, 10]
+    # A longer run stopped at a checkpoint equals a shorter run: asking for that many iterations just records it.
+    longer = train(data, {**TINY, "iterations": 6}, tmp_path / "l", device="cpu", threads=1, progress=False)
+    assert longer["iterations"] == 6
+    with pytest.raises(ValueError, match="more than the 4 requested"):
+        train(data, TINY, tmp_path / "l", device="cpu", threads=1, progress=False)
+
+
+def test_schema_defaults_match_the_code():
+    from connectomix import config as cmx_config
+
+    cfg = cmx_config.validate({"datasets": {"p": {"voxel_size": [40, 8, 8], "phantom": {}}}})
+    section = {k: v for k, v in cfg["train"].items() if k not in ("enabled", "dataset", "device", "threads", "gpu")}
+    assert section == DEFAULT_PARAMS
+    assert cfg["predict"]["checkpoint"] == "models/phantom"
+    with pytest.raises(ValueError, match="unknown train parameter"):
+        merge_params({"model": {"depth": 3}})
+
+
+def test_cli_trains_from_an_ome_zarr(tmp_path):
+    import pandas as pd
+
+    data, gt = synthetic_data((10, 40, 40), seed=1, cells=8)
+    root = tmp_path / "volume.zarr"
+    io.write_full(root, "raw", data.raw, (8, 40, 40), (40, 8, 8))
+    io.write_full(root, "gt/labels", gt["labels"], (8, 40, 40), (40, 8, 8), is_label=True)
+    io.write_full(root, "gt/clefts", gt["clefts"], (8, 40, 40), (40, 8, 8), is_label=True)
+    pd.DataFrame(gt["synapses"]).to_parquet(tmp_path / "synapses.parquet")
+    params = json.dumps({**TINY, "iterations": 2})
+    assert main(["train", "--volume", str(root), "--synapses", str(tmp_path / "synapses.parquet"),
+                 "--out", str(tmp_path / "ck"), "--params", params, "--device", "cpu", "--threads", "1",
+                 "--no-progress"]) == 0
+    model, meta = load_checkpoint(tmp_path / "ck")
+    assert meta["iterations"] == 2 and meta["training"]["data"]["n_synapses"] == len(gt["synapses"]["id"])
+    assert "python -m connectomix train" in meta["training"]["command"]
+    assert main(["train", "--volume", str(root), "--out", str(tmp_path / "x"), "--params", "{bad"]) == 1
