@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 validate(config, "src/connectomix/schemas/config.schema.yaml")
 
 
@@ -23,6 +26,15 @@ wildcard_constraints:
 
 include: "rules/phantom.smk"
 include: "rules/ingest.smk"
+include: "rules/coregister.smk"
+include: "rules/analysis.smk"
+include: "rules/segment.smk"
+include: "rules/evaluate.smk"
+include: "rules/predict.smk"
+include: "rules/synapses.smk"
+include: "rules/connectome.smk"
+include: "rules/skeletonize.smk"
+include: "rules/export.smk"
 
 
 rule all:

@@ -1,11 +1,18 @@
 # Shared helpers for all rules: the validated config, dataset shapes and the block grid.
 import json
 import shlex
+from pathlib import Path
 
 from connectomix import config as cmx_config
 from connectomix.blocks import BlockGrid
 
 CFG = cmx_config.validate(config, source="config")
+REPO_DIR = Path(workflow.basedir)
+# Relative paths in the config are relative to the working directory, except the shipped model, which is
+# found in the repository when the working directory (--directory) has no copy of it.
+_checkpoint = Path(CFG.get("predict", {}).get("checkpoint", ""))
+if not _checkpoint.is_absolute() and not _checkpoint.exists() and (REPO_DIR / _checkpoint).exists():
+    CFG["predict"]["checkpoint"] = str(REPO_DIR / _checkpoint)
 RESULTS = CFG["results_dir"]
 DATASETS = list(CFG["datasets"])
 ENV = "../envs/connectomix.yaml"

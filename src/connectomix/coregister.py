@@ -475,7 +475,14 @@ def run(args) -> int:
     landmarks = json.loads(args.landmarks) or None
     rois, _, _ = load_functional(args.rois, args.responses, args.stimuli)
     somata = load_somata(args.neurons)
-    matches, fit, gate = coregister(rois, somata, params, landmarks)
+    if len(somata) < 3 and not landmarks:
+        # Nothing to register against (e.g. no segment was recognised as a neuron): every ROI stays unmatched.
+        print(f"coregister: only {len(somata)} EM somata (< 3); all {len(rois)} ROIs left unmatched")
+        matches = pd.DataFrame({"roi_id": rois["roi_id"].to_numpy(), "neuron_id": np.zeros(len(rois), np.uint64),
+                                "distance": np.full(len(rois), np.nan), "confidence": np.zeros(len(rois))})
+        fit, gate = FitResult(np.full((4, 4), np.nan), "none: too few somata", 0, float("nan")), float("nan")
+    else:
+        matches, fit, gate = coregister(rois, somata, params, landmarks)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
