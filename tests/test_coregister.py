@@ -202,3 +202,19 @@ def test_only_neurons_with_a_soma_are_candidates(tmp_path):
                           "soma_x_nm": [0.0, 1.0, np.nan], "soma_y_nm": 0.0, "soma_z_nm": 0.0})
     table.to_parquet(tmp_path / "neurons.parquet")
     assert cr.load_somata(tmp_path / "neurons.parquet")["id"].tolist() == [1]
+
+
+def test_cli_without_em_somata_leaves_every_roi_unmatched(tmp_path):
+    """A reconstruction with no recognised neuron still completes: all ROIs unmatched, no transform."""
+    from connectomix.cli import main
+
+    rois, responses, stimuli = _write_functional(tmp_path)
+    neurons = tmp_path / "neurons.parquet"
+    pd.DataFrame({"id": np.array([5, 6], np.uint64), "is_neuron": [False, False], "soma_x_nm": [np.nan] * 2,
+                  "soma_y_nm": [np.nan] * 2, "soma_z_nm": [np.nan] * 2}).to_parquet(neurons)
+    out, transform = tmp_path / "matches.parquet", tmp_path / "coregister.json"
+    assert main(["coregister", "--rois", str(rois), "--responses", str(responses), "--stimuli", str(stimuli),
+                 "--neurons", str(neurons), "--out", str(out), "--transform", str(transform)]) == 0
+    matches = pd.read_parquet(out)
+    assert list(matches["roi_id"]) == [1, 2, 3] and (matches["neuron_id"] == 0).all()
+    assert "too few somata" in transform.read_text()

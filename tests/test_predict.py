@@ -102,7 +102,7 @@ def test_tiles_off_the_pooling_lattice_would_not_be_seamless(monkeypatch):
     model = _model()
     raw = _raw((16, 64, 64), seed=3)
     whole = quantize(Predictor(model, tile_shape=(64, 256, 256)).predict(raw, (0, 0, 0), raw.shape))
-    aligned = _blockwise(model, raw, (8, 18, 18))  # block offsets 18, 36, 54: aligned down to 16, 36, 52
+    aligned = _blockwise(model, raw, (8, 18, 18), tile_shape=(8, 24, 24))  # offsets 18, 36, 54: not on the lattice
     assert np.abs(aligned.astype(int) - whole.astype(int)).max() <= 1
     original = Predictor._tiles
 
@@ -114,7 +114,7 @@ def test_tiles_off_the_pooling_lattice_would_not_be_seamless(monkeypatch):
             self.factor = factor
 
     monkeypatch.setattr(Predictor, "_tiles", unaligned)
-    broken = _blockwise(model, raw, (8, 18, 18))
+    broken = _blockwise(model, raw, (8, 18, 18), tile_shape=(8, 24, 24))
     assert np.abs(broken.astype(int) - whole.astype(int)).max() > 5
 
 

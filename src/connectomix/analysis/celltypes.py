@@ -130,6 +130,9 @@ def classify(neurons: pd.DataFrame, morphology: pd.DataFrame | None = None, edge
     params = {"features": [], "naming": "larger_soma", "size_features": list(SIZE_FEATURES), "pca_components": 3,
               "n_init": 10, "seed": 0, **(params or {})}
     feats = neuron_features(neurons, morphology, edges, params["features"] or None)
+    if len(feats) < 2:  # nothing to cluster (e.g. no segment recognised as a neuron)
+        return pd.DataFrame({"id": feats.index.to_numpy(np.uint64), "cell_type": pd.Series(dtype=object),
+                             "cluster": pd.Series(dtype=np.int64), "p_excitatory": pd.Series(dtype=float)})
     x = prepare(feats, params["pca_components"])
     labels, post = gaussian_mixture(x, 2, params["n_init"], seed=params["seed"])
     if params["naming"] == "larger_cluster":

@@ -97,7 +97,12 @@ def run(args) -> int:
     ltl = params["like_to_like"]
     units = like_to_like.unit_table(matches, tun, neurons, ltl["min_confidence"], ltl["min_reliability"])
     by_roi = {int(r): responses[i] for i, r in enumerate(rois["roi_id"])}
-    summary, binned, pairs = like_to_like.run_like_to_like(units, by_roi, edges, ltl, seed)
+    if len(units) >= 3:
+        summary, binned, pairs = like_to_like.run_like_to_like(units, by_roi, edges, ltl, seed)
+    else:  # too few functionally matched neurons: report that instead of failing the whole workflow
+        print(f"analysis: only {len(units)} functionally matched neurons (< 3): like-to-like not computed")
+        nan = {"slope": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+        summary, binned, pairs = {"connection_vs_signal_corr": nan}, pd.DataFrame(), pd.DataFrame()
     ct_conn = like_to_like.celltype_connectivity(types, edges, ltl["min_synapses"])
     dist_conn = like_to_like.connectivity_vs_distance(neurons, edges, params["distance_bin_um"], ltl["min_synapses"])
 
@@ -105,8 +110,12 @@ def run(args) -> int:
     for name, table in zip(TABLES, (types, tun_out, pairs, binned, ct_conn, dist_conn)):
         _write_parquet(table, out / f"{name}.parquet")
 
-    figures.like_to_like(binned, summary, "signal_corr", out / "figures" / "like_to_like_signal_corr.png")
-    figures.like_to_like(binned, summary, "ori_diff", out / "figures" / "like_to_like_orientation.png")
+    for x in ("signal_corr", "ori_diff"):
+        path = out / "figures" / f"like_to_like_{FIGURE_NAMES[x]}.png"
+        if len(binned):
+            figures.like_to_like(binned, summary, x, path)
+        else:
+            figures.not_computed(path, f"{len(units)} functionally matched neurons (< 3)")
     figures.connection_vs_distance(dist_conn, out / "figures" / "connection_vs_distance.png")
     figures.celltype_matrix(ct_conn, out / "figures" / "celltype_connectivity.png")
     figures.tuning_summary(units if len(units) else tun, out / "figures" / "tuning.png")
@@ -130,6 +139,9 @@ def run(args) -> int:
     return 0
 
 
+FIGURE_NAMES = {"signal_corr": "signal_corr", "ori_diff": "orientation"}
+
+
 def _write_summary_html(path: Path, result: dict, transform: dict, config: dict, params: dict) -> None:
     """A small self-contained HTML page for the Snakemake report: key numbers, config and versions."""
     rows = [("co-registration", f"{transform.get('n_matched')}/{transform.get('n_rois')} ROIs matched "
@@ -137,7 +149,7 @@ def _write_summary_html(path: Path, result: dict, transform: dict, config: dict,
             ("cell types", ", ".join(f"{k}: {v}" for k, v in result["cell_type_counts"].items())),
             ("functionally matched neurons", str(result["n_units"]))]
     for key, res in result["analyses"].items():
-        if isinstance(res, dict):
+        if isinstance(res, dict) and "null_mean" in res:
             rows.append((key, f"slope {res['slope']:.4g} [95 % CI {res['ci_low']:.4g}, {res['ci_high']:.4g}]; "
                               f"shuffle null {res['null_mean']:.3g} ± {res['null_sd']:.3g}, p = {res['p_value']:.3g}; "
                               f"n = {res['n_neurons']} neurons / {res['n_pairs']} pairs"))

@@ -27,6 +27,15 @@ def save(fig, path_png: str | Path) -> None:
     _plt().close(fig)
 
 
+def not_computed(path: str | Path, reason: str):
+    """A figure that says why an analysis was not computed (keeps declared outputs honest)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"not computed: {reason}", ha="center", va="center", wrap=True)
+    save(fig, path)
+
+
 def like_to_like(binned: pd.DataFrame, summary: dict, x: str, path: str | Path, gt: pd.DataFrame | None = None):
     """Connection probability and synapses per pair vs ``x`` (signal_corr | ori_diff): bootstrap CI, shuffle band."""
     plt = _plt()

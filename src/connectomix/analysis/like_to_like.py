@@ -249,4 +249,6 @@ def celltype_connectivity(cell_types: pd.DataFrame, edges: pd.DataFrame, min_syn
             rows.append({"pre_type": a, "post_type": b, "n_pairs": int(npairs), "n_connected": int(k),
                          "p_connection": k / npairs if npairs else np.nan, "ci_low": float(lo), "ci_high": float(hi),
                          "synapses_per_connection": nsyn[block][conn[block] > 0].mean() if k else np.nan})
-    return pd.DataFrame(rows)
+    columns = ["pre_type", "post_type", "n_pairs", "n_connected", "p_connection", "ci_low", "ci_high",
+               "synapses_per_connection"]
+    return pd.DataFrame(rows, columns=columns)

@@ -55,8 +55,13 @@ def gt_like_to_like(rois_gt: pd.DataFrame, responses: np.ndarray, stimuli: pd.Da
 
 def like_to_like_metrics(recon: dict, gt: dict) -> dict:
     """Flat metrics comparing the reconstruction's analyses (``like_to_like.json``) with the GT run."""
-    r, g = recon["analyses"]["connection_vs_signal_corr"], gt["connection_vs_signal_corr"]
-    ro, go = recon["analyses"]["connection_vs_ori_diff"], gt["connection_vs_ori_diff"]
+    g, go = gt["connection_vs_signal_corr"], gt["connection_vs_ori_diff"]
+    if "p_value" not in recon["analyses"].get("connection_vs_signal_corr", {}):
+        # the reconstruction had too few matched neurons for the analysis: NaN metrics, not a crash
+        return {"slope": float("nan"), "gt_slope": g["slope"], "gt_ci_low": g["ci_low"], "gt_ci_high": g["ci_high"],
+                "within_gt_ci": 0, "null_flat": 0, "gt_null_flat": int(g["null_flat"]),
+                "n_neurons": recon.get("n_units", 0), "gt_n_neurons": g["n_neurons"]}
+    r, ro = recon["analyses"]["connection_vs_signal_corr"], recon["analyses"]["connection_vs_ori_diff"]
     return {
         "slope": r["slope"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
         "gt_slope": g["slope"], "gt_ci_low": g["ci_low"], "gt_ci_high": g["ci_high"],
