@@ -50,6 +50,19 @@ def _version() -> str:
     return version()
 
 
+def add_plugin_actions(subparsers, package: str, names) -> None:
+    """Let each existing module ``package.name`` add its own CLI action (``add_arguments(subparsers)``)."""
+    for name in names:
+        module_name = f"{package}.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue
+            raise
+        module.add_arguments(subparsers)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES:

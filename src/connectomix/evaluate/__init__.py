@@ -6,11 +6,11 @@ Stage evaluators live beside this file (``evaluate.segmentation``, ``evaluate.sk
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 from connectomix.blocks import atomic_write_json
+from connectomix.cli import add_plugin_actions
 
 EVALUATORS = ("segmentation", "skeletons", "synapses", "connectome", "coregister", "analysis")
 
@@ -37,15 +37,7 @@ def add_arguments(parser) -> None:
     m = sub.add_parser("merge", help="combine eval/{stage}.json files into metrics.json")
     m.add_argument("stage_files", nargs="+", help="per-stage metric JSON files")
     m.add_argument("--out", required=True, help="metrics.json to write")
-    for name in EVALUATORS:  # each stage evaluator adds its own action (a subparser with func=...)
-        module_name = f"connectomix.evaluate.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue
-            raise
-        module.add_arguments(sub)
+    add_plugin_actions(sub, __name__, EVALUATORS)
 
 
 def run(args) -> int:

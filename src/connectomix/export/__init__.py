@@ -6,22 +6,15 @@ that adds its own CLI action with ``add_arguments(subparsers)`` (a subparser wit
 
 from __future__ import annotations
 
-import importlib
+from connectomix.cli import add_plugin_actions
+
 
 EXPORTERS = ("skeletons", "neuroglancer", "connectome")
 
 
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
-    for name in EXPORTERS:
-        module_name = f"connectomix.export.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue
-            raise
-        module.add_arguments(sub)
+    add_plugin_actions(sub, __name__, EXPORTERS)
 
 
 def run(args) -> int:

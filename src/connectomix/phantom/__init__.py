@@ -131,13 +131,7 @@ def measure(ph: Phantom) -> dict:
 
     labels, raw = ph.labels, ph.raw.astype(np.float32)
     membrane = membranes(labels, np.random.default_rng(0), ph.voxel_size) & (labels > 0)
-    border = np.zeros(labels.shape, bool)
-    for axis in (1, 2):
-        a = np.swapaxes(labels, 0, axis)
-        b = np.swapaxes(border, 0, axis)
-        diff = a[1:] != a[:-1]
-        b[1:] |= diff
-        b[:-1] |= diff
+    border = tissue.inplane_border(labels)
     from scipy import ndimage
 
     near = ndimage.binary_dilation(border, structure=np.ones((1, 5, 5), bool))

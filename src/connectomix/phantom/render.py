@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from connectomix.phantom.tissue import AXON, DENDRITE, FILLER, GLIA
+from connectomix.phantom.tissue import AXON, DENDRITE, FILLER, GLIA, inplane_border
 
 
 def _smooth_noise(rng, shape, sigma):
@@ -38,13 +38,7 @@ def _lerp_matrix(n_out, n_in, factor):
 
 def membranes(labels, rng, voxel):
     """Membrane mask: in-plane label borders, 1-3 voxels thick (thicker where a smooth field is high)."""
-    border = np.zeros(labels.shape, dtype=bool)
-    for axis in (1, 2):
-        a = np.swapaxes(labels, 0, axis)
-        b = np.swapaxes(border, 0, axis)
-        diff = a[1:] != a[:-1]
-        b[1:] |= diff
-        b[:-1] |= diff
+    border = inplane_border(labels)
     thick_field = _smooth_noise(rng, labels.shape, (1, 8, 8))
     grown = ndimage.binary_dilation(border, structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool))
     return border | (grown & (thick_field > np.quantile(thick_field, 0.75)))

@@ -96,6 +96,18 @@ class Painter:
             self.capsule(points[i], points[i + 1], radii[i], radii[i + 1], label, kind, weight)
 
 
+def inplane_border(labels: np.ndarray) -> np.ndarray:
+    """Voxels whose in-plane (y or x) neighbour has another label, on both sides of each border."""
+    border = np.zeros(labels.shape, dtype=bool)
+    for axis in (1, 2):
+        a = np.swapaxes(labels, 0, axis)
+        b = np.swapaxes(border, 0, axis)
+        diff = a[1:] != a[:-1]
+        b[1:] |= diff
+        b[:-1] |= diff
+    return border
+
+
 def _unit(v):
     return v / np.linalg.norm(v)
 
@@ -395,13 +407,7 @@ def _carve_extracellular_space(rng, params, labels, kind, objects, voxel):
     """Turn some object borders into extracellular space (label 0), sparing thin processes."""
     if params.ecs_fraction <= 0:
         return
-    border = np.zeros(labels.shape, dtype=bool)
-    for axis in (1, 2):
-        a = np.swapaxes(labels, 0, axis)
-        b = np.swapaxes(border, 0, axis)
-        diff = a[1:] != a[:-1]
-        b[1:] |= diff
-        b[:-1] |= diff
+    border = inplane_border(labels)
     thick = np.isin(kind, (SOMA, DENDRITE, GLIA))
     radius = np.zeros(int(labels.max()) + 1, dtype=np.float32)
     for oid, info in objects.items():
