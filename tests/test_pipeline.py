@@ -62,10 +62,30 @@ def test_pipeline_metrics_are_measured_against_ground_truth(pipeline_run):
     for key in ("segmentation.voi_split", "segmentation.voi_merge", "segmentation.arand",
                 "synapses.f1", "connectome.edge_f1", "coregister.accuracy", "skeletons.erl_nm"):
         assert key in metrics, f"metrics.json lacks {key}: {sorted(metrics)}"
-    # a real segmentation of real predictions: far from a trivial all-merge or all-split result
-    assert metrics["segmentation.voi_split"] + metrics["segmentation.voi_merge"] < 3.0
+    # a real segmentation of real predictions beats the trivial one that puts every voxel in one segment
+    voi = metrics["segmentation.voi_split"] + metrics["segmentation.voi_merge"]
+    assert voi < _entropy_bits(out), (voi, _entropy_bits(out))
     segments = pd.read_parquet(out / "segments.parquet")
     assert len(segments) > 10
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4: VOI <= 0.15 needs better U-Net affinities (see closing note)")
+def test_pipeline_segmentation_meets_the_accuracy_target(pipeline_run):
+    out, _, _ = pipeline_run
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["segmentation.voi_split"] + metrics["segmentation.voi_merge"] <= 0.15
+
+
+def _entropy_bits(out: Path) -> float:
+    """VOI of the all-in-one-segment answer: the entropy of the ground-truth labels (label 0 ignored)."""
+    import numpy as np
+
+    from connectomix import io
+
+    gt = io.open_array(out / "volume.zarr", "gt/labels")[...]
+    _, counts = np.unique(gt[gt > 0], return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
 
 
 def test_rerun_does_nothing(pipeline_run):
