@@ -101,6 +101,26 @@ def load(path: str | Path) -> dict:
     return validate(config, source=str(path))
 
 
+def merge_params(defaults: dict, update: dict | None, path: str | None = None, open_keys=()) -> dict:
+    """``update`` over ``defaults``, recursively, without touching either.
+
+    With ``path`` (e.g. "segment"), a key the defaults do not have is an error naming ``path.key``; mappings under
+    ``open_keys`` are free-form and replaced whole.
+    """
+    out = copy.deepcopy(defaults)
+    for key, value in (update or {}).items():
+        if path is not None and key not in defaults:
+            raise ValueError(f"unknown parameter {path}.{key} (known: {', '.join(sorted(defaults))})")
+        base = defaults.get(key)
+        if isinstance(base, dict) and isinstance(value, dict) and key not in open_keys:
+            out[key] = merge_params(base, value, f"{path}.{key}" if path is not None else None, open_keys)
+        elif isinstance(base, dict) and value is None:
+            out[key] = copy.deepcopy(base)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def job_resources(read_voxels: int, config: dict) -> dict:
     """mem_mb and runtime (minutes) for a job that reads ``read_voxels`` voxels, from the `resources` section."""
     res = config["resources"]

@@ -33,7 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from scipy.spatial import cKDTree
+
+from connectomix.config import merge_params
 
 ROI_COLUMNS = ("roi_id", "x_um", "y_um", "z_um")
 _ROI_ALIASES = {"x": "x_um", "y": "y_um", "z": "z_um"}
@@ -446,13 +449,7 @@ DEFAULTS = {
 
 def merged_params(params: dict | None) -> dict:
     """``params`` over the defaults (nested one level for ``ransac`` and ``icp``)."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
-    for key, value in (params or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
+    return merge_params(DEFAULTS, params)
 
 
 def add_arguments(parser) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from connectomix.config import merge_params
+
 FIGURES = ("like_to_like_signal_corr", "like_to_like_orientation", "connection_vs_distance",
            "celltype_connectivity", "tuning", "coregistration")
 TABLES = ("cell_types", "tuning", "pairs", "like_to_like", "celltype_connectivity", "connection_vs_distance")
@@ -28,13 +30,7 @@ DEFAULTS = {
 
 def merged_params(params: dict | None) -> dict:
     """``params`` over :data:`DEFAULTS` (nested one level)."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
-    for key, value in (params or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
+    return merge_params(DEFAULTS, params)
 
 
 def versions() -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+from connectomix.config import merge_params
 
 # Keep in sync with `segment:` in schemas/config.schema.yaml (tests/test_segment.py checks the two agree).
 DEFAULTS: dict = {
@@ -30,21 +30,9 @@ DEFAULTS: dict = {
 }
 
 
-def _merge(base: dict, update: dict, path: str = "segment") -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (update or {}).items():
-        if key not in base:
-            raise ValueError(f"unknown parameter {path}.{key} (known: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict) and key != "ground_truth":
-            out[key] = _merge(base[key], value or {}, f"{path}.{key}")
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def resolve(params: dict | None = None) -> dict:
     """The full parameter set: ``params`` (possibly partial, as in the config) over the defaults."""
-    return _merge(DEFAULTS, params or {})
+    return merge_params(DEFAULTS, params, "segment", open_keys=("ground_truth",))
 
 
 def fragment_mode(params: dict, voxel_size) -> str:
