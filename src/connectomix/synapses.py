@@ -41,13 +41,14 @@ reason) and the same positions; ``synapses.json`` summarises the counts.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
+
+from connectomix.config import merge_params
 
 SYNAPSE_MAPS = "synapse_maps"
 FRAGMENTS = "cleft_fragments"
@@ -73,16 +74,7 @@ STATS_COLUMNS = ["prov_id", "voxels", "sum_z", "sum_y", "sum_x", "sum_prob"]
 
 def resolve(params: dict | None = None) -> dict:
     """The full parameter set: ``params`` (possibly partial, as in the config) over :data:`DEFAULTS`."""
-
-    def merge(base, update, path):
-        out = copy.deepcopy(base)
-        for key, value in (update or {}).items():
-            if key not in base:
-                raise ValueError(f"unknown parameter {path}.{key} (known: {', '.join(sorted(base))})")
-            out[key] = merge(base[key], value, f"{path}.{key}") if isinstance(base[key], dict) else value
-        return out
-
-    params = merge(DEFAULTS, params or {}, "synapses")
+    params = merge_params(DEFAULTS, params, "synapses")
     if params["connectivity"] not in (6, 18, 26):
         raise ValueError(f"synapses.connectivity must be 6, 18 or 26, got {params['connectivity']}")
     return params
