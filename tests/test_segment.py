@@ -120,6 +120,33 @@ def test_block_rags_merge_to_the_volume_rag(tmp_path, voronoi):
     assert len(markers) == 8
 
 
+@pytest.mark.parametrize("mode", ["2d", "3d"])
+def test_exact_affinities_of_touching_cells_segment_perfectly(tmp_path, mode):
+    """Cells that touch along one-voxel interfaces (no membrane voxels): the fragments' borders must follow the
+    zero-affinity edges exactly, so exact affinities give the ground truth back (blockwise, 8 blocks)."""
+    gt = syn.voronoi_labels(SHAPE, 40, seed=5, anisotropy=VOXEL, membrane=0)
+    affs = np.rint(syn.affinities_from_labels(gt) * 255).astype(np.uint8)
+    root = tmp_path / "volume.zarr"
+    syn.write_test_volume(root, affs, VOXEL, (8, 32, 32))
+    _, seg = _run(root, tmp_path / "work", (8, 64, 64), {"fragments": {"mode": mode}})
+    m = metrics(gt, seg)
+    assert m["voi_split"] < 0.01 and m["voi_merge"] < 0.01, m
+
+
+def test_thin_processes_get_their_own_fragments():
+    """An object only one or two voxels wide in a section has no boundary-free voxel (no distance seed); it must
+    still be a fragment of its own, not flooded into its neighbour."""
+    from connectomix.segment.fragments import watershed_fragments
+
+    gt = np.ones((1, 24, 24), np.uint64)
+    gt[0, :, 11:13] = 2  # a two-voxel-wide process between two halves of a cell
+    gt[0, :, 13:] = 3
+    affs = syn.affinities_from_labels(gt)
+    frags = watershed_fragments(affs, syn.NN_OFFSETS, VOXEL, seg_params.resolve({"fragments": {"min_size": 4}}), "2d")
+    assert len(np.unique(frags[gt == 2])) == 1
+    assert not set(np.unique(frags[gt == 2])) & set(np.unique(frags[gt != 2]))
+
+
 def test_hierarchical_matches_waterz_on_the_same_fragments(voronoi):
     waterz = pytest.importorskip("waterz")
     from connectomix.segment.fragments import watershed_fragments
