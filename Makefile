@@ -8,12 +8,13 @@ STAMP  := $(VENV)/.installed
 CORES  ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench lint lock clean help
+.PHONY: demo test test-slurm test-all bench lint lock clean help
 
 help:
 	@echo "make demo      run the whole workflow on config.yaml (the phantom); outputs under results/"
-	@echo "make test      run the test suite (not the tests marked slow)"
-	@echo "make test-all  run every test, slow ones included"
+	@echo "make test      run the test suite (not the tests marked slow or slurm)"
+	@echo "make test-slurm  run the pipeline on a throw-away SLURM cluster (root, slurm-wlm, munge; see docs/slurm.md)"
+	@echo "make test-all  run every test, slow and slurm ones included (slurm ones skip without SLURM)"
 	@echo "make bench     run the benchmarks (tables under benchmarks/results/)"
 	@echo "make lint      snakemake --lint"
 	@echo "make lock      re-resolve requirements.in into requirements.lock"
@@ -30,7 +31,11 @@ demo: $(STAMP)
 	@$(BIN)/python -m connectomix.summary results
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+
+# starts and stops its own single-node cluster (scripts/slurm-cluster.sh); -s shows the timings it prints
+test-slurm: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m slurm -s -v --durations=0 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -21,6 +21,7 @@ include: "rules/common.smk"
 wildcard_constraints:
     dataset="|".join(DATASETS),
     block=r"z\d+_y\d+_x\d+",
+    batch=r"z\d+-\d+_y\d+-\d+_x\d+-\d+",
 
 
 

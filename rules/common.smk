@@ -4,7 +4,7 @@ import shlex
 from pathlib import Path
 
 from connectomix import config as cmx_config
-from connectomix.blocks import BlockGrid
+from connectomix.blocks import BlockBatches, BlockGrid, batch_shape_for, parse_batch_id
 
 CFG = cmx_config.validate(config, source="config")
 REPO_DIR = Path(workflow.basedir)
@@ -56,8 +56,81 @@ def dataset_shape(name):
     return _SHAPES[name]
 
 
+_GRIDS = {}
+
+
 def block_grid(name, halo=(0, 0, 0)):
-    return BlockGrid(dataset_shape(name), CFG["blocks"]["shape"], halo, CFG["storage"]["chunk_shape"])
+    """The dataset's block grid with a stage's halo, built once per (dataset, halo): input functions and resource
+    callables ask for it once per job, and planning time matters at 10^4+ blocks (benchmarks/plan_scale.py)."""
+    key = (name, tuple(halo))
+    grid = _GRIDS.get(key)
+    if grid is None:
+        grid = _GRIDS[key] = BlockGrid(
+            dataset_shape(name), CFG["blocks"]["shape"], halo, CFG["storage"]["chunk_shape"]
+        )
+    return grid
+
+
+# Blockwise steps run one job per batch: a brick of blocks (blocks.per_job, "auto" by default: at most
+# blocks.max_jobs jobs per step). Snakemake spends a few ms planning each job, so 10^4-10^5 single-block jobs per
+# step would take minutes to plan (benchmarks/results/plan_scale.md). The CLIs still work on, and write a marker
+# for, every block; each batch job also writes blocks/{stage}/batches/{batch}.json, which the rules track.
+_BATCHES = {}
+
+
+def block_batches(name):
+    if name not in _BATCHES:
+        grid = block_grid(name)
+        shape = batch_shape_for(grid.grid_shape, CFG["blocks"]["per_job"], CFG["blocks"]["max_jobs"])
+        _BATCHES[name] = BlockBatches(grid.grid_shape, shape)
+    return _BATCHES[name]
+
+
+_BATCH_BLOCKS = {}
+
+
+def _batch_blocks(name, batch):
+    key = (name, batch)
+    if key not in _BATCH_BLOCKS:
+        _BATCH_BLOCKS[key] = block_batches(name).blocks(batch)
+    return _BATCH_BLOCKS[key]
+
+
+def batch_blocks(wc):
+    """The block ids of a batch job, as CLI arguments."""
+    return " ".join(_batch_blocks(wc.dataset, wc.batch))
+
+
+def batch_record(wc):
+    """The batch marker's content (shell-quoted JSON), written after the stage's CLI succeeded."""
+    return json_arg({"batch": wc.batch, "blocks": _batch_blocks(wc.dataset, wc.batch)})
+
+
+def batch_markers(stage):
+    """Input function: every batch marker of a blockwise stage (for the step that gathers it)."""
+    return lambda wc: [
+        f"{RESULTS}/{wc.dataset}/blocks/{stage}/batches/{b}.json" for b in block_batches(wc.dataset).ids()
+    ]
+
+
+_READ_VOXELS = {}
+
+
+def batch_read_voxels(wc, halo=(0, 0, 0)):
+    """(largest, total) read-ROI voxels over the blocks of a batch: blocks run one after another, so memory
+    follows the largest and runtime the total."""
+    key = (wc.dataset, tuple(halo), wc.batch)
+    if key not in _READ_VOXELS:
+        _READ_VOXELS[key] = block_grid(wc.dataset, halo).read_voxels(*parse_batch_id(wc.batch))
+    return _READ_VOXELS[key]
+
+
+def batch_resources(halo=(0, 0, 0), mem_factor=1, time_factor=1):
+    """mem_mb from the batch's largest block read ROI x mem_factor, runtime from its total x time_factor."""
+    return {
+        "mem_mb": lambda wc: cmx_config.job_resources(mem_factor * batch_read_voxels(wc, halo)[0], CFG)["mem_mb"],
+        "runtime": lambda wc: cmx_config.job_resources(time_factor * batch_read_voxels(wc, halo)[1], CFG)["runtime"],
+    }
 
 
 def voxels(name):

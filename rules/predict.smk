@@ -1,4 +1,4 @@
-# predict: U-Net affinities and synapse maps, blockwise (one job per block), from the shipped checkpoint or
+# predict: U-Net affinities and synapse maps, blockwise (one job per batch of blocks), from the shipped checkpoint or
 # (train.enabled) from a model trained here on a ground-truth dataset (see connectomix.predict / connectomix.train).
 from connectomix.predict import workflow_checkpoint, workflow_context
 
@@ -6,8 +6,6 @@ PREDICT = CFG["predict"]
 TRAIN = CFG["train"]
 PREDICT_CHECKPOINT = workflow_checkpoint(CFG, [d for d in DATASETS if is_phantom(d)])
 PREDICT_CONTEXT = workflow_context(CFG, [d for d in DATASETS if is_phantom(d)])
-predict_grid = lambda name: block_grid(name, PREDICT_CONTEXT)
-predict_read_voxels = lambda wc: predict_grid(wc.dataset).block(wc.block).read.size
 
 
 rule train:
@@ -65,35 +63,37 @@ rule predict_block:
         setup=f"{RESULTS}/{{dataset}}/blocks/predict/setup.json",
         checkpoint=f"{PREDICT_CHECKPOINT}/checkpoint.json",
     output:
-        marker=f"{RESULTS}/{{dataset}}/blocks/predict/{{block}}.json",
+        marker=f"{RESULTS}/{{dataset}}/blocks/predict/batches/{{batch}}.json",
     params:
-        volume=lambda wc: volume_path(wc.dataset),
+        volume=volume_of,
         markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks/predict",
         checkpoint=lambda wc, input: input.checkpoint.rsplit("/", 1)[0],
+        blocks=batch_blocks,
+        record=batch_record,
         block_shape=zyx(CFG["blocks"]["shape"]),
         tile=zyx(PREDICT["tile_shape"]),
         batch=PREDICT["batch_size"],
         device=PREDICT["device"],
     log:
-        f"{RESULTS}/{{dataset}}/logs/predict/{{block}}.log",
+        f"{RESULTS}/{{dataset}}/logs/predict/{{batch}}.log",
     conda:
         ENV
     threads: PREDICT["threads"]
     resources:
-        # measured: ~800 MB peak for a 40 x 284 x 284 read ROI (one tile per block, default model)
-        mem_mb=lambda wc: cmx_config.job_resources(2 * predict_read_voxels(wc), CFG)["mem_mb"],
-        runtime=lambda wc: cmx_config.job_resources(predict_read_voxels(wc), CFG)["runtime"],
+        # measured: ~800 MB peak for a 40 x 284 x 284 read ROI (one tile per block, default model); batch_size
+        # blocks go through the network together
+        **batch_resources(PREDICT_CONTEXT, mem_factor=2 * PREDICT["batch_size"]),
         gpu=PREDICT["gpu"],
     shell:
         "python -m connectomix predict block --volume {params.volume} --checkpoint {params.checkpoint} "
-        "--block-shape {params.block_shape} --blocks {wildcards.block} --marker-dir {params.markers} "
+        "--block-shape {params.block_shape} --blocks {params.blocks} --marker-dir {params.markers} "
         "--tile-shape {params.tile} --batch-size {params.batch} --device {params.device} --threads {threads} "
-        "> {log} 2>&1"
+        "> {log} 2>&1 && echo {params.record} > {output.marker}"
 
 
 rule predict_finish:
     input:
-        markers=lambda wc: [f"{RESULTS}/{wc.dataset}/blocks/predict/{b}.json" for b in predict_grid(wc.dataset).ids()],
+        markers=batch_markers("predict"),
     output:
         summary=f"{RESULTS}/{{dataset}}/predict.json",
     params:

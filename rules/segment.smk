@@ -1,16 +1,11 @@
 # segment: affinities -> fragments (per block) -> RAG edges (per block) -> global agglomeration -> segmentation
-# (per block) -> segments.parquet + pyramid. Block ids are those of block_grid(); markers under blocks/{stage}/.
-from connectomix.segment.workflow import lower_neighbours
+# (per block) -> segments.parquet + pyramid. Block ids are those of block_grid(); blockwise steps run one job per
+# batch of blocks (block_batches); block markers under blocks/{stage}/, batch markers under blocks/{stage}/batches/.
 
 SEGMENT = CFG["segment"]
-segment_grid = lambda name: block_grid(name, SEGMENT["halo"])
-segment_blocks = lambda name: segment_grid(name).ids()
 segment_work_dir = lambda wc: f"{RESULTS}/{wc.dataset}/segment"
-# resources from the voxels a block job reads (its read ROI)
-segment_block_resources = {
-    "mem_mb": lambda wc: cmx_config.job_resources(segment_grid(wc.dataset).block(wc.block).read.size, CFG)["mem_mb"],
-    "runtime": lambda wc: cmx_config.job_resources(segment_grid(wc.dataset).block(wc.block).read.size, CFG)["runtime"],
-}
+# resources from the voxels a block reads (its read ROI)
+segment_block_resources = batch_resources(SEGMENT["halo"])
 
 
 rule segment_setup:
@@ -43,43 +38,51 @@ rule segment_fragments:
     input:
         setup=f"{RESULTS}/{{dataset}}/segment/setup.json",
     output:
-        marker=f"{RESULTS}/{{dataset}}/blocks/segment_fragments/{{block}}.json",
+        marker=f"{RESULTS}/{{dataset}}/blocks/segment_fragments/batches/{{batch}}.json",
     params:
         work=segment_work_dir,
+        blocks=batch_blocks,
+        record=batch_record,
     log:
-        f"{RESULTS}/{{dataset}}/logs/segment/fragments/{{block}}.log",
+        f"{RESULTS}/{{dataset}}/logs/segment/fragments/{{batch}}.log",
     conda:
         ENV
     threads: 1
     resources:
         **segment_block_resources,
     shell:
-        "python -m connectomix segment fragments --work-dir {params.work} --blocks {wildcards.block} > {log} 2>&1"
+        "python -m connectomix segment fragments --work-dir {params.work} --blocks {params.blocks} > {log} 2>&1 "
+        "&& echo {params.record} > {output.marker}"
 
 
 rule segment_rag:
     input:
+        # the fragments of its blocks and of the blocks just below them (in this batch or the ones below it)
         fragments=lambda wc: [
-            f"{RESULTS}/{wc.dataset}/blocks/segment_fragments/{b}.json" for b in lower_neighbours(wc.block)
+            f"{RESULTS}/{wc.dataset}/blocks/segment_fragments/batches/{b}.json"
+            for b in block_batches(wc.dataset).lower_neighbours(wc.batch)
         ],
     output:
-        marker=f"{RESULTS}/{{dataset}}/blocks/segment_rag/{{block}}.json",
+        marker=f"{RESULTS}/{{dataset}}/blocks/segment_rag/batches/{{batch}}.json",
     params:
         work=segment_work_dir,
+        blocks=batch_blocks,
+        record=batch_record,
     log:
-        f"{RESULTS}/{{dataset}}/logs/segment/rag/{{block}}.log",
+        f"{RESULTS}/{{dataset}}/logs/segment/rag/{{batch}}.log",
     conda:
         ENV
     threads: 1
     resources:
         **segment_block_resources,
     shell:
-        "python -m connectomix segment rag --work-dir {params.work} --blocks {wildcards.block} > {log} 2>&1"
+        "python -m connectomix segment rag --work-dir {params.work} --blocks {params.blocks} > {log} 2>&1 "
+        "&& echo {params.record} > {output.marker}"
 
 
 rule segment_agglomerate:
     input:
-        rag=lambda wc: [f"{RESULTS}/{wc.dataset}/blocks/segment_rag/{b}.json" for b in segment_blocks(wc.dataset)],
+        rag=batch_markers("segment_rag"),
     output:
         summary=f"{RESULTS}/{{dataset}}/segment/agglomerate.json",
     params:
@@ -101,25 +104,26 @@ rule segment_relabel:
     input:
         agglomerate=f"{RESULTS}/{{dataset}}/segment/agglomerate.json",
     output:
-        marker=f"{RESULTS}/{{dataset}}/blocks/segment_relabel/{{block}}.json",
+        marker=f"{RESULTS}/{{dataset}}/blocks/segment_relabel/batches/{{batch}}.json",
     params:
         work=segment_work_dir,
+        blocks=batch_blocks,
+        record=batch_record,
     log:
-        f"{RESULTS}/{{dataset}}/logs/segment/relabel/{{block}}.log",
+        f"{RESULTS}/{{dataset}}/logs/segment/relabel/{{batch}}.log",
     conda:
         ENV
     threads: 1
     resources:
         **segment_block_resources,
     shell:
-        "python -m connectomix segment relabel --work-dir {params.work} --blocks {wildcards.block} > {log} 2>&1"
+        "python -m connectomix segment relabel --work-dir {params.work} --blocks {params.blocks} > {log} 2>&1 "
+        "&& echo {params.record} > {output.marker}"
 
 
 rule segment_finish:
     input:
-        relabel=lambda wc: [
-            f"{RESULTS}/{wc.dataset}/blocks/segment_relabel/{b}.json" for b in segment_blocks(wc.dataset)
-        ],
+        relabel=batch_markers("segment_relabel"),
     output:
         segments=f"{RESULTS}/{{dataset}}/segments.parquet",
         summary=f"{RESULTS}/{{dataset}}/segment.json",

@@ -1,17 +1,11 @@
-# skeletonize: blockwise kimimaro on `segmentation` (one job per block, pieces cropped to the write ROI) -> one merge
-# job (pieces fused at block faces into one tree per segment: skeletons.parquet) -> morphology.parquet.
+# skeletonize: blockwise kimimaro on `segmentation` (one job per batch of blocks, pieces cropped to each block's
+# write ROI) -> one merge job (pieces fused at block faces into one tree per segment: skeletons.parquet) ->
+# morphology.parquet.
 # Evaluation (phantoms): ERL and split/merge counts of the segmentation along ground-truth skeletons.
 
 SKELETONIZE = CFG["skeletonize"]
 
 
-# (lambdas, not functions: the linter wants functions in common.smk, which belongs to everyone)
-skeleton_grid = lambda name: block_grid(name, SKELETONIZE["halo"])
-# Voxels a block job reads (its read ROI), for the resource requests.
-skeleton_block_voxels = lambda wc: skeleton_grid(wc.dataset).block(wc.block).read.size
-skeleton_markers = lambda wc: [
-    f"{RESULTS}/{wc.dataset}/blocks/skeletonize/{b}.json" for b in skeleton_grid(wc.dataset).ids()
-]
 
 
 FINAL_TARGETS["skeletonize"] = lambda name: [
@@ -25,31 +19,35 @@ rule skeletonize_block:
     input:
         segments=f"{RESULTS}/{{dataset}}/segments.parquet",
     output:
-        pieces=f"{RESULTS}/{{dataset}}/skeletonize/pieces/{{block}}.npz",
-        marker=f"{RESULTS}/{{dataset}}/blocks/skeletonize/{{block}}.json",
+        marker=f"{RESULTS}/{{dataset}}/blocks/skeletonize/batches/{{batch}}.json",
     params:
         volume=volume_of,
         spec=json_arg(SKELETONIZE),
         block_shape=zyx(CFG["blocks"]["shape"]),
         chunks=zyx(CFG["storage"]["chunk_shape"]),
+        blocks=batch_blocks,
+        record=batch_record,
+        pieces=lambda wc: f"{RESULTS}/{wc.dataset}/skeletonize/pieces",
+        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks/skeletonize",
     log:
-        f"{RESULTS}/{{dataset}}/logs/skeletonize/{{block}}.log",
+        f"{RESULTS}/{{dataset}}/logs/skeletonize/{{batch}}.log",
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=lambda wc: cmx_config.job_resources(12 * skeleton_block_voxels(wc), CFG)["mem_mb"],
-        runtime=lambda wc: cmx_config.job_resources(4 * skeleton_block_voxels(wc), CFG)["runtime"],
+        # from the voxels each block reads (its read ROI)
+        **batch_resources(SKELETONIZE["halo"], mem_factor=12, time_factor=4),
     shell:
         "python -m connectomix skeletonize block --volume {params.volume} --array segmentation "
-        "--block {wildcards.block} --block-shape {params.block_shape} --chunk-shape {params.chunks} "
-        "--params {params.spec} --pieces {output.pieces} --marker {output.marker} --threads {threads} > {log} 2>&1"
+        "--blocks {params.blocks} --block-shape {params.block_shape} --chunk-shape {params.chunks} "
+        "--params {params.spec} --pieces-dir {params.pieces} --marker-dir {params.markers} --threads {threads} "
+        "> {log} 2>&1 && echo {params.record} > {output.marker}"
 
 
 rule skeletonize_merge:
     input:
         segments=f"{RESULTS}/{{dataset}}/segments.parquet",
-        markers=skeleton_markers,
+        markers=batch_markers("skeletonize"),
     output:
         skeletons=f"{RESULTS}/{{dataset}}/skeletons.parquet",
         summary=f"{RESULTS}/{{dataset}}/skeletonize/merge.json",

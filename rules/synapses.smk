@@ -1,5 +1,6 @@
-# synapses: synapse_maps (cleft/pre/post) + segmentation -> clefts (per block) -> stitched clefts, partners
-# -> synapses.parquet (CAVE-style). Block ids are those of block_grid(); markers under blocks/synapses/.
+# synapses: synapse_maps (cleft/pre/post) + segmentation -> clefts (per block, one job per batch of blocks) ->
+# stitched clefts, partners -> synapses.parquet (CAVE-style). Block ids are those of block_grid(); block markers
+# under blocks/synapses/, batch markers under blocks/synapses/batches/.
 
 SYNAPSES = CFG["synapses"]
 
@@ -35,27 +36,27 @@ rule synapses_block:
     input:
         setup=f"{RESULTS}/{{dataset}}/synapses/setup.json",
     output:
-        marker=f"{RESULTS}/{{dataset}}/blocks/synapses/{{block}}.json",
+        marker=f"{RESULTS}/{{dataset}}/blocks/synapses/batches/{{batch}}.json",
     params:
         work=lambda wc: f"{RESULTS}/{wc.dataset}/synapses",
+        blocks=batch_blocks,
+        record=batch_record,
     log:
-        f"{RESULTS}/{{dataset}}/logs/synapses/blocks/{{block}}.log",
+        f"{RESULTS}/{{dataset}}/logs/synapses/blocks/{{batch}}.log",
     conda:
         ENV
     threads: 1
     resources:
         # 4 channels of uint8/float32 per read voxel, plus labels
-        mem_mb=lambda wc: cmx_config.job_resources(24 * block_grid(wc.dataset).block(wc.block).read.size, CFG)["mem_mb"],
-        runtime=lambda wc: cmx_config.job_resources(block_grid(wc.dataset).block(wc.block).read.size, CFG)["runtime"],
+        **batch_resources(mem_factor=24),
     shell:
-        "python -m connectomix synapses block --work-dir {params.work} --block {wildcards.block} > {log} 2>&1"
+        "python -m connectomix synapses block --work-dir {params.work} --blocks {params.blocks} > {log} 2>&1 "
+        "&& echo {params.record} > {output.marker}"
 
 
 rule synapses_stitch:
     input:
-        markers=lambda wc: expand(
-            f"{RESULTS}/{wc.dataset}/blocks/synapses/{{block}}.json", block=block_grid(wc.dataset).ids()
-        ),
+        markers=batch_markers("synapses"),
         segments=f"{RESULTS}/{{dataset}}/segments.parquet",
     output:
         synapses=f"{RESULTS}/{{dataset}}/synapses.parquet",

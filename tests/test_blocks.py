@@ -84,3 +84,73 @@ def test_atomic_write_keeps_old_file_when_serialization_fails(tmp_path):
         atomic_write_json(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"ok": 1}
     assert sorted(os.listdir(tmp_path)) == ["m.json"]
+
+
+# --- batches: one job per brick of blocks ----------------------------------------------------------------------
+
+
+def test_batch_ids_round_trip_and_bad_ids():
+    from connectomix.blocks import batch_id, parse_batch_id
+
+    assert batch_id((0, 2, 4), (1, 3, 7)) == "z0-1_y2-3_x4-7"
+    assert parse_batch_id("z0-1_y2-3_x4-7") == ((0, 2, 4), (1, 3, 7))
+    for bad in ("z0_y0_x0", "z1-0_y0-0_x0-0", "z0-1_y0-1", "zA-1_y0-0_x0-0"):
+        with pytest.raises(ValueError, match="bad batch id"):
+            parse_batch_id(bad)
+
+
+@pytest.mark.parametrize("grid_shape, batch_shape", [((10, 10, 10), (1, 1, 1)), ((7, 5, 9), (2, 3, 4)),
+                                                     ((3, 1, 2), (5, 5, 5)), ((16, 25, 25), (2, 2, 3))])
+def test_batches_cover_every_block_exactly_once(grid_shape, batch_shape):
+    import itertools
+
+    from connectomix.blocks import BlockBatches
+
+    batches = BlockBatches(grid_shape, batch_shape)
+    listed = [b for batch in batches.ids() for b in batches.blocks(batch)]
+    assert sorted(listed) == sorted(block_id(i) for i in itertools.product(*(range(n) for n in grid_shape)))
+    assert len(listed) == len(set(listed))
+    assert len(batches) == len(batches.ids())
+    if batch_shape == (1, 1, 1):
+        assert [b for batch in batches.ids() for b in batches.blocks(batch)] == BlockGrid(
+            grid_shape, (1, 1, 1)).ids()
+
+
+def test_batch_lower_neighbours_hold_every_lower_neighbour_block():
+    from connectomix.blocks import BlockBatches
+    from connectomix.segment.workflow import lower_neighbours
+
+    batches = BlockBatches((7, 5, 9), (2, 3, 4))
+    owner = {b: batch for batch in batches.ids() for b in batches.blocks(batch)}
+    for batch in batches.ids():
+        needed = {owner[n] for b in batches.blocks(batch) for n in lower_neighbours(b)}
+        assert needed == set(batches.lower_neighbours(batch)), batch
+    with pytest.raises(ValueError, match="not a brick"):
+        batches.blocks("z1-2_y0-2_x0-3")  # misaligned
+    with pytest.raises(ValueError, match="not a brick"):
+        batches.blocks("z8-9_y0-2_x0-3")  # outside
+
+
+def test_batch_shape_auto_keeps_jobs_under_the_limit():
+    from connectomix.blocks import BlockBatches, batch_shape_for
+
+    assert batch_shape_for((2, 2, 2)) == (1, 1, 1)
+    assert batch_shape_for((10, 10, 10), max_jobs=1000) == (1, 1, 1)
+    for grid in ((16, 25, 25), (40, 50, 50), (100, 100, 100), (1, 1, 5000), (1042, 652, 652)):
+        shape = batch_shape_for(grid, max_jobs=1000)
+        assert len(BlockBatches(grid, shape)) <= 1000
+        assert len(BlockBatches(grid, shape)) > 250  # and not needlessly coarse: jobs stay near the limit
+    assert batch_shape_for((10, 10, 10), per_job=(2, 20, 3)) == (2, 10, 3)  # clipped to the grid
+    with pytest.raises(ValueError, match="positive"):
+        batch_shape_for((10, 10, 10), per_job=(0, 1, 1))
+
+
+def test_read_voxels_of_a_brick_equals_the_sum_over_its_blocks():
+    import itertools
+
+    grid = BlockGrid((100, 300, 250), (24, 64, 64), halo=(4, 32, 32))
+    for first, last in [((0, 0, 0), (4, 4, 3)), ((1, 2, 0), (3, 4, 1)), ((4, 4, 3), (4, 4, 3))]:
+        sizes = [grid.block(i).read.size for i in itertools.product(*(range(a, b + 1) for a, b in zip(first, last)))]
+        assert grid.read_voxels(first, last) == (max(sizes), sum(sizes))
+    with pytest.raises(ValueError, match="outside the grid"):
+        grid.read_voxels((0, 0, 0), (5, 0, 0))

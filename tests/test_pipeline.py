@@ -4,45 +4,22 @@ One block per stage keeps it within CI's budget; block invariance has its own te
 """
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-
-TINY = {
-    "results_dir": "results",
-    "datasets": {
-        "tiny": {
-            "voxel_size": [40, 8, 8],
-            "phantom": {"seed": 3, "shape": [16, 128, 128], "n_neurons": 6, "n_synapses": 8,
-                        "n_orphan_synapses": 8, "soma_radius_nm": 170.0, "dendrite_length_nm": 700.0,
-                        "axon_length_nm": 1500.0},
-        }
-    },
-    "storage": {"chunk_shape": [8, 64, 64]},
-    "blocks": {"shape": [16, 128, 128]},
-    "pyramid": {"levels": 2},
-}
+from helpers import TINY, failure_report, snakemake_cmd, snakemake_env, write_config
 
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline")
-    (work / "config.yaml").write_text(yaml.safe_dump(TINY))
-    cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(work / "config.yaml"), "--cores", "2", "--quiet", "rules"]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    write_config(work, TINY)
+    cmd = snakemake_cmd(work, "--cores", "2", "--quiet", "rules")
+    env = snakemake_env()
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in (work / "results").rglob("*.log")) \
-        if result.returncode else ""
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:] + logs
+    assert result.returncode == 0, failure_report(result, work)
     return work / "results" / "tiny", cmd, env
 
 

@@ -193,6 +193,36 @@ def test_cli_blocks_merge_morphology(tmp_path, capsys):
     assert "z0_y0_x0" in capsys.readouterr().err
 
 
+def test_cli_block_batch_writes_the_same_pieces_as_single_blocks(tmp_path, capsys):
+    """`skeletonize block --blocks A B ... --pieces-dir --marker-dir` (one Snakemake batch job) = one call per block."""
+    from connectomix import cli
+
+    labels = _tubes()
+    root = _volume(tmp_path, labels)
+    spec = json.dumps(SMALL)
+    grid = BlockGrid(labels.shape, (16, 64, 64), SMALL["halo"], (8, 64, 64))
+    common = ["skeletonize", "block", "--volume", str(root), "--block-shape", "16", "64", "64", "--chunk-shape",
+              "8", "64", "64", "--params", spec]
+    for block_id in grid.ids():
+        assert cli.main([*common, "--block", block_id, "--pieces", str(tmp_path / "one" / f"{block_id}.npz"),
+                         "--marker", str(tmp_path / "one_markers" / f"{block_id}.json")]) == 0
+    assert cli.main([*common, "--blocks", *grid.ids(), "--pieces-dir", str(tmp_path / "batch"),
+                     "--marker-dir", str(tmp_path / "batch_markers")]) == 0
+    for block_id in grid.ids():
+        assert read_marker(tmp_path / "batch_markers" / f"{block_id}.json")["block"] == block_id
+        one, batch = np.load(tmp_path / "one" / f"{block_id}.npz"), np.load(tmp_path / "batch" / f"{block_id}.npz")
+        assert sorted(one.files) == sorted(batch.files)
+        for key in one.files:
+            assert np.array_equal(one[key], batch[key]), (block_id, key)
+    capsys.readouterr()
+    # one block's file names with several blocks is an error, and so is giving neither form
+    assert cli.main([*common, "--blocks", *grid.ids()[:2], "--pieces", str(tmp_path / "x.npz"),
+                     "--marker", str(tmp_path / "x.json")]) == 1
+    assert "exactly one --block" in capsys.readouterr().err
+    assert cli.main([*common, "--blocks", grid.ids()[0]]) == 1
+    assert "--pieces-dir and --marker-dir" in capsys.readouterr().err
+
+
 def test_erl_metrics_by_hand():
     from connectomix.evaluate.skeletons import run_length_metrics
 

@@ -174,6 +174,28 @@ class BlockGrid:
         read = write.grow(self.halo).intersect(self.volume)
         return Block(index, write, read)
 
+    def read_voxels(self, first: Sequence[int], last: Sequence[int]) -> tuple[int, int]:
+        """(largest, total) read-ROI voxels over the blocks from grid index ``first`` to ``last`` (inclusive).
+
+        Read ROIs are products of per-axis extents, so a brick's total is the product of per-axis sums and no
+        block is built (the resource requests of batch jobs, computed once per job while Snakemake plans).
+        """
+        first, last = _triple(first, "first block index"), _triple(last, "last block index")
+        largest, total = 1, 1
+        for axis in range(3):
+            a, b, n = first[axis], last[axis], self.grid_shape[axis]
+            if not 0 <= a <= b < n:
+                raise ValueError(
+                    f"block range {block_id(first)}..{block_id(last)} is outside the grid {self.grid_shape}"
+                )
+            size, halo, volume = self.block_shape[axis], self.halo[axis], self.volume_shape[axis]
+            extents = [
+                min(volume, min((i + 1) * size, volume) + halo) - max(0, i * size - halo) for i in range(a, b + 1)
+            ]
+            largest *= max(extents)
+            total *= sum(extents)
+        return largest, total
+
     def neighbors(self, block: Block) -> list[Block]:
         """Blocks sharing a face with ``block`` at a higher index (each face listed once over the grid)."""
         out = []
@@ -182,6 +204,108 @@ class BlockGrid:
             index[axis] += 1
             if index[axis] < self.grid_shape[axis]:
                 out.append(self.block(index))
+        return out
+
+
+_BATCH_ID = re.compile(r"^z(\d+)-(\d+)_y(\d+)-(\d+)_x(\d+)-(\d+)$")
+
+
+def batch_id(first: Sequence[int], last: Sequence[int]) -> str:
+    """Id of the brick of blocks from grid index ``first`` to ``last`` (both inclusive): ``z0-1_y2-3_x0-3``."""
+    first, last = _triple(first, "first block index"), _triple(last, "last block index")
+    return "_".join(f"{axis}{a}-{b}" for axis, a, b in zip("zyx", first, last))
+
+
+def parse_batch_id(text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``'z0-1_y2-3_x0-3'`` -> ((0, 2, 0), (1, 3, 3)); a clear error for anything else."""
+    match = _BATCH_ID.match(text)
+    if not match:
+        raise ValueError(f"bad batch id {text!r}: expected z<first>-<last>_y<first>-<last>_x<first>-<last>, "
+                         "e.g. z0-1_y0-3_x0-3")
+    g = [int(v) for v in match.groups()]
+    first, last = (g[0], g[2], g[4]), (g[1], g[3], g[5])
+    if any(b < a for a, b in zip(first, last)):
+        raise ValueError(f"bad batch id {text!r}: a range ends before it starts")
+    return first, last  # type: ignore[return-value]
+
+
+def batch_shape_for(grid_shape: Sequence[int], per_job="auto", max_jobs: int = 1000) -> tuple[int, int, int]:
+    """Blocks (z, y, x) that one job of a blockwise step processes.
+
+    ``per_job`` is a (z, y, x) brick of blocks (clipped to the grid), or ``"auto"``: the smallest brick, grown one
+    block at a time along the axis that has the most bricks (x, then y, then z on ties), that cuts the grid into
+    at most ``max_jobs`` bricks. Grids of at most ``max_jobs`` blocks get one block per job.
+    """
+    grid = _triple(grid_shape, "grid_shape")
+    if per_job != "auto":
+        shape = _triple(per_job, "blocks per job")
+        if any(s <= 0 for s in shape):
+            raise ValueError(f"blocks per job must be positive, got {shape}")
+        return tuple(min(s, g) for s, g in zip(shape, grid))  # type: ignore[return-value]
+    if int(max_jobs) < 1:
+        raise ValueError(f"max_jobs must be >= 1, got {max_jobs}")
+    shape = [1, 1, 1]
+    while True:
+        counts = [-(-g // s) for g, s in zip(grid, shape)]
+        if counts[0] * counts[1] * counts[2] <= max_jobs:
+            return tuple(shape)  # type: ignore[return-value]
+        axis = max(range(3), key=lambda a: (counts[a], a))
+        shape[axis] += 1
+
+
+class BlockBatches:
+    """A block grid cut into bricks of ``batch_shape`` blocks (edge bricks are smaller): one job per brick.
+
+    Bricks start at multiples of ``batch_shape``; ids (:func:`batch_id`) name the block range, so the blocks of a
+    brick follow from its id alone. Blocks of a brick are listed in C order.
+    """
+
+    def __init__(self, grid_shape: Sequence[int], batch_shape: Sequence[int]):
+        self.grid_shape = _triple(grid_shape, "grid_shape")
+        self.batch_shape = _triple(batch_shape, "batch_shape")
+        if any(s <= 0 for s in self.batch_shape):
+            raise ValueError(f"batch_shape must be positive, got {self.batch_shape}")
+        self.shape: tuple[int, int, int] = tuple(
+            -(-g // s) for g, s in zip(self.grid_shape, self.batch_shape)
+        )  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
+    def __repr__(self) -> str:
+        return f"BlockBatches(grid_shape={self.grid_shape}, batch_shape={self.batch_shape}, shape={self.shape})"
+
+    def _id(self, index: Sequence[int]) -> str:
+        first = [i * s for i, s in zip(index, self.batch_shape)]
+        last = [min(f + s, g) - 1 for f, s, g in zip(first, self.batch_shape, self.grid_shape)]
+        return batch_id(first, last)
+
+    def ids(self) -> list[str]:
+        return [self._id(index) for index in itertools.product(*(range(n) for n in self.shape))]
+
+    def _index(self, batch: str) -> tuple[int, int, int]:
+        first, last = parse_batch_id(batch)
+        index = tuple(f // s for f, s in zip(first, self.batch_shape))
+        if any(not 0 <= i < n for i, n in zip(index, self.shape)) or self._id(index) != batch:
+            raise ValueError(f"batch {batch} is not a brick of {self!r}")
+        return index  # type: ignore[return-value]
+
+    def blocks(self, batch: str) -> list[str]:
+        """Block ids of a brick, in C order."""
+        self._index(batch)
+        first, last = parse_batch_id(batch)
+        return [block_id(i) for i in itertools.product(*(range(a, b + 1) for a, b in zip(first, last)))]
+
+    def lower_neighbours(self, batch: str) -> list[str]:
+        """This brick and the bricks just below it along z, y and x: those holding every block that a block of
+        this brick has just below it (the blocks whose output a step like segment rag reads)."""
+        index = self._index(batch)
+        out = [batch]
+        for axis in range(3):
+            if index[axis] > 0:
+                lower = list(index)
+                lower[axis] -= 1
+                out.append(self._id(lower))
         return out
 
 

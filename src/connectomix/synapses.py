@@ -666,9 +666,10 @@ def add_arguments(parser) -> None:
     init.add_argument("--maps", default=SYNAPSE_MAPS, help="synapse map array (channels cleft, pre, post)")
     init.add_argument("--segmentation", default="segmentation", help="segment label array")
     init.add_argument("--marker-dir", help="per-block markers (default {work_dir}/blocks)")
-    block = sub.add_parser("block", help="threshold + connected components of one block")
+    block = sub.add_parser("block", help="threshold + connected components of blocks (one after another)")
     block.add_argument("--work-dir", required=True)
-    block.add_argument("--block", required=True, help="block id, e.g. z0_y1_x0")
+    block.add_argument("--block", "--blocks", dest="blocks", nargs="+", required=True, metavar="ID",
+                       help="block ids, e.g. z0_y1_x0 (each gets its own marker)")
     st = sub.add_parser("stitch", help="stitch clefts across blocks, assign partners, write synapses.parquet")
     st.add_argument("--work-dir", required=True)
     st.add_argument("--out", required=True, help="synapses.parquet to write")
@@ -703,7 +704,8 @@ def run(args) -> int:
         setup(args.volume, args.work_dir, _params(args.params), args.block_shape, args.maps, args.segmentation,
               args.marker_dir)
     elif args.action == "block":
-        print(json.dumps(cleft_block(args.work_dir, args.block)))
+        for block_id in args.blocks:
+            print(json.dumps({"block": block_id, **cleft_block(args.work_dir, block_id)}))
     elif args.action == "stitch":
         if args.summary:
             Path(args.summary).unlink(missing_ok=True)

@@ -31,17 +31,20 @@ def _zyx(text):
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
 
-    b = sub.add_parser("block", help="skeletonize one block and crop it to its write ROI")
+    b = sub.add_parser("block", help="skeletonize blocks (one after another), each cropped to its write ROI")
     b.add_argument("--volume", required=True, help="the dataset's OME-Zarr (volume.zarr)")
     b.add_argument("--array", default="segmentation", help="label array in the volume (default segmentation)")
-    b.add_argument("--block", required=True, help="block id z<i>_y<j>_x<k>")
+    b.add_argument("--block", "--blocks", dest="blocks", nargs="+", required=True, metavar="ID",
+                   help="block ids z<i>_y<j>_x<k>; with more than one, give --pieces-dir and --marker-dir")
     b.add_argument("--block-shape", nargs=3, type=int, required=True, metavar=("Z", "Y", "X"),
                    help="block (write ROI) shape in voxels")
     b.add_argument("--chunk-shape", nargs=3, type=int, default=None, metavar=("Z", "Y", "X"),
                    help="storage chunk shape (checks block alignment)")
     b.add_argument("--params", default="{}", help="`skeletonize:` config section as JSON (defaults filled)")
-    b.add_argument("--pieces", required=True, help="output .npz of the block's skeleton pieces")
-    b.add_argument("--marker", required=True, help="block marker JSON, written last")
+    b.add_argument("--pieces", help="output .npz of the block's skeleton pieces (one block)")
+    b.add_argument("--marker", help="block marker JSON, written last (one block)")
+    b.add_argument("--pieces-dir", help="folder for <block>.npz pieces (any number of blocks)")
+    b.add_argument("--marker-dir", help="folder for <block>.json markers, each written last (any number of blocks)")
     b.add_argument("--threads", type=int, default=1, help="kimimaro processes (default 1)")
     b.set_defaults(func=_run_block)
 
@@ -84,17 +87,27 @@ def _run_block(args) -> int:
     from connectomix.blocks import write_marker
     from connectomix.io import open_array
 
+    single = args.pieces is not None or args.marker is not None
+    if single and (len(args.blocks) != 1 or args.pieces is None or args.marker is None):
+        raise ValueError("--pieces and --marker name one block's files: give both, with exactly one --block "
+                         "(for several blocks use --pieces-dir and --marker-dir)")
+    if not single and (args.pieces_dir is None or args.marker_dir is None):
+        raise ValueError("give --pieces and --marker (one block) or --pieces-dir and --marker-dir")
     params = resolve(json.loads(args.params))
     grid, meta = _grid(args.volume, args.array, args.block_shape, params["halo"], args.chunk_shape)
-    block = grid.block(args.block)
-    start = time.perf_counter()
-    labels = np.asarray(open_array(args.volume, args.array)[block.read.slices])
-    t_read = time.perf_counter() - start
-    pieces, counts = skeletonize_block(labels, block, meta.voxel_size, params, meta.offset_nm, args.threads)
-    save_pieces(args.pieces, pieces, counts)
-    write_marker(args.marker, block, pieces=len(pieces), vertices=int(sum(len(p) for p in pieces.values())),
-                 labels=len(counts), read_s=round(t_read, 3), total_s=round(time.perf_counter() - start, 3))
-    print(f"{block.id}: {len(pieces)} skeleton pieces, {len(counts)} labels")
+    blocks = [grid.block(b) for b in args.blocks]  # every id checked before any work
+    source = open_array(args.volume, args.array)
+    for block in blocks:
+        pieces_path = args.pieces if single else Path(args.pieces_dir) / f"{block.id}.npz"
+        marker_path = args.marker if single else Path(args.marker_dir) / f"{block.id}.json"
+        start = time.perf_counter()
+        labels = np.asarray(source[block.read.slices])
+        t_read = time.perf_counter() - start
+        pieces, counts = skeletonize_block(labels, block, meta.voxel_size, params, meta.offset_nm, args.threads)
+        save_pieces(pieces_path, pieces, counts)
+        write_marker(marker_path, block, pieces=len(pieces), vertices=int(sum(len(p) for p in pieces.values())),
+                     labels=len(counts), read_s=round(t_read, 3), total_s=round(time.perf_counter() - start, 3))
+        print(f"{block.id}: {len(pieces)} skeleton pieces, {len(counts)} labels")
     return 0
 
 
