@@ -86,7 +86,8 @@ rule analysis:
         responses=lambda wc: FUNCTIONAL[wc.dataset]["responses"],
         stimuli=lambda wc: FUNCTIONAL[wc.dataset]["stimuli"],
         params=json_arg(CFG["analysis"]),
-        config=json_arg(CFG),
+        # this dataset's slice of the config only: adding another dataset must not rerun this one
+        config=lambda wc: json_arg({**CFG, "datasets": {wc.dataset: CFG["datasets"][wc.dataset]}}),
         out_dir=lambda wc: f"{RESULTS}/{wc.dataset}/analysis",
     log:
         f"{RESULTS}/{{dataset}}/logs/analysis.log",

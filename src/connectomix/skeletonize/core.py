@@ -112,7 +112,9 @@ def kimimaro_skeletons(
     )
     out = {}
     aniso = np.asarray(anisotropy, dtype=np.float64)
-    for label, s in skels.items():
+    # in label order: with parallel > 1 kimimaro returns skeletons in completion order, and sums over them
+    # (cable lengths, ERL) would differ in the last bits from run to run
+    for label, s in sorted(skels.items()):
         if len(s.vertices) == 0:
             continue
         vox = np.rint(s.vertices.astype(np.float64) / aniso)[:, ::-1]  # voxel centres, (z, y, x)
