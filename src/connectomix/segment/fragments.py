@@ -134,11 +134,8 @@ def _watershed_weights(weights: np.ndarray, offsets, fg: np.ndarray, dist: np.nd
     """
     mean = np.zeros(fg.shape, np.float32)
     count = np.zeros(fg.shape, np.float32)
-    slices = []
-    for c, off in enumerate(offsets):
-        here = tuple(slice(-o, None) if o < 0 else slice(None, -o) if o > 0 else slice(None) for o in off)
-        there = tuple(slice(None, o) if o < 0 else slice(o, None) if o > 0 else slice(None) for o in off)
-        slices.append((here, there))
+    slices = list(_edge_slices(offsets))
+    for c, (here, there) in enumerate(slices):
         for sl in (here, there):
             mean[sl] += weights[c][here]
             count[sl] += 1
@@ -155,10 +152,17 @@ def _edge_pairs(shape, offsets):
     """For each offset, the flat voxel indices (v, v + offset) of the edges inside ``shape`` and the slice of the
     channel that holds them."""
     index = np.arange(int(np.prod(shape))).reshape(shape)
+    for here, there in _edge_slices(offsets):
+        yield index[here].ravel(), index[there].ravel(), here
+
+
+def _edge_slices(offsets):
+    """Per offset, the slices (here, there) of an array that pair each voxel v with v + offset: a channel's values
+    for those edges are ``channel[here]``."""
     for off in offsets:
         here = tuple(slice(-o, None) if o < 0 else slice(None, -o) if o > 0 else slice(None) for o in off)
         there = tuple(slice(None, o) if o < 0 else slice(o, None) if o > 0 else slice(None) for o in off)
-        yield index[here].ravel(), index[there].ravel(), here
+        yield here, there
 
 
 def _seed_unseeded_components(markers: np.ndarray, weights: np.ndarray, offsets, threshold: float) -> np.ndarray:
