@@ -284,8 +284,10 @@ def test_cli_help_and_gt_maps(tmp_path, capsys):
     assert info.value.code == 0
 
 
-def test_cli_steps_match_in_process_run(toy, tmp_path):
-    """The Snakemake path (init, one job per block, stitch) gives the same table as detect_synapses."""
+@pytest.mark.parametrize("per_call", [1, 5])
+def test_cli_steps_match_in_process_run(toy, tmp_path, per_call):
+    """The Snakemake path (init, block jobs, stitch) gives the same table as detect_synapses, with one block per
+    call (`--block`) or several (`--blocks A B ...`, one batch job)."""
     import json
 
     from connectomix import cli
@@ -297,9 +299,10 @@ def test_cli_steps_match_in_process_run(toy, tmp_path):
                      "--block-shape", "8", "32", "32", "--marker-dir", str(tmp_path / "blocks")]) == 0
     ids = syn._grid(syn.load_setup(work)).ids()
     assert len(ids) == 2 * 2 * 4
-    for block_id in ids:
-        assert cli.main(["synapses", "block", "--work-dir", str(work), "--block", block_id]) == 0
-        assert (tmp_path / "blocks" / f"{block_id}.json").exists()
+    for start in range(0, len(ids), per_call):
+        chosen = ["--block", ids[start]] if per_call == 1 else ["--blocks", *ids[start:start + per_call]]
+        assert cli.main(["synapses", "block", "--work-dir", str(work), *chosen]) == 0
+    assert all((tmp_path / "blocks" / f"{block_id}.json").exists() for block_id in ids)
     out = tmp_path / "synapses.parquet"
     assert cli.main(["synapses", "stitch", "--work-dir", str(work), "--out", str(out),
                      "--summary", str(tmp_path / "summary.json")]) == 0
@@ -307,25 +310,3 @@ def test_cli_steps_match_in_process_run(toy, tmp_path):
     b = toy["table"].sort_values("id").reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
     assert json.loads((tmp_path / "summary.json").read_text())["synapses"] == 2
-
-
-def test_cli_block_batches_match_one_block_per_call(toy, tmp_path):
-    """`synapses block --blocks A B ...` (one Snakemake batch job) gives the same table as one call per block."""
-    import json
-
-    from connectomix import cli
-
-    vol = toy["tmp"] / "v.zarr"
-    work = tmp_path / "work"
-    params = json.dumps({"min_size_voxels": 10})
-    assert cli.main(["synapses", "init", "--volume", str(vol), "--work-dir", str(work), "--params", params,
-                     "--block-shape", "8", "32", "32", "--marker-dir", str(tmp_path / "blocks")]) == 0
-    ids = syn._grid(syn.load_setup(work)).ids()
-    for start in range(0, len(ids), 5):
-        assert cli.main(["synapses", "block", "--work-dir", str(work), "--blocks", *ids[start:start + 5]]) == 0
-    assert all((tmp_path / "blocks" / f"{block_id}.json").exists() for block_id in ids)
-    out = tmp_path / "synapses.parquet"
-    assert cli.main(["synapses", "stitch", "--work-dir", str(work), "--out", str(out)]) == 0
-    a = pd.read_parquet(out).sort_values("id").reset_index(drop=True)
-    b = toy["table"].sort_values("id").reset_index(drop=True)
-    pd.testing.assert_frame_equal(a, b)
