@@ -1,4 +1,5 @@
 # Shared helpers for all rules: the validated config, dataset shapes and the block grid.
+import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -113,6 +114,97 @@ def batch_markers(stage):
     ]
 
 
+# Extending a dataset (a larger ROI, or a source that gained data; + directions only). The block grid is anchored
+# at the volume's origin, so old blocks keep their ids and ROIs; ingest and the setup steps keep their arrays
+# (resized in place); fragment ids follow each fragment's first voxel, so unchanged segments keep their ids.
+# Block rules name what defines their result as params and inputs:
+#   * dataset_identity: what every block depends on besides its ROI;
+#   * batch_roi: the batch's read ROI with the stage's halo plus one voxel (it changes for blocks next to new ones);
+#   * the batch markers of the previous blockwise stage whose blocks it reads (batches_meeting);
+#   * the stage's config.
+# Not done yet: the block rules still take their setup marker as a plain input, so growing a dataset reruns every
+# block. ancient(setup) would not help with Snakemake 9.27: a job downstream of a job that must rerun is only
+# reached through non-ancient inputs, so new blocks behind an ancient input are never scheduled (not even
+# for missing output). Incremental runs need no global job that reruns on growth upstream of the blocks
+# (blockwise ingest, setups that do not depend on the shape, arrays resized in onstart).
+# Batch ids are stable when the grid grows only with a fixed blocks.per_job (with "auto" the brick may change).
+
+
+def dataset_identity(wc):
+    """Param: the dataset's config (for a source dataset without roi.shape: the ROI may grow), the storage chunks
+    and the block shape, as JSON."""
+    ds = json.loads(json.dumps(dataset_cfg(wc.dataset)))
+    if "roi" in ds and not is_phantom(wc.dataset):
+        ds["roi"] = {"offset": ds["roi"]["offset"]}
+    return json.dumps({"dataset": ds, "chunks": CFG["storage"]["chunk_shape"], "block_shape": CFG["blocks"]["shape"]},
+                      sort_keys=True)
+
+
+def batch_roi(halo=(0, 0, 0)):
+    """Param function: the read ROI (offset + shape) of a batch's blocks with `halo` + 1 voxel per axis. With the
+    batch id and the block shape it fixes each block's write and read ROI, and it changes for the blocks that
+    border new blocks when the dataset grows."""
+    grown = tuple(int(h) + 1 for h in halo)
+
+    def _roi(wc):
+        roi = block_grid(wc.dataset, grown).brick_read_roi(*parse_batch_id(wc.batch))
+        return f"{zyx(roi.offset)} + {zyx(roi.shape)}"
+
+    return _roi
+
+
+def batches_meeting(stage, halo=(0, 0, 0)):
+    """Input function: the batch markers of blockwise `stage` holding a block whose write ROI meets the read ROI
+    (with `halo`) of this batch: the outputs of `stage` that this batch reads."""
+
+    def _markers(wc):
+        grid = block_grid(wc.dataset, halo)
+        first, last = grid.blocks_meeting(grid.brick_read_roi(*parse_batch_id(wc.batch)))
+        return [
+            f"{RESULTS}/{wc.dataset}/blocks/{stage}/batches/{b}.json"
+            for b in block_batches(wc.dataset).covering(first, last)
+        ]
+
+    return _markers
+
+
+def check_growth(name):
+    """A source dataset ingested before may only grow (connectomix.ingest.check_extension): fail before any job
+    runs when its ROI shrank."""
+    if is_phantom(name):
+        return
+    from connectomix.ingest import check_extension, previous_ingest
+
+    ds = dataset_cfg(name)
+    offset = ds["roi"]["offset"] if "roi" in ds else (0, 0, 0)
+    try:
+        check_extension(previous_ingest(volume_path(name)), ds["source"], offset, dataset_shape(name))
+    except ValueError as error:
+        raise ValueError(f"dataset {name}: {error}") from None
+
+
+_LUT_DIGESTS = {}
+
+
+def lut_digest(wc):
+    """Param of segment_relabel: a digest of the lookup-table rows of its blocks' fragments, from
+    segment/lut_digests.json. segment_agglomerate (a checkpoint) writes that file; once it ran, Snakemake re-plans
+    the relabel jobs and reruns those whose digest changed (and those whose fragments were recomputed)."""
+    path = Path(f"{RESULTS}/{wc.dataset}/segment/lut_digests.json")
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return "none"
+    key = (stat.st_mtime_ns, stat.st_size)
+    cached = _LUT_DIGESTS.get(str(path))
+    if cached is None or cached[0] != key:
+        cached = _LUT_DIGESTS[str(path)] = (key, json.loads(path.read_text()))
+    digest = hashlib.sha256()
+    for block in _batch_blocks(wc.dataset, wc.batch):
+        digest.update(f"{block}:{cached[1].get(block, '')};".encode())
+    return digest.hexdigest()[:32]
+
+
 _READ_VOXELS = {}
 
 
@@ -183,3 +275,7 @@ def slab_resources(factor=8):
         "mem_mb": lambda wc: cmx_config.job_resources(_slab(wc), CFG)["mem_mb"],
         "runtime": lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"],
     }
+
+
+for _name in DATASETS:
+    check_growth(_name)

@@ -7,15 +7,18 @@ FINAL_TARGETS["ingest"] = lambda name: [] if is_phantom(name) else [raw_volume_d
 rule ingest:
     wildcard_constraints:
         dataset="|".join(SOURCE_DATASETS),
+    # `raw` is not a declared output: Snakemake would delete it before a rerun, and extending a dataset (a larger
+    # ROI, or a source with more data) grows it in place, keeping the voxels ingested before (connectomix.ingest).
     output:
         summary=f"{RESULTS}/{{dataset}}/ingest.json",
-        raw=directory(f"{RESULTS}/{{dataset}}/volume.zarr/raw"),
     params:
         volume=volume_of,
         source=lambda wc: json_arg(dataset_cfg(wc.dataset)["source"]),
         voxel_size=lambda wc: zyx(dataset_cfg(wc.dataset)["voxel_size"]),
         offset=lambda wc: zyx(dataset_cfg(wc.dataset)["offset_nm"]),
         roi=roi_args,
+        # the volume's shape: a source that gained data (no roi) reruns ingest, which extends `raw`
+        shape=lambda wc: zyx(dataset_shape(wc.dataset)),
         chunks=zyx(CFG["storage"]["chunk_shape"]),
         levels=CFG["pyramid"]["levels"],
         factor=zyx(CFG["pyramid"]["factor"]),

@@ -65,6 +65,8 @@ rule predict_block:
     output:
         marker=f"{RESULTS}/{{dataset}}/blocks/predict/batches/{{batch}}.json",
     params:
+        identity=dataset_identity,
+        roi=batch_roi(PREDICT_CONTEXT),
         volume=volume_of,
         markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks/predict",
         checkpoint=lambda wc, input: input.checkpoint.rsplit("/", 1)[0],

@@ -37,9 +37,14 @@ rule segment_setup:
 rule segment_fragments:
     input:
         setup=f"{RESULTS}/{{dataset}}/segment/setup.json",
+        # the predict batches whose affinities its blocks read
+        affinities=batches_meeting("predict", SEGMENT["halo"]),
     output:
         marker=f"{RESULTS}/{{dataset}}/blocks/segment_fragments/batches/{{batch}}.json",
     params:
+        identity=dataset_identity,
+        roi=batch_roi(SEGMENT["halo"]),
+        seg=json_arg(SEGMENT),
         work=segment_work_dir,
         blocks=batch_blocks,
         record=batch_record,
@@ -65,6 +70,8 @@ rule segment_rag:
     output:
         marker=f"{RESULTS}/{{dataset}}/blocks/segment_rag/batches/{{batch}}.json",
     params:
+        identity=dataset_identity,
+        roi=batch_roi(),
         work=segment_work_dir,
         blocks=batch_blocks,
         record=batch_record,
@@ -80,7 +87,8 @@ rule segment_rag:
         "&& echo {params.record} > {output.marker}"
 
 
-rule segment_agglomerate:
+# A checkpoint: which relabel batches must rerun depends on the lookup table it writes (lut_digest).
+checkpoint segment_agglomerate:
     input:
         rag=batch_markers("segment_rag"),
     output:
@@ -102,10 +110,15 @@ rule segment_agglomerate:
 
 rule segment_relabel:
     input:
-        agglomerate=f"{RESULTS}/{{dataset}}/segment/agglomerate.json",
+        # ancient: after the checkpoint ran, a batch reruns when its lookup-table rows changed (params.lut) or its
+        # fragments were recomputed; a dry run cannot know the rows yet and lists every batch
+        agglomerate=lambda wc: ancient(checkpoints.segment_agglomerate.get(dataset=wc.dataset).output.summary),
+        fragments=f"{RESULTS}/{{dataset}}/blocks/segment_fragments/batches/{{batch}}.json",
     output:
         marker=f"{RESULTS}/{{dataset}}/blocks/segment_relabel/batches/{{batch}}.json",
     params:
+        identity=dataset_identity,
+        lut=lut_digest,
         work=segment_work_dir,
         blocks=batch_blocks,
         record=batch_record,

@@ -17,10 +17,14 @@ EVAL_TARGETS["skeletons"] = lambda name: [f"{RESULTS}/{name}/eval/skeletons.json
 
 rule skeletonize_block:
     input:
-        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
+        # the relabel batches whose segmentation its blocks read (not segments.parquet, which every extension of
+        # the dataset rewrites: blocks whose segmentation did not change are not rerun)
+        segmentation=batches_meeting("segment_relabel", SKELETONIZE["halo"]),
     output:
         marker=f"{RESULTS}/{{dataset}}/blocks/skeletonize/batches/{{batch}}.json",
     params:
+        identity=dataset_identity,
+        roi=batch_roi(SKELETONIZE["halo"]),
         volume=volume_of,
         spec=json_arg(SKELETONIZE),
         block_shape=zyx(CFG["blocks"]["shape"]),

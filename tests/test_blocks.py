@@ -154,3 +154,16 @@ def test_read_voxels_of_a_brick_equals_the_sum_over_its_blocks():
         assert grid.read_voxels(first, last) == (max(sizes), sum(sizes))
     with pytest.raises(ValueError, match="outside the grid"):
         grid.read_voxels((0, 0, 0), (5, 0, 0))
+
+
+def test_brick_read_roi_and_the_blocks_it_meets():
+    from connectomix.blocks import BlockBatches, BlockGrid, Roi
+
+    grid = BlockGrid((16, 64, 320), (16, 64, 64), (4, 24, 24))
+    roi = grid.brick_read_roi((0, 0, 1), (0, 0, 2))
+    assert roi == Roi((0, 0, 40), (16, 64, 192 + 24 - 40))
+    assert grid.blocks_meeting(roi) == ((0, 0, 0), (0, 0, 3))
+    # the last block's read ROI is clipped at the volume's end: it grows when the volume does
+    assert grid.brick_read_roi((0, 0, 4), (0, 0, 4)).end == (16, 64, 320)
+    batches = BlockBatches(grid.grid_shape, (1, 1, 2))
+    assert batches.covering((0, 0, 0), (0, 0, 3)) == ["z0-0_y0-0_x0-1", "z0-0_y0-0_x2-3"]

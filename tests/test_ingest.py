@@ -568,3 +568,32 @@ def test_example_configs_validate(name, monkeypatch):
         monkeypatch.chdir(REPO)
         info = probe(dataset["source"])
         assert info.n_sections >= 12
+
+
+def test_growing_the_roi_extends_raw_in_place_with_the_first_normalization(tmp_path):
+    """A larger ROI (same source and offset) grows `raw` in place: the old voxels keep their values (the first
+    ingest's normalization is kept, though the new region has another intensity range), the new ones are read
+    from the source; a smaller ROI is refused and leaves `raw` as it was."""
+    rng = np.random.default_rng(5)
+    data = rng.normal(1000.0, 50.0, (6, 32, 48)).astype(np.float32)
+    data[:, :, 32:] += 400.0  # the region added later is brighter
+    source = {"path": str(tmp_path / "in.zarr"), "format": "zarr", "normalize": "minmax"}
+    zarr.create_array(str(tmp_path / "in.zarr"), shape=data.shape, chunks=(2, 16, 16), dtype="float32",
+                      zarr_format=2)[...] = data
+    root = tmp_path / "v.zarr"
+    first = ingest(source, root, VOXEL, chunk_shape=(2, 16, 16), roi={"offset": (0, 4, 0), "shape": (6, 16, 32)},
+                   pyramid_levels=1)
+    before = _raw(root)
+    grown = ingest(source, root, VOXEL, chunk_shape=(2, 16, 16), roi={"offset": (0, 4, 0), "shape": (6, 24, 48)},
+                   pyramid_levels=1)
+    after = _raw(root)
+    assert after.shape == (6, 24, 48) and grown["extended_from"] == [6, 16, 32]
+    np.testing.assert_array_equal(after[:, :16, :32], before)
+    assert grown["normalization"]["lo"] == first["normalization"]["lo"]
+    lo, hi = first["normalization"]["lo"], first["normalization"]["hi"]
+    expected = np.clip(np.rint((data[:, 4:28, :48] - lo) * np.float32(255.0 / (hi - lo))), 0, 255)
+    np.testing.assert_array_equal(after, expected.astype(np.uint8))
+    with pytest.raises(ValueError, match="can only grow"):
+        ingest(source, root, VOXEL, chunk_shape=(2, 16, 16), roi={"offset": (0, 4, 0), "shape": (6, 24, 40)},
+               pyramid_levels=1)
+    np.testing.assert_array_equal(_raw(root), after)

@@ -75,3 +75,17 @@ def test_recreating_an_array_replaces_old_levels(tmp_path):
     io.write_full(root, "raw", np.zeros((2, 8, 8), np.uint8), (2, 8, 8), (40, 8, 8))
     assert io.read_meta(root, "raw").levels == 1
     assert not (root / "raw" / "1").exists()
+
+
+def test_ensure_array_grows_in_place_and_recreates_otherwise(tmp_path):
+    root = tmp_path / "v.zarr"
+    data = np.arange(4 * 10 * 12, dtype=np.uint16).reshape(4, 10, 12)
+    io.write_full(root, "a", data, (2, 5, 4), (40, 8, 8))
+    array, status = io.ensure_array(root, "a", (4, 10, 16), np.uint16, (2, 5, 4), (40, 8, 8))
+    assert status == "resized" and array.shape == (4, 10, 16)
+    out = np.asarray(io.open_array(root, "a")[...])
+    np.testing.assert_array_equal(out[:, :, :12], data)
+    assert not out[:, :, 12:].any()
+    assert io.ensure_array(root, "a", (4, 10, 16), np.uint16, (2, 5, 4), (40, 8, 8))[1] == "kept"
+    assert io.ensure_array(root, "a", (4, 10, 8), np.uint16, (2, 5, 4), (40, 8, 8))[1] == "created"
+    assert not np.asarray(io.open_array(root, "a")[...]).any()

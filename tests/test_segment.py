@@ -263,3 +263,37 @@ def test_cli_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["segment", "agglomerate", "--work-dir", str(tmp_path / "nowhere")]) == 1
     assert "setup" in capsys.readouterr().err
+
+
+def test_fragment_local_ids_follow_their_first_voxel_not_the_rest_of_the_block(voronoi):
+    """A fragment's local id is 1 + the linear index of its first voxel in the write ROI, so changing the data
+    in one part of a block leaves the ids of the fragments elsewhere as they were (a count over the block in
+    order of first appearance would renumber everything after the change)."""
+    from connectomix.segment.fragments import NN_OFFSETS, block_fragments
+
+    affs = syn.degrade(syn.affinities_from_labels(voronoi), seed=2)
+    changed = affs.copy()
+    changed[:, :, :, 80:] = 0  # a region (the x end of each row) that a new neighbour block could alter
+    write = tuple(slice(0, n) for n in voronoi.shape)
+    params = seg_params.resolve({})
+    a, count, _ = block_fragments(affs, NN_OFFSETS, VOXEL, params, "3d", write, (0, 0, 0))
+    b, _, _ = block_fragments(changed, NN_OFFSETS, VOXEL, params, "3d", write, (0, 0, 0))
+    first = {}
+    for fid in np.unique(a[a > 0]):
+        first[fid] = np.flatnonzero((a == fid).ravel())[0]
+    assert all(int(fid) == int(fragment_id_base((0, 0, 0))) + int(i) + 1 for fid, i in first.items())
+    assert count == len(first)
+    kept = [fid for fid in first if np.array_equal(a == fid, b == fid)]
+    far = [fid for fid in first if np.nonzero(a == fid)[2].max() < 56]
+    assert len(far) >= 10 and set(far) <= set(kept)
+
+
+def test_lut_digests_change_only_for_blocks_whose_rows_change():
+    base = [fragment_id_base((0, 0, k)) for k in range(3)]
+    fragments = np.array([base[0] + 5, base[1] + 2, base[1] + 9, base[2] + 1], np.uint64)
+    segments = np.array([base[0] + 1, base[0] + 1, base[1] + 2, base[0] + 1], np.uint64)
+    a = stitch.lut_digests(fragments, segments)
+    assert set(a) == {"z0_y0_x0", "z0_y0_x1", "z0_y0_x2"}
+    segments[3] = base[1] + 2  # block x2's fragment now joins another segment
+    b = stitch.lut_digests(fragments, segments)
+    assert {k for k in a if a[k] != b[k]} == {"z0_y0_x2"}

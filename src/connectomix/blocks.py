@@ -196,6 +196,24 @@ class BlockGrid:
             total *= sum(extents)
         return largest, total
 
+    def brick_read_roi(self, first: Sequence[int], last: Sequence[int]) -> Roi:
+        """The read ROI of the brick of blocks from grid index ``first`` to ``last`` (inclusive): the union of its
+        blocks' read ROIs. With the brick and the block shape it fixes every block's write and read ROI (clipping
+        at the volume's end included), so it tells whether a block's result can change when the volume grows."""
+        first, last = _triple(first, "first block index"), _triple(last, "last block index")
+        lo = self.block(first).read
+        hi = self.block(last).read
+        return Roi(lo.offset, tuple(e - o for o, e in zip(lo.offset, hi.end)))  # type: ignore[arg-type]
+
+    def blocks_meeting(self, roi: Roi) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """(first, last) grid index of the blocks whose write ROI meets ``roi`` (clipped to the volume)."""
+        roi = roi.intersect(self.volume)
+        if min(roi.shape) <= 0:
+            raise ValueError(f"{roi} is outside the volume {self.volume_shape}")
+        first = tuple(o // b for o, b in zip(roi.offset, self.block_shape))
+        last = tuple((e - 1) // b for e, b in zip(roi.end, self.block_shape))
+        return first, last  # type: ignore[return-value]
+
     def neighbors(self, block: Block) -> list[Block]:
         """Blocks sharing a face with ``block`` at a higher index (each face listed once over the grid)."""
         out = []
@@ -295,6 +313,12 @@ class BlockBatches:
         self._index(batch)
         first, last = parse_batch_id(batch)
         return [block_id(i) for i in itertools.product(*(range(a, b + 1) for a, b in zip(first, last)))]
+
+    def covering(self, first: Sequence[int], last: Sequence[int]) -> list[str]:
+        """Ids of the bricks holding any block from grid index ``first`` to ``last`` (inclusive), in C order."""
+        first, last = _triple(first, "first block index"), _triple(last, "last block index")
+        ranges = [range(a // s, b // s + 1) for a, b, s in zip(first, last, self.batch_shape)]
+        return [self._id(index) for index in itertools.product(*ranges)]
 
     def lower_neighbours(self, batch: str) -> list[str]:
         """This brick and the bricks just below it along z, y and x: those holding every block that a block of

@@ -19,6 +19,13 @@ Greyscale only. Colour images follow one rule: RGB(A) whose colour channels are 
 read as that grey channel, alpha ignored; a section with differing channels is refused (convert it yourself:
 EM has no colour, so colour means the wrong file). Grey+alpha takes the grey channel. 1-bit images become 0/255.
 
+Extending a dataset: when ``raw`` already holds an ingest of the same source, ROI offset, voxel size, offset and
+chunks, and the new ROI (or the source itself, without ``roi``) is larger along some axes and smaller along none,
+ingest grows ``raw`` in place and reads only the new region (+ z, + y, + x of the old box), with the
+normalization recorded by the first ingest (planned once per dataset, so the old voxels keep their values and the
+blocks computed from them stay valid). A smaller ROI with the same source and offset is refused
+(:func:`check_extension`): a dataset only grows, in + directions, its block grid anchored at the ROI offset.
+
 Bad input (unreadable, corrupt or truncated image, mixed section shapes or dtypes, missing key, empty folder,
 NaN/inf, a single section, unknown format, colour) raises ``ValueError``/``FileNotFoundError`` naming the file and
 the problem. On any failure the ``raw`` array is deleted (and the volume folder, when this call created it), so
@@ -790,6 +797,48 @@ def _volume_cleanup(volume_root: Path):
     return cleanup
 
 
+def previous_ingest(volume_root) -> dict | None:
+    """What the last ingest into ``volume_root`` recorded (``raw``'s ``ingest`` attributes, with the array's
+    ``voxel_size``, ``offset_nm`` and ``chunks``), or None when there is no ``raw`` written by ingest."""
+    from connectomix import io
+
+    if not io.has_array(volume_root, RAW):
+        return None
+    meta = io.read_meta(volume_root, RAW)
+    recorded = meta.attrs.get("ingest")
+    if not recorded or "roi" not in recorded or "normalization" not in recorded:
+        return None
+    return {**recorded, "voxel_size": list(meta.voxel_size), "offset_nm": list(meta.offset_nm),
+            "chunks": list(meta.chunks), "shape": list(meta.shape)}
+
+
+def check_extension(previous: dict | None, source: dict, roi_offset, shape) -> str | None:
+    """How an ingest of ``source`` cropped at ``roi_offset`` to ``shape`` relates to the ``previous`` one: None (no
+    previous ingest, or another source or ROI offset: a new dataset), ``'same'`` (same shape) or ``'grow'``
+    (larger along some axes). The same source and offset with a shape smaller along some axis raises
+    ``ValueError``: a dataset only grows in + directions (its block grid stays anchored at the ROI offset, and
+    blocks already computed are kept)."""
+    if previous is None:
+        return None
+    if _check_source(previous["source"]) != _check_source(source):
+        return None
+    old_offset, old_shape = list(previous["roi"]["offset"]), list(previous["roi"]["shape"])
+    roi_offset, shape = [int(v) for v in roi_offset], [int(v) for v in shape]
+    if old_offset != roi_offset:
+        return None
+    if any(n < o for n, o in zip(shape, old_shape)):
+        raise ValueError(
+            f"{source.get('path')}: the dataset was ingested with ROI offset {old_offset} shape {old_shape}; the new "
+            f"shape {shape} is smaller along some axis. A dataset can only grow, in + directions (blocks already "
+            "computed are kept). Delete the dataset's results folder to start over with a smaller ROI.")
+    return "same" if shape == old_shape else "grow"
+
+
+def _normalization_from(record: dict) -> Normalization:
+    return Normalization(record["method"], record["dtype_in"], record.get("lo"), record.get("hi"),
+                         record.get("sample") or {})
+
+
 def ingest(
     source: dict,
     volume_root: str | os.PathLike,
@@ -830,13 +879,32 @@ def ingest(
         roi = _check_roi(roi, info.shape)
         timings["probe_s"] = time.perf_counter() - t
         t = time.perf_counter()
+        origin = tuple(o + r * v for o, r, v in zip(offset_nm, roi.offset, voxel_size))
+        previous = previous_ingest(volume_root)
+        try:
+            relation = check_extension(previous, source, roi.offset, roi.shape)
+        except ValueError:
+            cleanup = lambda: None  # noqa: E731 - a refused shrink leaves the dataset as it was
+            raise
+        same_dataset = relation is not None and (
+            previous["dtype_in"] == str(info.dtype)
+            and tuple(previous["voxel_size"]) == voxel_size and tuple(previous["offset_nm"]) == origin
+            and tuple(previous["chunks"]) == tuple(min(c, s) for c, s in zip(chunk_shape, previous["roi"]["shape"])))
         reader = _open_reader(info)
-        norm = plan_normalization(reader, info, roi, source["normalize"])
+        if same_dataset:  # planned once per dataset: the voxels ingested before keep their values
+            norm = _normalization_from(previous["normalization"])
+        else:
+            norm = plan_normalization(reader, info, roi, source["normalize"])
         timings["sample_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        origin = tuple(o + r * v for o, r, v in zip(offset_nm, roi.offset, voxel_size))
-        array = io.create_array(volume_root, RAW, roi.shape, np.uint8, chunk_shape, voxel_size, origin)
-        stats = _copy(reader, array, roi, norm, chunk_shape[0])
+        extend = same_dataset and relation == "grow"
+        if extend:
+            cleanup = lambda: None  # noqa: E731 - a failed extension leaves the old box as it was
+            array, _ = io.ensure_array(volume_root, RAW, roi.shape, np.uint8, chunk_shape, voxel_size, origin)
+            stats = _copy(reader, array, roi, norm, chunk_shape[0], keep=tuple(previous["roi"]["shape"]))
+        else:
+            array = io.create_array(volume_root, RAW, roi.shape, np.uint8, chunk_shape, voxel_size, origin)
+            stats = _copy(reader, array, roi, norm, chunk_shape[0])
         reader.close()
         reader = None
         timings["write_s"] = time.perf_counter() - t
@@ -851,6 +919,7 @@ def ingest(
             "dtype_in": str(info.dtype),
             "roi": {"offset": list(roi.offset), "shape": list(roi.shape)},
             "normalization": norm.as_dict(),
+            "extended_from": list(previous["roi"]["shape"]) if extend else None,
         }
         provenance = record(
             config={"source": source, "roi": ingest_meta["roi"], "voxel_size": list(voxel_size),
@@ -880,21 +949,40 @@ def ingest(
     }
 
 
-def _copy(reader, array, roi, norm: Normalization, slab: int) -> dict:
-    """Stream the ROI into ``array`` ``slab`` sections at a time; output statistics along the way."""
-    ys = slice(roi.offset[1], roi.end[1])
-    xs = slice(roi.offset[2], roi.end[2])
+def _copy(reader, array, roi, norm: Normalization, slab: int, keep=None) -> dict:
+    """Stream the ROI into ``array`` ``slab`` sections at a time; output statistics along the way.
+
+    ``keep`` (array voxels, z y x): the box at the array's origin that already holds data (a dataset being
+    extended); it is read back from ``array`` for the statistics, and only the rest is read from the source and
+    written. ``clipped`` counts the voxels read from the source."""
+    ny, nx = roi.shape[1], roi.shape[2]
     hist = np.zeros(256, np.int64)
     clipped = 0
-    for z0 in range(roi.offset[0], roi.end[0], slab):
-        z1 = min(z0 + slab, roi.end[0])
-        block = reader.read(z0, z1, ys, xs)
-        _check_finite(block, reader.where, z0)
-        out, n_clipped = norm.apply(block, reader.where(z0))
-        clipped += n_clipped
+    for a0 in range(0, roi.shape[0], slab):
+        a1 = min(a0 + slab, roi.shape[0])
+        out = np.empty((a1 - a0, ny, nx), np.uint8)
+        new_parts = [(a0, a1, 0, ny, 0, nx)]
+        if keep is not None and a0 < keep[0]:
+            k1 = min(a1, keep[0])
+            out[:k1 - a0, :keep[1], :keep[2]] = array[a0:k1, :keep[1], :keep[2]]
+            new_parts = [(a0, k1, keep[1], ny, 0, nx), (a0, k1, 0, keep[1], keep[2], nx), (k1, a1, 0, ny, 0, nx)]
+        for z0, z1, y0, y1, x0, x1 in new_parts:
+            if z1 <= z0 or y1 <= y0 or x1 <= x0:
+                continue
+            zs = roi.offset[0] + z0
+            block = reader.read(zs, roi.offset[0] + z1, slice(roi.offset[1] + y0, roi.offset[1] + y1),
+                                slice(roi.offset[2] + x0, roi.offset[2] + x1))
+            _check_finite(block, reader.where, zs)
+            part, n_clipped = norm.apply(block, reader.where(zs))
+            clipped += n_clipped
+            out[z0 - a0:z1 - a0, y0:y1, x0:x1] = part
+            if keep is None:
+                array[z0:z1] = part
+            else:
+                array[z0:z1, y0:y1, x0:x1] = part
+            del block, part
         hist += np.bincount(out.ravel(), minlength=256)
-        array[z0 - roi.offset[0]:z1 - roi.offset[0]] = out
-        del block, out
+        del out
     total = int(hist.sum())
     nonzero = np.flatnonzero(hist)
     return {

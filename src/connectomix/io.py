@@ -135,6 +135,61 @@ def create_array(
     return array
 
 
+def ensure_array(
+    root: str | os.PathLike,
+    name: str,
+    shape: Sequence[int],
+    dtype,
+    chunks: Sequence[int],
+    voxel_size: Sequence[float],
+    offset_nm: Sequence[float] = (0.0, 0.0, 0.0),
+    channels: Sequence[str] | None = None,
+    is_label: bool = False,
+    attrs: dict | None = None,
+    fill_value=0,
+) -> tuple[zarr.Array, str]:
+    """The named array at ``shape``, keeping the data it already holds where it can (extending a dataset).
+
+    An existing array with the same dtype, chunks, channels, voxel size and offset and a shape no larger on any
+    axis is kept: resized in place when ``shape`` is larger (old voxels keep their values, the new ones read
+    ``fill_value``), untouched when it is equal; its ``connectomix`` attributes are updated with ``attrs``.
+    Anything else is created afresh (:func:`create_array`). Growing an axis on which the old array was smaller
+    than one storage chunk would change the chunk shape (blocks would share chunks): that raises ``ValueError``.
+    Returns (level-0 array, 'created' | 'resized' | 'kept').
+    """
+    shape = tuple(int(s) for s in shape)
+    want_chunks = tuple(min(int(c), s) for c, s in zip(chunks, shape))
+    if has_array(root, name):
+        meta = read_meta(root, name)
+        same = (
+            np.dtype(meta.dtype) == np.dtype(dtype)
+            and tuple(meta.voxel_size) == tuple(float(v) for v in voxel_size)
+            and tuple(meta.offset_nm) == tuple(float(o) for o in offset_nm)
+            and meta.channels == (tuple(channels) if channels is not None else None)
+            and meta.is_label == is_label
+            and len(meta.shape) == len(shape)
+            and all(a <= b for a, b in zip(meta.shape, shape))
+        )
+        if same and tuple(meta.chunks) != want_chunks:
+            clipped = tuple(min(int(c), s) for c, s in zip(chunks, meta.shape))
+            if tuple(meta.chunks) == clipped:
+                raise ValueError(
+                    f"{Path(root) / name}: cannot grow {meta.shape} -> {shape}: the array is smaller than one storage "
+                    f"chunk {tuple(chunks)} along a growing axis; delete {root} and run again")
+            same = False
+        if same:
+            array = open_array(root, name, mode="r+")
+            status = "kept"
+            if tuple(array.shape) != shape:
+                array.resize(shape)
+                status = "resized"
+            if attrs:
+                update_attrs(root, name, **attrs)
+            return array, status
+    return create_array(root, name, shape, dtype, chunks, voxel_size, offset_nm, channels, is_label, attrs,
+                        fill_value), "created"
+
+
 def _write_multiscales(group, name, levels, factor, voxel_size, offset_nm, has_channels, is_label):
     datasets = []
     for level in range(levels):

@@ -215,9 +215,13 @@ def _grid(volume, checkpoint_meta, block_shape):
 
 
 def setup(volume, checkpoint, chunk_shape, marker) -> dict:
-    """Create the ``affinities`` and ``synapse_maps`` arrays (replacing old ones) and write the setup marker."""
+    """Create the ``affinities`` and ``synapse_maps`` arrays and write the setup marker.
+
+    Arrays that exist with the same layout and a shape no larger than ``raw``'s are kept, resized in place when the
+    dataset grew (``io.ensure_array``): the blocks already predicted keep their output, and the workflow reruns
+    only the blocks whose read ROI changed. Anything else is created afresh."""
     from connectomix.blocks import atomic_write_json
-    from connectomix.io import create_array, read_meta
+    from connectomix.io import ensure_array, read_meta
     from connectomix.models import read_checkpoint_meta
     from connectomix.provenance import record
 
@@ -229,14 +233,17 @@ def setup(volume, checkpoint, chunk_shape, marker) -> dict:
                   {"raw": str(Path(volume) / "raw"), "checkpoint_sha256": ck["weights_sha256"]})
     aff_channels = ck["channels"]["affinities"]
     syn_channels = ck["channels"]["synapse_maps"] or ["cleft", "pre", "post"]
-    create_array(volume, "affinities", (len(aff_channels), *shape), np.uint8, (len(aff_channels), *chunk_shape),
-                 raw.voxel_size, raw.offset_nm, channels=aff_channels,
-                 attrs={"offsets": ck["offsets"], "scale": SCALE, "context": ck["context"], "provenance": prov})
-    create_array(volume, "synapse_maps", (len(syn_channels), *shape), np.uint8, (len(syn_channels), *chunk_shape),
-                 raw.voxel_size, raw.offset_nm, channels=syn_channels,
-                 attrs={"scale": SCALE, "predicted": bool(ck["channels"]["synapse_maps"]), "provenance": prov})
+    _, aff_status = ensure_array(
+        volume, "affinities", (len(aff_channels), *shape), np.uint8, (len(aff_channels), *chunk_shape),
+        raw.voxel_size, raw.offset_nm, channels=aff_channels,
+        attrs={"offsets": ck["offsets"], "scale": SCALE, "context": ck["context"], "provenance": prov})
+    _, syn_status = ensure_array(
+        volume, "synapse_maps", (len(syn_channels), *shape), np.uint8, (len(syn_channels), *chunk_shape),
+        raw.voxel_size, raw.offset_nm, channels=syn_channels,
+        attrs={"scale": SCALE, "predicted": bool(ck["channels"]["synapse_maps"]), "provenance": prov})
     payload = {"volume_shape": list(shape), "chunk_shape": list(chunk_shape), "context": ck["context"],
-               "weights_sha256": ck["weights_sha256"], "provenance": prov}
+               "weights_sha256": ck["weights_sha256"], "provenance": prov,
+               "arrays": {"affinities": aff_status, "synapse_maps": syn_status}}
     atomic_write_json(marker, payload)
     return payload
 

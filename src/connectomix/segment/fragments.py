@@ -3,8 +3,13 @@
 Affinities follow the data contract: (c, z, y, x), channel ``c`` holds P(v and v + offsets[c] same object); the
 nearest-neighbour channels have offsets [-1, 0, 0], [0, -1, 0], [0, 0, -1].
 
-Fragment ids are unique without coordination: ``fragment_id(block_index, local)`` packs the block's grid index
-(11 bits per axis) above a 30-bit local id, so ids derive from position and stay below 2**63 (safe as int64).
+Fragment ids are unique without coordination: ``fragment_id_base(block_index) + local`` packs the block's grid
+index (11 bits per axis) above a 30-bit local id, so ids derive from position and stay below 2**63 (safe as int64).
+The local id is ``1 + the linear index (C order) of the fragment's first voxel in the block's write ROI``: it
+depends only on the fragment's own voxels, never on what else the block holds, so a fragment whose voxels do not
+change keeps its id when its block is recomputed (e.g. after the dataset grew and new data entered the block's
+halo). Local ids are sparse (not 1..n); a write ROI may hold at most 2**30 - 1 voxels. Block grid indices are
+anchored at the volume's origin, so growing the volume in + directions keeps every old block's index.
 """
 
 from __future__ import annotations
@@ -320,16 +325,15 @@ def _consecutive(labels: np.ndarray) -> np.ndarray:
 
 def block_fragments(affs: np.ndarray, offsets, voxel_size, params: dict, mode: str, write_in_read,
                     block_index) -> tuple[np.ndarray, int, dict]:
-    """Fragments of one block: computed on the read ROI (``affs``), cropped to the write ROI, renumbered in order
-    of first appearance and offset by the block's id base.
+    """Fragments of one block: computed on the read ROI (``affs``), cropped to the write ROI, each numbered by its
+    first voxel (``1 +`` its linear index in the write ROI, C order: see the module docstring) and offset by the
+    block's id base.
 
     Returns (uint64 labels of the write ROI, fragment count, face views). The views are this block's labelling of
     the voxel planes just outside its write ROI (``up{d}``: the first plane of the upper neighbour along axis d,
     ``down{d}``: the last plane of the lower one), in this block's global ids (0 where the label does not reach
     the write ROI); the RAG step uses them to join fragments cut by a block face (see ``rag.face_overlaps``).
     """
-    import fastremap
-
     method = params["fragments"]["method"]
     if method == "watershed":
         labels = watershed_fragments(affs, offsets, voxel_size, params, mode)
@@ -338,16 +342,21 @@ def block_fragments(affs: np.ndarray, offsets, voxel_size, params: dict, mode: s
     else:
         raise ValueError(f"segment.fragments.method must be 'watershed' or 'mutex', got {method!r}")
     local = np.ascontiguousarray(labels[write_in_read])
-    local, mapping = fastremap.renumber(local, preserve_zero=True, in_place=True)
-    local = local.astype(np.uint64)
-    count = int(local.max())
-    if count > MAX_LOCAL:
-        raise ValueError(f"block {block_index} has {count} fragments, more than {MAX_LOCAL}: use smaller blocks")
+    if local.size > MAX_LOCAL:
+        raise ValueError(f"block {block_index}: a write ROI of {local.size} voxels exceeds the {MAX_LOCAL} local "
+                         "fragment ids: use smaller blocks")
+    keys, first = np.unique(local.ravel(), return_index=True)  # labels present, and where each first appears
+    if len(keys) and keys[0] == 0:
+        keys, first = keys[1:], first[1:]
     base = fragment_id_base(block_index)
-    local[local > 0] += base
+    values = first.astype(np.uint64) + np.uint64(1) + base
+    count = len(keys)
+    lut = np.zeros(len(keys) + 1, np.uint64)
+    lut[1:] = values
+    pos = np.searchsorted(keys, local)
+    pos[local == 0] = -1
+    local = lut[pos + 1]
     views = {}
-    keys = np.array(sorted(k for k in mapping if k != 0), dtype=np.int64)
-    values = np.array([mapping[k] for k in keys], dtype=np.uint64) + base
     for d in range(3):
         for name, index in (("down", write_in_read[d].start - 1), ("up", write_in_read[d].stop)):
             if not 0 <= index < labels.shape[d]:

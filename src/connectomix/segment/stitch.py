@@ -4,7 +4,8 @@ agglomeration merges (their contacts have high affinity).
 
 Files under ``work_dir`` (``results/{dataset}/segment/``): ``setup.json``, ``edges/{block}.npz`` (block RAG
 tables), ``graph.npz`` (merged RAG), ``merges.npz`` (nodes + merge history), ``lut.npz`` (fragment -> segment),
-``stats/{block}.parquet`` (per-block segment statistics). Per-block markers go to
+``lut_digests.json`` (per block, a digest of its fragments' rows in the lookup table: the workflow reruns a
+block's relabel only when it changed), ``stats/{block}.parquet`` (per-block segment statistics). Per-block markers go to
 ``{marker_dir}/{segment_fragments|segment_rag|segment_relabel}/{block}.json``, written last.
 """
 
@@ -46,7 +47,10 @@ def _peak_rss_mb() -> float:
 
 def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, marker_dir=None) -> dict:
     """Create the empty ``fragments`` and ``segmentation`` arrays and write ``setup.json`` (resolved parameters,
-    block grid, fragment mode, affinity offsets). Returns the setup record."""
+    block grid, fragment mode, affinity offsets). Returns the setup record.
+
+    Arrays that exist with the same layout and a shape no larger than the affinities' are kept (resized in place
+    when the dataset grew: ``io.ensure_array``), so blocks done before keep their output."""
     work_dir = Path(work_dir)
     params = seg_params.resolve(params)
     meta = io.read_meta(volume, AFFINITIES)
@@ -71,9 +75,11 @@ def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, 
         "params": params,
         "provenance": provenance.record(params, {"affinities": str(Path(volume) / AFFINITIES)}),
     }
-    for name in (FRAGMENTS, SEGMENTATION):
-        io.create_array(volume, name, shape, np.uint64, chunks, meta.voxel_size, meta.offset_nm, is_label=True,
-                        attrs={"provenance": record["provenance"]})
+    record["arrays"] = {
+        name: io.ensure_array(volume, name, shape, np.uint64, chunks, meta.voxel_size, meta.offset_nm,
+                              is_label=True, attrs={"provenance": record["provenance"]})[1]
+        for name in (FRAGMENTS, SEGMENTATION)
+    }
     for sub in ("edges", "stats"):
         (work_dir / sub).mkdir(parents=True, exist_ok=True)
     atomic_write_json(work_dir / "setup.json", record)
@@ -198,6 +204,7 @@ def agglomerate(work_dir) -> dict:
     np.savez(work_dir / "merges.npz", nodes=nodes, merges=merges)
     fragments, segments = lookup_table(nodes, merges)
     np.savez(work_dir / "lut.npz", fragments=fragments, segments=segments)
+    atomic_write_json(work_dir / "lut_digests.json", lut_digests(fragments, segments))
     summary = {"nodes": int(len(nodes)), "edges": int(len(rag)), "merges": int(len(merges)),
                "segments_in_graph": int(len(nodes) - len(fragments)),
                "face_joins": int(len(rag.same_u)), "seconds": time.perf_counter() - start,
@@ -205,6 +212,34 @@ def agglomerate(work_dir) -> dict:
                "threshold": s["params"]["agglomerate"]["threshold"]}
     atomic_write_json(work_dir / "agglomerate.json", summary)
     return summary
+
+
+def lut_digests(fragments: np.ndarray, segments: np.ndarray) -> dict:
+    """Per block id, a digest of the lookup-table rows of the fragments that block made (blocks with no row are
+    left out: all their fragments are their own segments). A block's relabel output follows from its fragments
+    and these rows, so the workflow reruns relabel only for blocks whose digest changed (e.g. after the dataset
+    grew, blocks whose segments now reach into the new blocks)."""
+    import hashlib
+
+    from connectomix.blocks import block_id
+    from connectomix.segment.fragments import LOCAL_BITS, block_of_fragment
+
+    fragments = np.asarray(fragments, np.uint64)
+    segments = np.asarray(segments, np.uint64)
+    if not len(fragments):
+        return {}
+    keys = fragments >> np.uint64(LOCAL_BITS)
+    order = np.argsort(keys, kind="stable")  # fragments are sorted, so each block's rows stay sorted
+    keys, fragments, segments = keys[order], fragments[order], segments[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    out = {}
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        index = block_of_fragment(fragments[a:a + 1])[0]
+        digest = hashlib.sha256(fragments[a:b].tobytes())
+        digest.update(segments[a:b].tobytes())
+        out[block_id(index)] = digest.hexdigest()[:32]
+    return out
 
 
 def agglomerate_graph(rag: Rag, params: dict, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
