@@ -1,6 +1,8 @@
 """Segmentation throughput: the whole connectomix segment stage run blockwise (setup, fragments, RAG,
 agglomeration, relabel, finish) vs waterz on the whole volume, same run, same input; and the peak memory of each
-block job (one process per block via the CLI, peak RSS recorded in the block markers).
+block job (one process per block via the CLI, peak RSS recorded in the block markers), also for the same
+synthetic volume tiled 2 x 2 x 2 (8x the voxels, same block shape): a block job's memory must not grow with the
+volume.
 
 One command: ``python benchmarks/segment_throughput.py`` -> benchmarks/results/segment_throughput.{json,md}.
 Input: gala-fibsem test affinities from test-p1 when ../shared/data exists, and a synthetic 32x256x256 volume.
@@ -104,8 +106,35 @@ def main(argv=None) -> int:
         lines.append(f"| {r['dataset']} | {r['voxels']} | {r['blocks']} | {r['connectomix_voxels_per_s']:.3g} | "
                      f"{r['waterz_voxels_per_s']:.3g} | {r['ratio_vs_waterz']:.3f} | {p['segment_fragments']:.0f} / "
                      f"{p['segment_rag']:.0f} / {p['segment_relabel']:.0f} | {p['import_baseline']:.0f} |")
+    scaling = memory_scaling(args.memory_blocks)
+    (out / "segment_throughput.json").write_text(json.dumps({"throughput": rows, "block_memory_scaling": scaling},
+                                                            indent=1))
+    lines += ["", "## Peak RSS of one block job vs volume size (MB)", "",
+              "The synthetic volume's affinities and the same tiled 2 x 2 x 2, same block shape; max over "
+              f"{args.memory_blocks} blocks per step, each its own CLI process.", "",
+              "| step | " + " | ".join(f"{r['voxels']:,} voxels ({r['blocks']} blocks)" for r in scaling) +
+              " | ratio large / small |", "|---|" + "---|" * (len(scaling) + 1)]
+    for step in ("segment_fragments", "segment_rag", "segment_relabel"):
+        peaks = [r["peak_rss_mb"][step] for r in scaling]
+        lines.append(f"| {step} | " + " | ".join(f"{v:.0f}" for v in peaks) + f" | {peaks[-1] / peaks[0]:.2f} |")
     (out / "segment_throughput.md").write_text("\n".join(lines) + "\n")
     return 0
+
+
+def memory_scaling(n_blocks: int) -> list:
+    """Peak RSS per block job for the synthetic volume and for it tiled 2 x 2 x 2 (same block shape)."""
+    affs, voxel, block = volumes()["synthetic-32x256x256"]
+    out = []
+    for tiles in (1, 2):
+        tiled = np.tile(affs, (1, tiles, tiles, tiles))
+        tmp = Path(tempfile.mkdtemp(prefix="cmx_mem_"))
+        root = tmp / "volume.zarr"
+        syn.write_test_volume(root, tiled, voxel, (8, 32, 32))
+        summary = stitch.segment_volume(root, tmp / "segment", {}, block, (8, 32, 32))  # then re-run single blocks
+        out.append({"voxels": int(np.prod(tiled.shape[1:])), "blocks": summary["blocks"],
+                    "peak_rss_mb": block_job_memory(root, tmp / "segment", n_blocks)})
+        print(json.dumps(out[-1]))
+    return out
 
 
 if __name__ == "__main__":
