@@ -31,14 +31,22 @@ def test_pipeline_writes_every_stage_output(pipeline_run):
         assert (out / name).exists(), f"missing {name}"
     for array in ("raw", "affinities", "synapse_maps", "segmentation"):
         assert (out / "volume.zarr" / array / "0" / ".zarray").exists(), f"missing array {array}"
+    # skeletons (issue 5): one SWC file and one precomputed skeleton per segment of skeletons.parquet
+    exported = json.loads((out / "skeletons" / "export.json").read_text())
+    n_skeletons = pd.read_parquet(out / "skeletons.parquet")["id"].nunique()
+    assert exported["swc_files"] == exported["precomputed_skeletons"] == n_skeletons > 0
+    assert len(list((out / "skeletons" / "swc").glob("*.swc"))) == n_skeletons
+    assert (out / "precomputed" / "segmentation" / "skeletons" / "info").exists()
 
 
 def test_pipeline_metrics_are_measured_against_ground_truth(pipeline_run):
     out, _, _ = pipeline_run
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     for key in ("segmentation.voi_split", "segmentation.voi_merge", "segmentation.arand",
-                "synapses.f1", "connectome.edge_f1", "coregister.accuracy", "skeletons.erl_nm"):
+                "synapses.f1", "connectome.edge_f1", "coregister.accuracy", "skeletons.erl_nm",
+                "skeletons.gt_erl_nm", "skeletons.splits", "skeletons.merges"):
         assert key in metrics, f"metrics.json lacks {key}: {sorted(metrics)}"
+    assert 0 <= metrics["skeletons.erl_nm"] <= metrics["skeletons.gt_erl_nm"] and metrics["skeletons.gt_erl_nm"] > 0
     # a real segmentation of real predictions beats the trivial one that puts every voxel in one segment
     voi = metrics["segmentation.voi_split"] + metrics["segmentation.voi_merge"]
     assert voi < _entropy_bits(out), (voi, _entropy_bits(out))

@@ -69,7 +69,9 @@ def test_tubes_blockwise_equal_whole_volume_and_are_trees():
         core._collect(pieces, c, by_label, counts)
     merged = core.merge_all(by_label, counts, SMALL, stats)
     assert set(merged) == set(whole) == {1, 2, 3}
-    assert stats["face_pairs_fused"] >= 6  # every segment crosses faces; the cut points were fused
+    # every segment crosses faces and the cut points were fused; tube 1 clips a block at the corner, where its
+    # pieces may meet by a component join instead
+    assert stats["face_pairs_fused"] >= 5 and stats["components_joined"] <= 1
     assert {k: sum((labels == k).sum() for _ in [0]) for k in merged} == {k: counts[k] for k in merged}
     for label, skel in merged.items():
         assert skel.is_tree(), label
@@ -94,6 +96,156 @@ def test_block_invariance_on_synthetic_neurons(seed):
     for label, skel in merged.items():
         assert skel.is_tree(), label
         assert abs(skel.cable_length() / whole[label].cable_length() - 1) < 0.05, label
+
+
+# The small phantom of the end-to-end test (tests/helpers.py TINY), twice as deep so that blocks of (16, 64, 64)
+# cut it along z, y and x (8 blocks); skeletonized with the default parameters, as `make demo` does.
+PHANTOM = {"seed": 3, "shape": [32, 128, 128], "n_neurons": 6, "n_synapses": 8, "n_orphan_synapses": 8,
+           "soma_radius_nm": 170.0, "dendrite_length_nm": 700.0, "axon_length_nm": 1500.0}
+PHANTOM_BLOCKS = (16, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def phantom_skeletons():
+    """Phantom gt/labels skeletonized whole (plain kimimaro + the same finalize) and blockwise + merged."""
+    import fastremap
+
+    from connectomix.phantom import PhantomParams, generate
+
+    ph = generate(PhantomParams.from_dict(PHANTOM), voxel_size=VS)
+    labels = np.asarray(ph.labels)
+    ids, counts = fastremap.unique(labels, return_counts=True)
+    big = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= skparams.DEFAULTS["min_segment_voxels"]}
+    whole = {k: s for k, s in core.skeletonize_whole(labels, VS).items() if k in big}
+    stats, timings = {}, {}
+    grid = BlockGrid(labels.shape, PHANTOM_BLOCKS, skparams.DEFAULTS["halo"])
+    by_label, voxel_counts = {}, {}
+    for block in grid:
+        pieces, c = core.skeletonize_block(labels[block.read.slices], block, VS)
+        core._collect(pieces, c, by_label, voxel_counts)
+    merged = core.merge_all(by_label, voxel_counts, None, stats)
+    return ph, labels, big, whole, merged, by_label, stats
+
+
+def _relative_cable(whole, merged):
+    return {k: merged[k].cable_length() / whole[k].cable_length() - 1 for k in sorted(whole)}
+
+
+def test_block_invariance_on_the_phantom(phantom_skeletons):
+    """Issue 5: blockwise-merged vs whole-volume kimimaro on the phantom, every segment above the minimum size.
+
+    Measured here: 58 segments, all one tree; total cable +2.7 %, median |difference| 0.3 %, 86 % of segments
+    within 3 %. The worst segments (glia, neurons; 13-18 %) differ by whole branches that TEASAR traces in one
+    run and not the other (its root and target order depend on the volume it sees), not at block faces: mirroring
+    the whole volume moves as many segments (96 % within 3 % on the default phantom, worst +116 %)."""
+    ph, labels, big, whole, merged, by_label, stats = phantom_skeletons
+    kind = dict(zip(ph.objects["id"].astype(int), ph.objects["kind"]))
+    assert set(merged) == set(whole) and len(merged) >= 40
+    assert set(merged) <= big and {kind[k] for k in merged} >= {"neuron", "axon", "glia"}
+    # real stitching: most segments span several blocks, and their cut points were fused at the faces
+    assert sum(len(by_label[k]) >= 2 for k in merged) >= len(merged) // 2
+    assert stats["face_pairs_fused"] >= len(merged) // 2
+    for label, skel in merged.items():
+        assert skel.is_tree(), label
+        assert whole[label].is_tree(), label
+    rel = _relative_cable(whole, merged)
+    total = sum(s.cable_length() for s in merged.values()) / sum(s.cable_length() for s in whole.values())
+    assert abs(total - 1) < 0.03, total
+    values = np.abs(list(rel.values()))
+    assert np.median(values) < 0.01, np.median(values)
+    assert np.mean(values < 0.03) >= 0.8, sorted(rel.items(), key=lambda kv: -abs(kv[1]))[:10]
+    assert np.mean(values < 0.15) >= 0.95
+
+
+@pytest.mark.xfail(strict=True, reason="issue 5 acceptance: every segment within 3 % is not met on the phantom "
+                                      "(86 % are; TEASAR's branch choices differ between volumes, see above)")
+def test_block_invariance_on_the_phantom_every_segment_within_3_percent(phantom_skeletons):
+    _, _, _, whole, merged, _, _ = phantom_skeletons
+    rel = _relative_cable(whole, merged)
+    assert all(abs(r) < 0.03 for r in rel.values()), sorted(rel.items(), key=lambda kv: -abs(kv[1]))[:10]
+
+
+def test_erl_of_the_phantom_ground_truth_against_itself_is_perfect(phantom_skeletons, tmp_path):
+    """ERL scores the segmentation along ground-truth skeletons; the ground truth scored against itself is perfect
+    (the labels are looked up on vertices before smoothing: a smoothed vertex of a thin axon can leave it)."""
+    from connectomix.evaluate.skeletons import evaluate
+
+    _, labels, _, _, _, _, _ = phantom_skeletons
+    root = tmp_path / "volume.zarr"
+    io.write_full(root, "gt/labels", labels, (8, 64, 64), VS, is_label=True)
+    io.write_full(root, "segmentation", labels, (8, 64, 64), VS, is_label=True)
+    metrics, _ = evaluate(root, kinds=("neuron", "axon"))
+    assert metrics["gt_skeletons"] >= 40 and metrics["gt_cable_nm"] > 0
+    assert metrics["erl_nm"] == pytest.approx(metrics["gt_erl_nm"]) and metrics["erl_fraction"] == pytest.approx(1)
+    assert metrics["splits"] == 0 and metrics["merges"] == 0 and metrics["correct_cable_fraction"] == pytest.approx(1)
+
+
+def test_remove_ticks_keeps_a_tree_connected():
+    """Tick removal that fuses two branches at a former branch point must not then remove the fused path
+    (kimimaro 5.8's remove_ticks does: it treats the fused path between two branch points as a tick)."""
+    # spine a-b-c-d along x (10 nm steps), with ticks at b (30 nm) and c (20 nm, then 40 nm away: a real branch)
+    pts, edges = [], []
+
+    def path(start, step, n, attach):
+        first = len(pts)
+        for i in range(n):
+            pts.append(np.asarray(start, float) + (i + 1) * np.asarray(step, float))
+            edges.append((attach if i == 0 else len(pts) - 2, len(pts) - 1))
+        return first
+
+    pts.append(np.zeros(3))
+    path([0, 0, 0], [0, 0, 10], 30, 0)  # vertices 1..30, x = 10..300
+    path(pts[10], [0, 10, 0], 3, 10)  # tick at x = 100, 30 nm
+    path(pts[20], [0, 10, 0], 2, 20)  # tick at x = 200, 20 nm
+    path(pts[20], [0, -10, 0], 40, 20)  # a 400 nm branch at x = 200
+    skel = core.Skel(np.asarray(pts), np.asarray(edges), np.ones(len(pts)))
+    assert skel.is_tree()
+    out = core.remove_ticks(skel, 50.0)
+    assert out.is_tree()
+    assert len(out) == len(skel) - 5  # both ticks gone, nothing else
+    assert out.cable_length() == pytest.approx(skel.cable_length() - 50)
+    # at 350 nm the spine's 100 nm end beyond x = 200 goes; then x = 200 joins the rest into one path: kept
+    out2 = core.remove_ticks(out, 350.0)
+    assert out2.is_tree() and len(out2) == len(out) - 10
+    assert out2.cable_length() == pytest.approx(out.cable_length() - 100)
+    # kimimaro 5.8 cuts this one: removing the 10 nm tick at B1 fuses X-B1-B2 into one 40 nm path between two
+    # branch points, which it then takes for the next tick
+    pts, edges = [np.zeros(3)], []
+    path([0, 0, 0], [0, 0, 10], 50, 0)  # tip A (vertex 0) to X (vertex 50, x = 500)
+    x_ = len(pts) - 1
+    path(pts[x_], [0, 0, 10], 4, x_)  # X to B2 (x = 540), B1 at x = 520
+    b1, b2 = x_ + 2, len(pts) - 1
+    path(pts[b2], [0, 0, 10], 50, b2)  # B2 to tip B
+    path(pts[x_], [0, 10, 0], 50, x_)  # long branch at X
+    path(pts[b2], [0, 10, 0], 50, b2)  # long branch at B2
+    path(pts[b1], [0, -10, 0], 1, b1)  # the tick at B1
+    skel = core.Skel(np.asarray(pts), np.asarray(edges), np.ones(len(pts)))
+    out = core.remove_ticks(skel, 300.0)
+    assert out.is_tree() and len(out) == len(skel) - 1
+    assert out.cable_length() == pytest.approx(skel.cable_length() - 10)
+
+
+def test_smoothing_takes_out_the_section_staircase():
+    """A neurite lying across sections, traced as a voxel path that steps between two sections at arbitrary
+    places: smoothing brings its cable towards the true length; tips, branch points and long edges stay put."""
+    n = 41
+    true_z = np.linspace(0, 80, n)  # 80 nm down over 320 nm along x
+    jitter = np.random.default_rng(0).uniform(-0.45, 0.45, n)  # where the path search steps between sections
+    z = 40.0 * np.rint(true_z / 40 + jitter)
+    z[[0, -1]] = true_z[[0, -1]]
+    pts = np.stack([z, np.zeros(n), 8.0 * np.arange(n)], axis=1)
+    pts = np.vstack([pts, [[z[20], 8, 160], [z[20], 400, 160]]])  # a branch at vertex 20: a short, a long edge
+    edges = np.vstack([np.stack([np.arange(n - 1), np.arange(1, n)], 1), [[20, n], [n, n + 1]]])
+    skel = core.Skel(pts, edges, np.ones(len(pts)))
+    true_length = np.hypot(80, 320)
+    cable = lambda v: np.linalg.norm(np.diff(v[:n], axis=0), axis=1).sum()  # noqa: E731
+    out = core.smooth(skel, 4, 100.0)
+    assert cable(pts) > 1.3 * true_length  # the staircase adds a third
+    assert abs(cable(out.vertices) - true_length) < 0.25 * (cable(pts) - true_length)
+    for v in (0, n - 1, 20, n, n + 1):  # tips, the branch point, the end of the 392 nm edge
+        assert np.array_equal(out.vertices[v], pts[v]), v
+    assert np.array_equal(out.edges, skel.edges) and out.is_tree()
+    assert core.smooth(skel, 0, 100.0) is skel
 
 
 def test_merge_removes_cycles_and_joins_close_components():

@@ -2,7 +2,8 @@
 split / merge counts along them.
 
 Ground-truth skeletons are kimimaro skeletons of ``gt/labels`` (the same parameters and post-processing as the
-skeleton stage). Each skeleton vertex takes the predicted segment id found at its voxel.
+skeleton stage). Each skeleton vertex takes the predicted segment id found at its voxel (before smoothing, so
+that every vertex lies in its ground-truth object; lengths are those of the smoothed skeleton).
 
 * An edge is *correct* when both ends carry the same non-zero segment and that segment is not a merger.
 * A segment is a *merger* when at least ``min_vertices`` vertices of two or more ground-truth skeletons carry it.
@@ -86,6 +87,7 @@ def evaluate(volume, seg_array: str = "segmentation", gt_array: str = "gt/labels
     ``(metrics, context)``."""
     from connectomix.io import open_array, read_meta
     from connectomix.skeletonize.core import skeletonize_whole
+    from connectomix.skeletonize.core import smooth as smooth_skeleton
     from connectomix.skeletonize.params import resolve
 
     p = resolve(params)
@@ -107,9 +109,16 @@ def evaluate(volume, seg_array: str = "segmentation", gt_array: str = "gt/labels
     big = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= int(p["min_segment_voxels"])}
     if keep is not None:
         big &= keep
-    gt_skels = {k: s for k, s in skeletonize_whole(gt, meta.voxel_size, p, meta.offset_nm, parallel).items()
-                if k in big and len(s.edges)}
-    pred = {k: vertex_labels(s, seg, meta.voxel_size, meta.offset_nm) for k, s in gt_skels.items()}
+    # Labels are looked up on the unsmoothed skeletons (vertices on voxel centres, inside their object); the
+    # smoothed ones (same vertices, same edges, moved) give the lengths. A smoothed vertex of a thin neurite can
+    # round to a voxel outside it, which would count as a split of the ground truth itself.
+    smooth = p["smooth"]
+    unsmoothed = {**p, "smooth": {**smooth, "iterations": 0}}
+    raw = {k: s for k, s in skeletonize_whole(gt, meta.voxel_size, unsmoothed, meta.offset_nm, parallel).items()
+           if k in big and len(s.edges)}
+    pred = {k: vertex_labels(s, seg, meta.voxel_size, meta.offset_nm) for k, s in raw.items()}
+    gt_skels = {k: smooth_skeleton(s, int(smooth["iterations"]), float(smooth["max_edge_nm"]))
+                for k, s in raw.items()}
     metrics = run_length_metrics(gt_skels, pred, min_vertices)
     context = {"kinds": list(kinds) if keep is not None else "all", "min_vertices": min_vertices,
                "min_segment_voxels": int(p["min_segment_voxels"])}

@@ -89,26 +89,36 @@ def kimimaro_skeletons(
     voxel_size: Sequence[float],
     params: dict | None = None,
     parallel: int = 1,
-    fix_borders: bool = True,
+    object_ids: Iterable[int] | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """kimimaro on a (z, y, x) label array: ``{label: (vertices in voxels (z, y, x), edges, radii nm)}``."""
+    """kimimaro on a (z, y, x) label array: ``{label: (vertices in voxels (z, y, x), edges, radii nm)}``.
+
+    ``fix_borders`` is off, for blocks and for the whole volume alike: its border targets (and the root it takes
+    among them) sit on the array's faces, so a block would aim branches at the faces of its read ROI (and at its
+    own share of an object's contact with the volume's face), where the whole-volume trace has none. A neurite
+    crossing a read-ROI face is traced to that face anyway (its farthest point), and the halo keeps the crop
+    away from where the trace ends. ``object_ids``: trace only these labels (the others become background,
+    which leaves the traced ones' boundary distances as they were).
+    """
     import kimimaro
 
     p = resolve(params)
-    if labels.size == 0 or not labels.any():
+    ids = None if object_ids is None else [int(i) for i in object_ids]
+    if labels.size == 0 or ids == [] or not labels.any():
         return {}
     labels_xyz = np.asarray(labels).T  # a view: Fortran-ordered (x, y, z), what kimimaro wants
     anisotropy = tuple(float(v) for v in voxel_size)[::-1]
     skels = kimimaro.skeletonize(
         labels_xyz,
         teasar_params=dict(p["teasar"]),
+        object_ids=ids,
         anisotropy=anisotropy,
         dust_threshold=int(p["dust_threshold"]),
         fix_branching=bool(p["fix_branching"]),
-        fix_borders=fix_borders,
+        fix_borders=False,
         progress=False,
         parallel=int(parallel),
-        in_place=False,
+        in_place=False,  # kimimaro masks object_ids in place: never on the caller's array
     )
     out = {}
     aniso = np.asarray(anisotropy, dtype=np.float64)
@@ -158,12 +168,13 @@ def skeletonize_whole(
     postprocess: bool = True,
 ) -> dict[int, Skel]:
     """Plain kimimaro on the whole volume (the reference the blockwise result is compared with); with
-    ``postprocess`` the same ``finalize`` as the blockwise merge (join, tree, ticks), so that the two differ only
-    by the blocking."""
+    ``postprocess`` the same ``finalize`` as the blockwise merge (join, tree, ticks, smoothing), so that the two
+    differ only by the blocking."""
+    p = resolve(params)
     out = {}
-    for label, (vox, edges, radii) in kimimaro_skeletons(labels, voxel_size, params, parallel).items():
+    for label, (vox, edges, radii) in kimimaro_skeletons(labels, voxel_size, p, parallel).items():
         skel = Skel(_to_nm(vox, voxel_size, offset_nm), edges, radii)
-        out[label] = finalize(skel, params) if postprocess else skel
+        out[label] = finalize(skel, p) if postprocess else skel
     return out
 
 
@@ -232,6 +243,8 @@ def skeletonize_block(
 ) -> tuple[dict[int, Skel], dict[int, int]]:
     """Skeletonize one block: kimimaro on its read ROI, pieces cropped to its write ROI.
 
+    Only labels present in the write ROI are traced (the others could only give pieces outside it).
+
     Returns ``(pieces, voxel_counts)``: the cropped piece of every label with cable inside the write ROI, and
     the number of voxels of every label inside the write ROI (summed over blocks: exact segment sizes).
     """
@@ -242,7 +255,8 @@ def skeletonize_block(
     voxel_counts = {int(i): int(c) for i, c in zip(ids, counts) if i != 0}
     pieces = {}
     read_offset = np.asarray(block.read.offset, np.float64)
-    for label, (vox, edges, radii) in kimimaro_skeletons(labels_read, voxel_size, params, parallel).items():
+    traced = kimimaro_skeletons(labels_read, voxel_size, params, parallel, object_ids=sorted(voxel_counts))
+    for label, (vox, edges, radii) in traced.items():
         piece = crop_to_roi(vox + read_offset, edges, radii, block.write, voxel_size, offset_nm)
         if len(piece):
             pieces[label] = piece
@@ -440,8 +454,9 @@ def merge_pieces(pieces: Iterable[Skel], params: dict | None = None, stats: dict
 
 
 def finalize(skel: Skel, params: dict | None = None, stats: dict | None = None) -> Skel:
-    """Join close components (``join_distance_nm``), break cycles (minimum spanning tree), remove ticks shorter
-    than ``tick_threshold_nm`` (kimimaro.post.remove_ticks). Applied alike to merged and whole-volume skeletons."""
+    """Collapse the soma, join close components (``join_distance_nm``), break cycles (minimum spanning tree),
+    remove ticks shorter than ``tick_threshold_nm`` (``remove_ticks``), smooth paths (``smooth``). Applied alike
+    to merged and whole-volume skeletons."""
     p = resolve(params)
     skel, soma = collapse_soma(skel, p)
     joins, n_joins = _join_components(skel, float(p["join_distance_nm"]))
@@ -450,6 +465,7 @@ def finalize(skel: Skel, params: dict | None = None, stats: dict | None = None) 
     n_before = len(skel)
     if float(p["tick_threshold_nm"]) > 0 and len(skel.edges):
         skel = remove_ticks(skel, float(p["tick_threshold_nm"]))
+    skel = smooth(skel, int(p["smooth"]["iterations"]), float(p["smooth"]["max_edge_nm"]))
     if stats is not None:
         stats.update(components_joined=n_joins, cycle_edges_removed=n_cut, tick_vertices_removed=n_before - len(skel))
     return skel
@@ -495,19 +511,131 @@ def collapse_soma(skel: Skel, params: dict | None = None) -> tuple[Skel, tuple[i
     return out, (int(index[centre]), radius)
 
 
+def _superedges(skel: Skel) -> tuple[list[list[int]], np.ndarray]:
+    """The unbranched paths of a forest between its critical vertices (degree != 2): each as the vertex list
+    from one critical vertex to the other (both included). Returns ``(paths, degree)``."""
+    import scipy.sparse as sp
+
+    n = len(skel)
+    deg = skel.degrees()
+    e = skel.edges
+    adj = sp.coo_matrix((np.ones(2 * len(e)), (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])),
+                        shape=(n, n)).tocsr()
+    indptr, indices = adj.indptr, adj.indices
+    paths = []
+    done = set()  # (last interior or start, end) steps already walked from the other side
+    for c in np.flatnonzero((deg != 2) & (deg > 0)):
+        c = int(c)
+        for u in indices[indptr[c]:indptr[c + 1]]:
+            u = int(u)
+            if (c, u) in done:
+                continue
+            path, prev, cur = [c, u], c, u
+            while deg[cur] == 2:
+                a, b = indices[indptr[cur]:indptr[cur + 1]]
+                prev, cur = cur, int(b if a == prev else a)
+                path.append(cur)
+            done.add((cur, prev))
+            paths.append(path)
+    return paths, deg
+
+
 def remove_ticks(skel: Skel, threshold_nm: float) -> Skel:
-    """kimimaro's tick removal (terminal branches shorter than the threshold, shortest first) on a Skel."""
-    from kimimaro.post import remove_ticks as _remove_ticks
-    from osteoid import Skeleton
+    """Remove terminal branches (tip to branch point) shorter than ``threshold_nm``, shortest first, re-evaluating
+    after each removal (a branch point left with two branches joins them into one path), as kimimaro's
+    ``post.remove_ticks``. Unlike kimimaro 5.8's version, a path between two branch points is never removed (that
+    one treats the path made by joining two branches as a tick, which can cut a skeleton in two), so a tree
+    stays one tree. Expects a forest (``finalize`` makes one); vertex order and positions are kept."""
+    import heapq
 
-    s = Skeleton(skel.vertices.astype(np.float32), skel.edges.astype(np.uint32), radii=skel.radii,
-                 space="physical")
-    s = _remove_ticks(s, threshold_nm).consolidate()
-    # consolidate() works in float32; keep our float64 positions by matching rows back.
-    from scipy.spatial import cKDTree
+    if len(skel) == 0 or len(skel.edges) == 0 or threshold_nm <= 0:
+        return skel
+    paths, deg = _superedges(skel)
+    seg_len = np.linalg.norm(skel.vertices[skel.edges[:, 0]] - skel.vertices[skel.edges[:, 1]], axis=1)
+    lookup = {}
+    for (a, b), ln in zip(skel.edges.tolist(), seg_len.tolist()):
+        lookup[(a, b)] = lookup[(b, a)] = ln
+    length = {}
+    ends = {}
+    at = {}  # critical vertex -> ids of the superedges ending there
+    for k, path in enumerate(paths):
+        length[k] = sum(lookup[(path[i], path[i + 1])] for i in range(len(path) - 1))
+        ends[k] = path
+        for v in (path[0], path[-1]):
+            at.setdefault(v, set()).add(k)
+    degree = {v: len(s) for v, s in at.items()}
+    heap = []
 
-    _, idx = cKDTree(skel.vertices).query(s.vertices.astype(np.float64), k=1)
-    return Skel(skel.vertices[idx], np.asarray(s.edges, np.int64), skel.radii[idx])
+    def push(k):
+        a, b = ends[k][0], ends[k][-1]
+        if (degree[a] == 1 and degree[b] >= 3) or (degree[b] == 1 and degree[a] >= 3):
+            heapq.heappush(heap, (length[k], k))
+
+    for k in ends:
+        push(k)
+    removed = np.zeros(len(skel), bool)
+    next_id = len(paths)
+    while heap:
+        ln, k = heapq.heappop(heap)
+        if k not in ends:
+            continue  # fused away since it was pushed
+        if ln >= threshold_nm:
+            break
+        path = ends.pop(k)
+        tip, branch = (path[0], path[-1]) if degree[path[0]] == 1 else (path[-1], path[0])
+        if path[0] != tip:
+            path = path[::-1]
+        removed[path[:-1]] = True  # the tip and the interior; the branch point stays
+        at[branch].discard(k)
+        degree[branch] -= 1
+        del length[k]
+        if degree[branch] == 2:  # two branches left: one path through the former branch point
+            k1, k2 = at.pop(branch)
+            p1, p2 = ends.pop(k1), ends.pop(k2)
+            p1 = p1 if p1[-1] == branch else p1[::-1]
+            p2 = p2 if p2[0] == branch else p2[::-1]
+            fused = p1 + p2[1:]
+            ends[next_id] = fused
+            length[next_id] = length.pop(k1) + length.pop(k2)
+            for v, old in ((fused[0], (k1, k2)), (fused[-1], (k1, k2))):
+                at[v].difference_update(old)
+                at[v].add(next_id)
+            degree.pop(branch)
+            push(next_id)
+            next_id += 1
+    if not removed.any():
+        return skel
+    keep = np.flatnonzero(~removed)
+    index = np.full(len(skel), -1, np.int64)
+    index[keep] = np.arange(len(keep))
+    e = skel.edges[~removed[skel.edges[:, 0]] & ~removed[skel.edges[:, 1]]]
+    return Skel(skel.vertices[keep], index[e], skel.radii[keep])
+
+
+def smooth(skel: Skel, iterations: int, max_edge_nm: float) -> Skel:
+    """Laplacian smoothing of unbranched paths: ``iterations`` times, every vertex of degree 2 whose two edges are
+    both at most ``max_edge_nm`` long moves halfway to the mean of its neighbours; tips, branch points and the
+    ends of long (soma star) edges stay put. Takes out the staircase of voxel paths (a thin neurite lying across
+    sections steps between them at places that depend on the path search), which otherwise adds cable that
+    differs from one tracing to the next."""
+    if iterations <= 0 or len(skel.edges) == 0:
+        return skel
+    import scipy.sparse as sp
+
+    n = len(skel)
+    e = skel.edges
+    long = np.linalg.norm(skel.vertices[e[:, 0]] - skel.vertices[e[:, 1]], axis=1) > max_edge_nm
+    movable = skel.degrees() == 2
+    movable[e[long].ravel()] = False
+    if not movable.any():
+        return skel
+    adj = sp.coo_matrix((np.full(2 * len(e), 0.5), (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])),
+                        shape=(n, n)).tocsr()
+    adj = adj[movable]  # rows of the movable vertices: the mean of their two neighbours
+    v = skel.vertices.copy()
+    for _ in range(int(iterations)):
+        v[movable] = 0.5 * v[movable] + 0.5 * (adj @ v)
+    return Skel(v, e, skel.radii)
 
 
 # --- trees -------------------------------------------------------------------------------------------------

@@ -23,6 +23,10 @@ DEFAULTS: dict = {
     "face_match_distance_nm": 400.0,
     "join_distance_nm": 1000.0,
     "tick_threshold_nm": 300.0,
+    "smooth": {
+        "iterations": 4,
+        "max_edge_nm": 100.0,
+    },
     "axon_dendrite": {
         "method": "radius",
         "min_axon_cable_nm": 2000.0,
@@ -30,6 +34,13 @@ DEFAULTS: dict = {
 }
 
 
+class _Resolved(dict):
+    """A parameter set ``resolve`` has completed: resolving it again returns it as it is (the merge calls
+    ``resolve`` for every segment, several times; a deep copy of the defaults each time adds up)."""
+
+
 def resolve(params: dict | None = None) -> dict:
     """The full parameter set: ``params`` (possibly partial, as in the config) over the defaults."""
-    return merge_params(DEFAULTS, params, "skeletonize")
+    if isinstance(params, _Resolved):
+        return params
+    return _Resolved(merge_params(DEFAULTS, params, "skeletonize"))
