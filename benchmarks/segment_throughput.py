@@ -93,7 +93,6 @@ def main(argv=None) -> int:
         print(json.dumps(row, indent=1))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "segment_throughput.json").write_text(json.dumps(rows, indent=1))
     lines = ["# Segmentation throughput (one process, serial blocks; 2 shared cores)\n",
              "`python benchmarks/segment_throughput.py`. connectomix = whole stage blockwise (setup, fragments, RAG, "
              "agglomerate, relabel, segments.parquet); waterz = zwatershed + agglomeration on the whole volume "
@@ -107,7 +106,7 @@ def main(argv=None) -> int:
                      f"{r['waterz_voxels_per_s']:.3g} | {r['ratio_vs_waterz']:.3f} | {p['segment_fragments']:.0f} / "
                      f"{p['segment_rag']:.0f} / {p['segment_relabel']:.0f} | {p['import_baseline']:.0f} |")
     scaling = memory_scaling(args.memory_blocks)
-    (out / "segment_throughput.json").write_text(json.dumps({"throughput": rows, "block_memory_scaling": scaling},
+    (out / "segment_throughput.json").write_text(json.dumps({"rows": rows, "block_memory_scaling": scaling},
                                                             indent=1))
     lines += ["", "## Peak RSS of one block job vs volume size (MB)", "",
               "The synthetic volume's affinities and the same tiled 2 x 2 x 2, same block shape; max over "

@@ -500,7 +500,7 @@ def derive_rates(bench_dir: Path, defaults: dict) -> dict:
         }
     path = bench_dir / "segment_throughput.json"
     if path.exists():
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text())["rows"]
         row = _closest(data, "block_shape", defaults["blocks"]["shape"])
         per_run = [r["voxels"] / r["connectomix_seconds"] for r in data]
         scopes = {"fragments": "block", "rag": "block", "relabel": "block", "agglomerate": "dataset",
