@@ -204,12 +204,8 @@ def _seed_unseeded_components(markers: np.ndarray, weights: np.ndarray, offsets,
 def _interior(weights: np.ndarray, offsets) -> np.ndarray:
     """Per channel, each voxel's weaker of its two edges along that offset (edges leaving the array count 1)."""
     out = weights.copy()
-    for c, off in enumerate(offsets):
-        d = next(i for i, o in enumerate(off) if o != 0)
-        lo = [slice(None)] * (weights.ndim - 1)
-        hi = [slice(None)] * (weights.ndim - 1)
-        lo[d], hi[d] = slice(1, None), slice(None, -1)
-        np.minimum(out[c][tuple(hi)], weights[c][tuple(lo)], out=out[c][tuple(hi)])
+    for c, (here, there) in enumerate(_edge_slices(offsets)):  # the edge (v, v + offset) is stored at v
+        np.minimum(out[c][there], weights[c][here], out=out[c][there])
     return out
 
 
