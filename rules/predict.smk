@@ -11,6 +11,7 @@ PREDICT_CONTEXT = workflow_context(CFG, [d for d in DATASETS if is_phantom(d)])
 rule train:
     input:
         raw=lambda wc: raw_volume_done(wc.dataset),
+        init=[f"{TRAIN['init_from']}/checkpoint.json"] if TRAIN.get("init_from") else [],
     output:
         checkpoint=f"{RESULTS}/models/{{dataset}}/checkpoint.json",
         weights=f"{RESULTS}/models/{{dataset}}/weights.pt",

@@ -51,6 +51,37 @@ def test_synapse_targets_by_hand():
     assert out[2, 0, 0].tolist() == [0, 0, 0, 1, 1, 1, 0]  # post (label 2), cleft voxel included
 
 
+def test_cleft_target_radius_grows_only_the_cleft_channel():
+    labels = np.array([1, 1, 1, 2, 2, 2, 2], dtype=np.uint64).reshape(1, 1, 7)
+    labels = np.repeat(labels, 3, axis=0)
+    clefts = np.zeros_like(labels)
+    clefts[1, 0, 3] = 5
+    table = {"id": np.array([5]), "pre": np.array([1]), "post": np.array([2])}
+    plain = synapse_targets(labels, clefts, table, (40, 8, 8), distance_nm=16)
+    grown = synapse_targets(labels, clefts, table, (40, 8, 8), distance_nm=16, cleft_radius_nm=12)
+    # 12 nm: one voxel in x (8 nm), none in z (40 nm)
+    assert grown[0, 1, 0].tolist() == [0, 0, 1, 1, 1, 0, 0]
+    assert not grown[0, 0].any() and not grown[0, 2].any()
+    # pre/post still measured from the labelled cleft
+    assert np.array_equal(grown[1:], plain[1:])
+
+
+def test_per_channel_class_weight_caps():
+    target = torch.zeros(1, 2, 1, 1, 100)
+    target[:, :, ..., 0] = 1  # 1 positive in 100 on both channels: a balanced weight of 50
+    mask = torch.ones_like(target)
+    logits = torch.zeros_like(target)
+    logits[..., 0] = -5  # the positives are wrong
+    capped = balanced_bce(logits[:, :1], target[:, :1], mask[:, :1], 5.0)
+    free = balanced_bce(logits[:, :1], target[:, :1], mask[:, :1], 100.0)
+    both = balanced_bce(logits, target, mask, [5.0, 100.0])
+    wrong, neutral = float(np.log1p(np.exp(5.0))), float(np.log(2))  # BCE of a -5 logit on a 1; of 0 on a 0
+    w_neg = 100 / (2 * 99)
+    assert float(capped) == pytest.approx((5 * wrong + 99 * w_neg * neutral) / 100, rel=1e-5)
+    assert float(free) == pytest.approx((50 * wrong + 99 * w_neg * neutral) / 100, rel=1e-5)
+    assert float(both) == pytest.approx((float(capped) + float(free)) / 2, rel=1e-5)
+
+
 def test_affinity_channels_under_rotation_and_flips():
     """Targets of a rotated/flipped volume are the original channels permuted and shifted by one voxel."""
     labels = synthetic_data((3, 12, 12), seed=4, cells=6)[1]["labels"]
@@ -178,6 +209,22 @@ def test_training_is_deterministic_and_resumable(tmp_path):
     assert longer["iterations"] == 6
     with pytest.raises(ValueError, match="more than the 4 requested"):
         train(data, TINY, tmp_path / "l", device="cpu", threads=1, progress=False)
+
+
+def test_init_from_starts_at_a_checkpoint_and_records_it(tmp_path):
+    data = synthetic_data((10, 40, 40), seed=0, cells=8)[0]
+    base = train(data, TINY, tmp_path / "base", device="cpu", threads=1, progress=False)
+    zero = train(data, {**TINY, "iterations": 0, "init_from": str(tmp_path / "base")}, tmp_path / "copy",
+                 device="cpu", threads=1, progress=False)
+    assert zero["weights_sha256"] == base["weights_sha256"]  # no step taken: the same weights
+    tuned = train(data, {**TINY, "init_from": str(tmp_path / "base"), "synapse_max_class_weight": 50.0},
+                  tmp_path / "tuned", device="cpu", threads=1, progress=False)
+    assert tuned["training"]["init"] == {"from": str(tmp_path / "base"), "weights_sha256": base["weights_sha256"],
+                                         "iterations": 4}
+    assert tuned["weights_sha256"] not in (base["weights_sha256"],)
+    other = {**TINY, "model": {**TINY_MODEL, "num_fmaps": 4}, "init_from": str(tmp_path / "base")}
+    with pytest.raises(ValueError, match="init_from .*architecture differs"):
+        train(data, other, tmp_path / "bad", device="cpu", threads=1, progress=False)
 
 
 def test_schema_defaults_match_the_code():

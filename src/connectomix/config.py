@@ -42,8 +42,8 @@ def _fill(value, node: dict, root: dict):
     if isinstance(value, dict):
         for key, sub in node.get("properties", {}).items():
             filled = _fill(value.get(key), sub, root)
-            if filled is not None:
-                value[key] = filled
+            if filled is not None or key in value or "default" in _resolve(sub, root):
+                value[key] = filled  # a null default is filled too
         extra = node.get("additionalProperties")
         if isinstance(extra, dict):
             for key in value:

@@ -44,8 +44,11 @@ DEFAULT_PARAMS: dict = {
     "validate_every": 500,
     "checkpoint_every": 100,
     "pre_post_distance_nm": 80.0,
+    "cleft_radius_nm": 0.0,
     "synapse_sample_prob": 0.5,
     "max_class_weight": 20.0,
+    "synapse_max_class_weight": None,
+    "init_from": None,
     "augment": {
         "flip": True,
         "rotate": True,
@@ -135,17 +138,24 @@ def affinity_targets(labels: np.ndarray, offsets: Sequence[Sequence[int]]) -> tu
 
 
 def synapse_targets(labels: np.ndarray, clefts: np.ndarray, synapses, voxel_size: Sequence[float],
-                    distance_nm: float = 80.0) -> np.ndarray:
+                    distance_nm: float = 80.0, cleft_radius_nm: float = 0.0) -> np.ndarray:
     """bool (3, z, y, x): cleft, pre, post.
 
-    ``synapses`` is a table (DataFrame or dict of columns) with ``id`` (cleft label), ``pre`` and ``post`` (label
-    ids). ``pre`` marks voxels of the pre object within ``distance_nm`` (Euclidean, anisotropic) of that
-    synapse's cleft voxels; ``post`` likewise. Synapses missing from ``clefts`` are skipped.
+    ``cleft`` is the cleft voxels grown by ``cleft_radius_nm`` (Euclidean, anisotropic; 0: as labelled), a
+    thicker target that tolerates a voxel of misplacement. ``synapses`` is a table (DataFrame or dict of columns)
+    with ``id`` (cleft label), ``pre`` and ``post`` (label ids). ``pre`` marks voxels of the pre object within
+    ``distance_nm`` of that synapse's (ungrown) cleft voxels; ``post`` likewise. Synapses missing from ``clefts``
+    are skipped.
     """
     from scipy import ndimage
 
     out = np.zeros((3, *labels.shape), dtype=bool)
     out[0] = clefts > 0
+    if cleft_radius_nm > 0 and out[0].any():
+        reach = [int(cleft_radius_nm // v) for v in voxel_size]
+        offsets = np.indices([2 * r + 1 for r in reach]).reshape(3, -1).T - reach
+        ball = (np.linalg.norm(offsets * np.asarray(voxel_size, float), axis=1) <= cleft_radius_nm)
+        out[0] = ndimage.binary_dilation(out[0], structure=ball.reshape([2 * r + 1 for r in reach]))
     if synapses is None or len(synapses["id"]) == 0 or not out[0].any():
         return out
     ids, inverse = np.unique(clefts, return_inverse=True)
@@ -333,18 +343,23 @@ def _intensity(raw: np.ndarray, rng, aug: dict) -> np.ndarray:
 # --- loss and metrics ----------------------------------------------------------------------------------------
 
 
-def balanced_bce(logits, target, mask, max_weight: float = 20.0):
-    """Per-channel class-balanced BCE: positives and negatives of each channel weigh half each (clipped)."""
+def balanced_bce(logits, target, mask, max_weight=20.0):
+    """Per-channel class-balanced BCE: positives and negatives of each channel weigh half each.
+
+    Each class weight is clipped at ``max_weight``: a number, or one per channel (a sequence or tensor).
+    """
     import torch
     import torch.nn.functional as F
+
+    max_weight = torch.as_tensor(max_weight, dtype=logits.dtype, device=logits.device)
 
     dims = (0, 2, 3, 4)
     pos = (target * mask).sum(dims)
     neg = ((1 - target) * mask).sum(dims)
     total = pos + neg
     classes = (pos > 0).float() + (neg > 0).float()  # a channel with one class present weighs it 1
-    w_pos = (total / (classes.clamp(min=1) * pos.clamp(min=1))).clamp(max=max_weight).view(1, -1, 1, 1, 1)
-    w_neg = (total / (classes.clamp(min=1) * neg.clamp(min=1))).clamp(max=max_weight).view(1, -1, 1, 1, 1)
+    w_pos = torch.minimum(total / (classes.clamp(min=1) * pos.clamp(min=1)), max_weight).view(1, -1, 1, 1, 1)
+    w_neg = torch.minimum(total / (classes.clamp(min=1) * neg.clamp(min=1)), max_weight).view(1, -1, 1, 1, 1)
     weight = mask * (target * w_pos + (1 - target) * w_neg)
     loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
     return loss / mask.sum().clamp(min=1)
@@ -419,6 +434,31 @@ def gt_boundaries(labels: np.ndarray) -> np.ndarray:
     return b
 
 
+def cleft_object_prf(pred: np.ndarray, truth: np.ndarray, voxel_size, tolerance_nm: float = 200.0,
+                     min_size: int = 10) -> dict:
+    """Cleft detection P/R/F1: 26-connected components (predicted ones of at least ``min_size`` voxels), matched
+    one-to-one by centre of mass within ``tolerance_nm`` (as the synapse evaluation does)."""
+    import cc3d
+    from scipy import ndimage
+
+    from connectomix.evaluate.synapses import match_points
+
+    def centres(mask, min_voxels):
+        labels = cc3d.dust(cc3d.connected_components(mask, connectivity=26), threshold=min_voxels,
+                           connectivity=26)
+        ids = np.unique(labels)[1:]
+        if not len(ids):
+            return np.zeros((0, 3))
+        return np.array(ndimage.center_of_mass(mask, labels, ids)) * np.asarray(voxel_size, float)
+
+    p, t = centres(pred, min_size), centres(truth, 1)
+    matched = len(match_points(p, t, tolerance_nm)[0])
+    precision = matched / len(p) if len(p) else float(len(t) == 0)
+    recall = matched / len(t) if len(t) else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
 def evaluate(model, data: TrainData, params: dict, device="cpu") -> dict:
     """Validation metrics of ``model`` on ``data`` (predicted as a whole volume, like inference does)."""
     import torch
@@ -444,6 +484,9 @@ def evaluate(model, data: TrainData, params: dict, device="cpu") -> dict:
             if data.synapse_valid[c]:
                 m = prf(syn[c] > 0.5, data.synapse[c])
                 metrics.update({f"{name}_{k}": v for k, v in m.items()})
+        if data.synapse_valid[0]:
+            m = cleft_object_prf(syn[0] > 0.5, data.synapse[0], data.voxel_size)
+            metrics.update({f"cleft_objects_{k}": v for k, v in m.items()})
     model.train()
     return {k: round(float(v), 5) for k, v in metrics.items()}
 
@@ -488,8 +531,10 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
     state_path = out / "training_state.pt"
     start = 0
     history: list = []
+    init_record = None
     if resume and state_path.exists() and (out / "checkpoint.json").exists():
         model, meta = load_checkpoint(out, map_location="cpu")
+        init_record = meta["training"].get("init")
         if meta["architecture"] != arch.to_dict():
             raise ValueError(f"cannot resume {out}: its architecture differs from the requested one")
         start = int(meta["iterations"])
@@ -498,6 +543,17 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
     else:
         torch.manual_seed(int(params["seed"]))
         model = UNet(arch)
+        if params["init_from"]:
+            init, init_meta = load_checkpoint(params["init_from"], map_location="cpu")
+            if init_meta["architecture"] != arch.to_dict():
+                raise ValueError(f"train.init_from {params['init_from']}: its architecture differs from "
+                                 f"train.model; expected {arch.to_dict()}, found {init_meta['architecture']}")
+            model.load_state_dict(init.state_dict())
+            init_record = {"from": str(params["init_from"]), "weights_sha256": init_meta.get("weights_sha256"),
+                           "iterations": init_meta.get("iterations")}
+    class_caps = ([float(params["max_class_weight"])] * len(arch.offsets)
+                  + [float(params["synapse_max_class_weight"] or params["max_class_weight"])]
+                  * len(arch.synapse_channels))
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=params["learning_rate"], weight_decay=params["weight_decay"])
     if start:
@@ -520,7 +576,7 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
             "iterations": iteration,
             "training": {"data": description, "params": params, "config_hash": config_hash(params),
                          "seed": params["seed"], "device": str(dev), "seconds": round(seconds, 1),
-                         "output_shape": list(out_shape), **(extra_meta or {})},
+                         "output_shape": list(out_shape), "init": init_record, **(extra_meta or {})},
             "validation": metrics,
             "validation_history": history,
         }
@@ -552,7 +608,7 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
         y = torch.from_numpy(target).to(dev)
         m = torch.from_numpy(mask).to(dev)
         logits = model(x)
-        loss = balanced_bce(logits, y, m, params["max_class_weight"])
+        loss = balanced_bce(logits, y, m, class_caps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -619,7 +675,7 @@ def synthetic_data(shape=(16, 64, 64), seed: int = 0, cells: int = 12, voxel_siz
 # --- data loading --------------------------------------------------------------------------------------------
 
 
-def load_volume_data(volume, synapses=None, distance_nm: float = 80.0) -> TrainData:
+def load_volume_data(volume, synapses=None, distance_nm: float = 80.0, cleft_radius_nm: float = 0.0) -> TrainData:
     """Ground truth from a dataset's OME-Zarr (``raw``, ``gt/labels``, ``gt/clefts``) and ``gt/synapses.parquet``."""
     from connectomix.io import has_array, open_array, read_meta
 
@@ -635,7 +691,7 @@ def load_volume_data(volume, synapses=None, distance_nm: float = 80.0) -> TrainD
             import pandas as pd
 
             table = pd.read_parquet(synapses)
-        syn = synapse_targets(labels, clefts, table, meta.voxel_size, distance_nm)
+        syn = synapse_targets(labels, clefts, table, meta.voxel_size, distance_nm, cleft_radius_nm)
         valid = (True, table is not None, table is not None)
     summary = Path(volume).parent / "gt" / "phantom.json"
     phantom_params = None
@@ -648,12 +704,13 @@ def load_volume_data(volume, synapses=None, distance_nm: float = 80.0) -> TrainD
     return TrainData(raw, labels, tuple(meta.voxel_size), syn, valid, desc)
 
 
-def load_phantom_data(spec: dict, voxel_size: Sequence[float], distance_nm: float = 80.0) -> TrainData:
+def load_phantom_data(spec: dict, voxel_size: Sequence[float], distance_nm: float = 80.0,
+                      cleft_radius_nm: float = 0.0) -> TrainData:
     """Generate a phantom in memory (``connectomix.phantom``) and return it as training data."""
     from connectomix.phantom import PhantomParams, generate
 
     ph = generate(PhantomParams.from_dict(dict(spec)), tuple(voxel_size))
-    syn = synapse_targets(ph.labels, ph.clefts, ph.synapses, voxel_size, distance_nm)
+    syn = synapse_targets(ph.labels, ph.clefts, ph.synapses, voxel_size, distance_nm, cleft_radius_nm)
     desc = {"phantom_params": dict(spec), "raw": "phantom.raw", "labels": "phantom.labels",
             "clefts": "phantom.clefts", "n_synapses": int(len(ph.synapses))}
     return TrainData(np.asarray(ph.raw), np.asarray(ph.labels), tuple(voxel_size), syn, (True, True, True), desc)
@@ -682,10 +739,11 @@ def run(args) -> int:
         raise ValueError(f"--params is not valid JSON: {error}") from error
     merged = merge_params(params)
     if args.phantom:
-        data = load_phantom_data(json.loads(args.phantom), args.voxel_size, merged["pre_post_distance_nm"])
+        data = load_phantom_data(json.loads(args.phantom), args.voxel_size, merged["pre_post_distance_nm"],
+                                 merged["cleft_radius_nm"])
         source = f"--phantom '{args.phantom}' --voxel-size {' '.join(f'{v:g}' for v in args.voxel_size)} "
     else:
-        data = load_volume_data(args.volume, args.synapses, merged["pre_post_distance_nm"])
+        data = load_volume_data(args.volume, args.synapses, merged["pre_post_distance_nm"], merged["cleft_radius_nm"])
         source = f"--volume {args.volume} "
     command = (f"python -m connectomix train {source}"
                + (f"--synapses {args.synapses} " if args.synapses else "")
