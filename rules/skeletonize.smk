@@ -79,6 +79,7 @@ rule skeletonize_morphology:
         skeletons=f"{RESULTS}/{{dataset}}/skeletons.parquet",
     output:
         morphology=f"{RESULTS}/{{dataset}}/morphology.parquet",
+        summary=f"{RESULTS}/{{dataset}}/skeletonize/morphology.json",
     params:
         spec=json_arg(SKELETONIZE),
     log:
@@ -91,7 +92,7 @@ rule skeletonize_morphology:
         runtime=CFG["resources"]["min_runtime_min"],
     shell:
         "python -m connectomix skeletonize morphology --skeletons {input.skeletons} --params {params.spec} "
-        "--out {output.morphology} > {log} 2>&1"
+        "--out {output.morphology} --summary {output.summary} > {log} 2>&1"
 
 
 rule evaluate_skeletons:

@@ -328,7 +328,7 @@ PROVENANCE_OF = {
     "edges.parquet": "connectome/summary.json",
     "skeletons.parquet": "skeletonize/merge.json",
     "matches.parquet": "coregister.json",
-    "morphology.parquet": None,
+    "morphology.parquet": "skeletonize/morphology.json",
 }
 # The config section each output's recorded config comes from (its keys must all be there).
 CONFIG_SECTION = {
@@ -340,21 +340,10 @@ CONFIG_SECTION = {
     "edges.parquet": "connectome",
     "skeletons.parquet": "skeletonize",
 }
-# Outputs that do not record provenance, or whose `inputs` are paths / config hashes rather than checksums of the
-# data they were made from (found by reading src/connectomix and the run's files).
-NO_PROVENANCE = {"morphology.parquet": "skeletonize morphology writes no summary and no provenance"}
-NO_INPUT_CHECKSUMS = {
-    "volume.zarr/affinities": "inputs.raw is a path (the checkpoint's sha256 is recorded)",
-    "volume.zarr/synapse_maps": "inputs.raw is a path (the checkpoint's sha256 is recorded)",
-    "volume.zarr/segmentation": "inputs.affinities is a path",
-    "volume.zarr/clefts": "inputs is empty",
-    "segments.parquet": "inputs.affinities is a path",
-    "synapses.parquet": "inputs.setup is a config hash; synapse maps and segmentation not recorded",
-    "neurons.parquet": "inputs.synapses is a path; segments and morphology not recorded",
-    "edges.parquet": "inputs.synapses is a path; segments and morphology not recorded",
-    "skeletons.parquet": "inputs are the volume path and array name",
-    "morphology.parquet": NO_PROVENANCE["morphology.parquet"],
-}
+# Outputs that do not record provenance, or whose `inputs` are not checksums of the data they were made from
+# (strict xfails; none left).
+NO_PROVENANCE: dict = {}
+NO_INPUT_CHECKSUMS: dict = {}
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -403,6 +392,40 @@ def test_outputs_record_input_checksums(clean_run, output):
     assert prov["inputs"], f"{output}: no inputs recorded"
     not_checksums = {k: v for k, v in prov["inputs"].items() if not SHA256.match(str(v))}
     assert not not_checksums, f"{output}: inputs that are not sha256 checksums: {not_checksums}"
+
+
+# Which upstream array each array output's provenance names as an input.
+ARRAY_INPUTS = {"affinities": ["raw"], "synapse_maps": ["raw"], "segmentation": ["affinities"],
+                "clefts": ["synapse_maps", "segmentation"]}
+
+
+def test_array_checksums_are_their_content_and_chain_up(clean_run):
+    """Each array's recorded checksum is the Merkle digest of its blocks' values (recomputed here from the array),
+    and each output names exactly those checksums as its inputs."""
+    import numpy as np
+
+    from connectomix import io, provenance
+    from connectomix.blocks import BlockGrid
+
+    out = clean_run.work / "results" / DATASET
+    volume = out / "volume.zarr"
+    cfg = json.loads((out / "segment" / "setup.json").read_text())
+    recorded = {name: io.read_meta(volume, name).attrs[provenance.DIGEST_ATTR]
+                for name in ("raw", *ARRAY_INPUTS)}
+    assert recorded["raw"] == provenance.data_digest(np.asarray(io.open_array(volume, "raw")[...]))
+    for name in ARRAY_INPUTS:
+        array = io.open_array(volume, name)
+        grid = BlockGrid(array.shape[-3:], cfg["block_shape"], (0, 0, 0), array.chunks[-3:])
+        parts = {b.id: provenance.data_digest(np.asarray(array[(Ellipsis, *b.write.slices)])) for b in grid}
+        assert recorded[name] == provenance.merkle_digest(array.shape, array.dtype, parts), name
+        inputs = io.read_meta(volume, name).attrs["provenance"]["inputs"]
+        for upstream in ARRAY_INPUTS[name]:
+            assert inputs[upstream] == recorded[upstream], f"{name}: input {upstream}"
+    seg_summary = json.loads((out / "segment.json").read_text())["provenance"]["inputs"]
+    assert seg_summary["affinities"] == recorded["affinities"]
+    connectome = json.loads((out / "connectome" / "summary.json").read_text())["provenance"]["inputs"]
+    assert connectome["synapses"] == provenance.file_checksum(out / "synapses.parquet")
+    assert connectome["segments"] == provenance.file_checksum(out / "segments.parquet")
 
 
 # --- 5. extending a dataset by new blocks -------------------------------------------------------------------

@@ -258,7 +258,9 @@ def build(synapses_path, out_dir, segments_path=None, morphology_path=None, volu
         "synapses_with_orphans": int(edges_all.loc[~(edges_all["pre_is_neuron"] & edges_all["post_is_neuron"]),
                                                    "n_synapses"].sum()) if len(edges_all) else 0,
         "soma_source": source,
-        "provenance": provenance.record(params, {"synapses": str(synapses_path)}),
+        "provenance": provenance.record(params, provenance.input_digests(
+            volume, [segmentation] if source == "distance_transform" else [],
+            {"synapses": synapses_path, "segments": segments_path, "morphology": morphology_path})),
     }
     atomic_write_json(out_dir / "connectome" / "summary.json", summary)
     return summary

@@ -858,7 +858,7 @@ def ingest(
     ``connectomix`` attributes. On any error the ``raw`` array is deleted before the error propagates.
     """
     from connectomix import io
-    from connectomix.provenance import record
+    from connectomix.provenance import DIGEST_ATTR, record
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -927,7 +927,8 @@ def ingest(
                     "pyramid": {"levels": pyramid_levels, "factor": list(pyramid_factor)}},
             inputs=_input_records(info, z_range),
         )
-        io.update_attrs(volume_root, RAW, provenance=provenance, ingest=ingest_meta)
+        io.update_attrs(volume_root, RAW, provenance=provenance, ingest=ingest_meta,
+                        **{DIGEST_ATTR: stats["content_sha256"]})
     except BaseException:
         if reader is not None:
             reader.close()
@@ -954,10 +955,14 @@ def _copy(reader, array, roi, norm: Normalization, slab: int, keep=None) -> dict
 
     ``keep`` (array voxels, z y x): the box at the array's origin that already holds data (a dataset being
     extended); it is read back from ``array`` for the statistics, and only the rest is read from the source and
-    written. ``clipped`` counts the voxels read from the source."""
+    written. ``clipped`` counts the voxels read from the source. ``content_sha256``: the array's checksum, from
+    the slabs' digests."""
+    from connectomix.provenance import data_digest, merkle_digest
+
     ny, nx = roi.shape[1], roi.shape[2]
     hist = np.zeros(256, np.int64)
     clipped = 0
+    parts = {}  # slab digests: the array's content checksum without reading it again
     for a0 in range(0, roi.shape[0], slab):
         a1 = min(a0 + slab, roi.shape[0])
         out = np.empty((a1 - a0, ny, nx), np.uint8)
@@ -982,6 +987,7 @@ def _copy(reader, array, roi, norm: Normalization, slab: int, keep=None) -> dict
                 array[z0:z1, y0:y1, x0:x1] = part
             del block, part
         hist += np.bincount(out.ravel(), minlength=256)
+        parts[f"z{a0:012d}"] = data_digest(out)
         del out
     total = int(hist.sum())
     nonzero = np.flatnonzero(hist)
@@ -992,6 +998,7 @@ def _copy(reader, array, roi, norm: Normalization, slab: int, keep=None) -> dict
         "out_min": int(nonzero[0]),
         "out_max": int(nonzero[-1]),
         "out_mean": float((hist * np.arange(256)).sum() / total),
+        "content_sha256": merkle_digest(array.shape, array.dtype, parts),
     }
 
 

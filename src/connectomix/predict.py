@@ -223,24 +223,26 @@ def setup(volume, checkpoint, chunk_shape, marker) -> dict:
     from connectomix.blocks import atomic_write_json
     from connectomix.io import ensure_array, read_meta
     from connectomix.models import read_checkpoint_meta
-    from connectomix.provenance import record
+    from connectomix.provenance import DIGEST_ATTR, array_digest, record
 
     ck = read_checkpoint_meta(checkpoint)
     raw = read_meta(volume, "raw")
     shape = raw.spatial_shape
     prov = record({"checkpoint": str(checkpoint), "weights_sha256": ck["weights_sha256"],
                    "context": ck["context"]},
-                  {"raw": str(Path(volume) / "raw"), "checkpoint_sha256": ck["weights_sha256"]})
+                  {"raw": array_digest(volume, "raw"), "checkpoint": ck["weights_sha256"]})
     aff_channels = ck["channels"]["affinities"]
     syn_channels = ck["channels"]["synapse_maps"] or ["cleft", "pre", "post"]
     _, aff_status = ensure_array(
         volume, "affinities", (len(aff_channels), *shape), np.uint8, (len(aff_channels), *chunk_shape),
         raw.voxel_size, raw.offset_nm, channels=aff_channels,
-        attrs={"offsets": ck["offsets"], "scale": SCALE, "context": ck["context"], "provenance": prov})
+        attrs={"offsets": ck["offsets"], "scale": SCALE, "context": ck["context"], "provenance": prov,
+               DIGEST_ATTR: None})
     _, syn_status = ensure_array(
         volume, "synapse_maps", (len(syn_channels), *shape), np.uint8, (len(syn_channels), *chunk_shape),
         raw.voxel_size, raw.offset_nm, channels=syn_channels,
-        attrs={"scale": SCALE, "predicted": bool(ck["channels"]["synapse_maps"]), "provenance": prov})
+        attrs={"scale": SCALE, "predicted": bool(ck["channels"]["synapse_maps"]), "provenance": prov,
+               DIGEST_ATTR: None})
     payload = {"volume_shape": list(shape), "chunk_shape": list(chunk_shape), "context": ck["context"],
                "weights_sha256": ck["weights_sha256"], "provenance": prov,
                "arrays": {"affinities": aff_status, "synapse_maps": syn_status}}
@@ -254,6 +256,7 @@ def predict_blocks(volume, checkpoint, block_shape, block_ids, marker_dir, devic
     from connectomix.blocks import write_marker
     from connectomix.io import open_array
     from connectomix.models import load_checkpoint
+    from connectomix.provenance import data_digest
 
     dev = resolve_device(device, threads)
     model, ck = load_checkpoint(checkpoint, map_location=dev)
@@ -275,9 +278,12 @@ def predict_blocks(volume, checkpoint, block_shape, block_ids, marker_dir, devic
         for block, prob in zip(chunk, probs):
             q = quantize(prob)
             aff_out[(slice(None),) + block.write.slices] = q[:n_aff]
+            digests = {"affinities": data_digest(q[:n_aff])}
             if ck["channels"]["synapse_maps"]:
                 syn_out[(slice(None),) + block.write.slices] = q[n_aff:]
-            fields = {"seconds": round(seconds, 3), "device": str(dev), "voxels": block.write.size,
+                digests["synapse_maps"] = data_digest(q[n_aff:])
+            fields = {"sha256": digests, "seconds": round(seconds, 3), "device": str(dev),
+                      "voxels": block.write.size,
                       "voxels_per_second": block.write.size / max(seconds, 1e-9),
                       "mean_affinity": float(q[:n_aff].mean() * SCALE), "weights_sha256": ck["weights_sha256"]}
             write_marker(Path(marker_dir) / f"{block.id}.json", block, **fields)
@@ -289,6 +295,7 @@ def finish(volume, marker_dir, summary, levels=3, factor=(1, 2, 2), checkpoint=N
     """Check every block marker exists, build both pyramids and write the summary JSON."""
     from connectomix.blocks import atomic_write_json, read_marker
     from connectomix.io import build_pyramid, open_array, read_meta, update_attrs
+    from connectomix.provenance import blocks_digest, set_array_digest
 
     meta = read_meta(volume, "affinities")
     markers = sorted(Path(marker_dir).glob("z*_y*_x*.json"))
@@ -300,8 +307,9 @@ def finish(volume, marker_dir, summary, levels=3, factor=(1, 2, 2), checkpoint=N
         raise ValueError(f"block markers cover {written} voxels, the volume has {int(np.prod(meta.spatial_shape))}")
     out = {}
     for name in ("affinities", "synapse_maps"):
-        out[name] = {"levels": build_pyramid(volume, name, levels, factor)}
         arr = open_array(volume, name)
+        set_array_digest(volume, name, blocks_digest(arr, records, name))
+        out[name] = {"levels": build_pyramid(volume, name, levels, factor)}
         means = [float(np.asarray(arr[c]).mean() * SCALE) for c in range(arr.shape[0])]
         out[name]["channel_means"] = dict(zip(read_meta(volume, name).channels, means))
     seconds = sum(r.get("seconds", 0.0) for r in records)

@@ -185,13 +185,14 @@ def setup(volume, work_dir, params: dict | None, block_shape, maps: str = SYNAPS
     shape = meta.spatial_shape
     grid = BlockGrid(shape, block_shape, cleft_halo(params, meta.voxel_size), meta.spatial_chunks)
     io.create_array(volume, FRAGMENTS, shape, np.uint64, meta.spatial_chunks, meta.voxel_size, meta.offset_nm,
-                    is_label=True, attrs={"provenance": provenance.record(params)})
+                    is_label=True, attrs={"provenance": provenance.record(
+                        params, {"synapse_maps": provenance.array_digest(volume, maps)})})
     record = {
         "volume": str(volume), "work_dir": str(work_dir), "maps": maps, "segmentation": segmentation,
         "params": params, "shape": list(shape), "block_shape": list(grid.block_shape),
         "chunk_shape": list(meta.spatial_chunks), "voxel_size": list(meta.voxel_size),
         "offset_nm": list(meta.offset_nm), "marker_dir": str(marker_dir or Path(work_dir) / "blocks"),
-        "provenance": provenance.record(params),
+        "provenance": provenance.record(params, {"synapse_maps": provenance.array_digest(volume, maps)}),
     }
     atomic_write_json(_setup_path(work_dir), record)
     return record
@@ -553,14 +554,17 @@ def stitch(work_dir, out_synapses, out_clefts=None, summary_out=None) -> dict:
     maps = io.open_array(s["volume"], s["maps"])
     ci_pre, ci_post = _channel(meta, "pre"), _channel(meta, "post")
     seg = io.open_array(s["volume"], s["segmentation"])
+    prov = provenance.record(params, {"synapse_maps": provenance.array_digest(s["volume"], s["maps"]),
+                                      "segmentation": provenance.array_digest(s["volume"], s["segmentation"])})
     out = io.create_array(s["volume"], CLEFTS, s["shape"], np.uint64, s["chunk_shape"], vs, off, is_label=True,
-                          attrs={"provenance": provenance.record(params)})
+                          attrs={"provenance": prov})
     pgrid = _grid(s, partner_halo(params, vs))
     centres = {int(r.id): (r.ctr_z, r.ctr_y, r.ctr_x) for r in clefts.itertuples()}
-    parts, areas = [], []
+    parts, areas, digests = [], [], {}
     for block in pgrid:
         lab = _remap(np.asarray(frag[block.read.slices]), mapping)
         out[block.write.slices] = lab[block.write_in_read]
+        digests[block.id] = provenance.data_digest(lab[block.write_in_read])
         if not lab.any():
             continue
         p, a = partner_stats_block(lab, np.asarray(seg[block.read.slices]), np.asarray(maps[(ci_pre, *block.read.slices)]),
@@ -568,6 +572,7 @@ def stitch(work_dir, out_synapses, out_clefts=None, summary_out=None) -> dict:
                                    block.read.offset, vs, centres, params)
         parts.append(p)
         areas.append(a)
+    provenance.set_array_digest(s["volume"], CLEFTS, provenance.merkle_digest(out.shape, out.dtype, digests))
     pair_stats = combine_pairs(parts) if parts else None
     area = (pd.concat(areas).groupby("id")["area_nm2_x2"].sum() / 2) if areas else pd.Series(dtype=float)
     clefts["size_nm2"] = clefts["id"].map(area).fillna(0.0).to_numpy(float)
@@ -581,7 +586,7 @@ def stitch(work_dir, out_synapses, out_clefts=None, summary_out=None) -> dict:
         "stage": STAGE, "clefts": int(len(assigned)), "synapses": int(len(table)),
         "status": {k: int(v) for k, v in counts.items()}, "pieces": int(len(stats)),
         "face_pairs": int(len(pairs)), "seconds": round(time.perf_counter() - start, 3),
-        "provenance": provenance.record(params, {"setup": s["provenance"]["config_hash"]}),
+        "provenance": prov,
     }
     if summary_out:
         atomic_write_json(summary_out, summary)

@@ -144,12 +144,13 @@ def add_arguments(subparsers) -> None:
 
 def run(args) -> int:
     from connectomix.evaluate import write_stage_metrics
-    from connectomix.provenance import record
+    from connectomix.provenance import input_digests, record
 
     params = json.loads(args.params)
     metrics, context = evaluate(args.volume, args.seg_array, args.gt_array, args.objects, args.kinds, params,
                                 args.min_vertices, args.threads)
     write_stage_metrics(args.out, "skeletons", metrics, dataset=args.dataset, context=context,
-                        provenance=record({"skeletonize": params}, {"volume": str(args.volume)}))
+                        provenance=record({"skeletonize": params},
+                                          input_digests(args.volume, [args.seg_array, args.gt_array])))
     print(json.dumps(metrics, sort_keys=True))
     return 0

@@ -13,7 +13,7 @@ import numpy as np
 
 from connectomix import io
 from connectomix.blocks import atomic_write_json
-from connectomix.provenance import record
+from connectomix.provenance import DIGEST_ATTR, data_digest, record
 
 
 def _atomic(path: Path, write):
@@ -39,7 +39,7 @@ def write_phantom(ph, out_dir, volume_root, chunk_shape, offset_nm, pyramid_leve
     for name, data, is_label in (("raw", ph.raw, False), ("gt/labels", ph.labels, True),
                                  ("gt/clefts", ph.clefts, True), ("gt/mito", ph.mito, True)):
         io.write_full(volume_root, name, data, chunks, voxel, offset_nm, is_label=is_label,
-                      attrs={"provenance": prov})
+                      attrs={"provenance": prov, DIGEST_ATTR: data_digest(data)})
         io.build_pyramid(volume_root, name, pyramid_levels, pyramid_factor)
 
     neurons, synapses, affine = _shift_to_offset(ph, offset_nm)

@@ -73,11 +73,12 @@ def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, 
         "mode": mode,
         "offsets": offsets,
         "params": params,
-        "provenance": provenance.record(params, {"affinities": str(Path(volume) / AFFINITIES)}),
+        "provenance": provenance.record(params, {"affinities": provenance.array_digest(volume, AFFINITIES)}),
     }
     record["arrays"] = {
         name: io.ensure_array(volume, name, shape, np.uint64, chunks, meta.voxel_size, meta.offset_nm,
-                              is_label=True, attrs={"provenance": record["provenance"]})[1]
+                              is_label=True,
+                              attrs={"provenance": record["provenance"], provenance.DIGEST_ATTR: None})[1]
         for name in (FRAGMENTS, SEGMENTATION)
     }
     for sub in ("edges", "stats"):
@@ -307,7 +308,8 @@ def relabel_block(work_dir, block_id: str, lut=None) -> dict:
     tmp = path.with_suffix(".tmp.parquet")
     stats.to_parquet(tmp, index=False)
     tmp.replace(path)
-    fields = {"segments": int(len(stats)), "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}
+    fields = {"segments": int(len(stats)), "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(),
+              "sha256": {SEGMENTATION: provenance.data_digest(seg)}}
     write_marker(_marker(s, "segment_relabel", block), block, **fields)
     return fields
 
@@ -346,6 +348,10 @@ def finish(work_dir, segments_out, summary_out=None, pyramid_levels: int = 1, py
     if missing:
         raise FileNotFoundError(f"relabel not done for {len(missing)} block(s), e.g. {missing[0]}")
     table = segments_table(work_dir)
+    markers = [json.loads(_marker(s, "segment_relabel", grid.block(b)).read_text())
+               if _marker(s, "segment_relabel", grid.block(b)).exists() else {"block": b} for b in grid.ids()]
+    digest = provenance.blocks_digest(io.open_array(s["volume"], SEGMENTATION), markers, SEGMENTATION)
+    provenance.set_array_digest(s["volume"], SEGMENTATION, digest)
     segments_out = Path(segments_out)
     segments_out.parent.mkdir(parents=True, exist_ok=True)
     tmp = segments_out.with_suffix(".tmp.parquet")
@@ -362,6 +368,7 @@ def finish(work_dir, segments_out, summary_out=None, pyramid_levels: int = 1, py
         "mode": s["mode"],
         "agglomerate": json.loads(agg_path.read_text()) if agg_path.exists() else {},
         "segments_parquet": str(segments_out),
+        "segmentation_sha256": digest,
         "provenance": s["provenance"],
     }
     io.update_attrs(s["volume"], SEGMENTATION, segments=int(len(table)), stable_ids="lowest fragment id")

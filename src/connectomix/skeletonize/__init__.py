@@ -68,6 +68,7 @@ def add_arguments(parser) -> None:
                    help="optional parquet of synapse sites (id, z_nm, y_nm, x_nm, kind pre|post) for the "
                         "polarity split (axon_dendrite.method = synapses)")
     g.add_argument("--out", required=True, help="morphology.parquet to write")
+    g.add_argument("--summary", help="JSON summary with provenance to write (last)")
     g.set_defaults(func=_run_morphology)
 
 
@@ -115,7 +116,7 @@ def _run_merge(args) -> int:
     import pandas as pd
 
     from connectomix.blocks import atomic_write_json
-    from connectomix.provenance import record
+    from connectomix.provenance import input_digests, record
     from connectomix.skeletonize.morphology import skeletons_to_table
 
     params = resolve(json.loads(args.params))
@@ -150,7 +151,8 @@ def _run_merge(args) -> int:
         "cable_length_nm": float(sum(s.cable_length() for s in skels.values())),
         "segments_not_one_tree": len(not_trees), **stats,
         "merge_s": round(time.perf_counter() - start, 3),
-        "provenance": record({"skeletonize": params}, {"volume": str(args.volume), "array": args.array}),
+        "provenance": record({"skeletonize": params},
+                             input_digests(args.volume, [args.array], {"segments": args.segments})),
     })
     print(f"{len(skels)} skeletons, {len(table)} vertices ({len(not_trees)} not a single tree)")
     return 0
@@ -159,6 +161,8 @@ def _run_merge(args) -> int:
 def _run_morphology(args) -> int:
     import pandas as pd
 
+    from connectomix.blocks import atomic_write_json
+    from connectomix.provenance import input_digests, record
     from connectomix.skeletonize.morphology import morphology_table, table_to_trees
 
     params = resolve(json.loads(args.params))
@@ -172,5 +176,11 @@ def _run_morphology(args) -> int:
     tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
     table.to_parquet(tmp, index=False)
     tmp.replace(args.out)
+    if args.summary:
+        atomic_write_json(args.summary, {
+            "segments": len(table), "with_soma": int(table["has_soma"].sum()) if len(table) else 0,
+            "provenance": record({"skeletonize": params},
+                                 input_digests(files={"skeletons": args.skeletons, "synapses": args.synapses})),
+        })
     print(f"morphology of {len(table)} segments ({int(table['has_soma'].sum()) if len(table) else 0} with a soma)")
     return 0
