@@ -122,12 +122,27 @@ def batch_markers(stage):
 #   * batch_roi: the batch's read ROI with the stage's halo plus one voxel (it changes for blocks next to new ones);
 #   * the batch markers of the previous blockwise stage whose blocks it reads (batches_meeting);
 #   * the stage's config.
-# Not done yet: the block rules still take their setup marker as a plain input, so growing a dataset reruns every
-# block. ancient(setup) would not help with Snakemake 9.27: a job downstream of a job that must rerun is only
-# reached through non-ancient inputs, so new blocks behind an ancient input are never scheduled (not even
-# for missing output). Incremental runs need no global job that reruns on growth upstream of the blocks
-# (blockwise ingest, setups that do not depend on the shape, arrays resized in onstart).
+# The setup steps (they create the arrays, and resize them when the dataset grew) are checkpoints, and block
+# rules take their marker through setup_of(): ancient, so a rerun setup does not rerun every block. Snakemake
+# 9.27 skips, for the rest of that invocation, every job behind an ancient input whose producer reruns, even
+# new jobs with missing outputs (snakemake issue #4166); behind a checkpoint the DAG is rebuilt once the setup
+# ran, so the new blocks and the blocks whose params changed do run. The dry run cannot know that before the
+# setups ran and lists every block behind a setup that will rerun; `snakemake --until predict_setup
+# segment_setup synapses_setup` first gives the exact plan. Everything a setup rerun could change for a block
+# must therefore be in the block's params or non-ancient inputs (dataset_identity, the stage config, the ROI).
 # Batch ids are stable when the grid grows only with a fixed blocks.per_job (with "auto" the brick may change).
+
+
+def setup_of(checkpoint):
+    """Input function: a stage's setup marker (a checkpoint's output), ancient (see "Extending a dataset")."""
+    return lambda wc: ancient(getattr(checkpoints, checkpoint).get(dataset=wc.dataset).output[0])
+
+
+def synapses_halo(wc):
+    """The halo (voxels) of the synapses block jobs of a dataset (it depends on the voxel size)."""
+    from connectomix.synapses import cleft_halo, resolve
+
+    return cleft_halo(resolve(CFG["synapses"]), dataset_cfg(wc.dataset)["voxel_size"])
 
 
 def dataset_identity(wc):

@@ -36,7 +36,8 @@ rule train:
         "--params {params.spec} --device {params.device} --threads {params.threads} --no-progress > {log} 2>&1"
 
 
-rule predict_setup:
+# A checkpoint: see "Extending a dataset" in rules/common.smk.
+checkpoint predict_setup:
     input:
         raw=lambda wc: raw_volume_done(wc.dataset),
         checkpoint=f"{PREDICT_CHECKPOINT}/checkpoint.json",
@@ -61,7 +62,7 @@ rule predict_setup:
 
 rule predict_block:
     input:
-        setup=f"{RESULTS}/{{dataset}}/blocks/predict/setup.json",
+        setup=setup_of("predict_setup"),
         checkpoint=f"{PREDICT_CHECKPOINT}/checkpoint.json",
     output:
         marker=f"{RESULTS}/{{dataset}}/blocks/predict/batches/{{batch}}.json",

@@ -8,9 +8,10 @@ segment_work_dir = lambda wc: f"{RESULTS}/{wc.dataset}/segment"
 segment_block_resources = batch_resources(SEGMENT["halo"])
 
 
-rule segment_setup:
+# A checkpoint: see "Extending a dataset" in rules/common.smk. It needs the affinities array, not the predictions.
+checkpoint segment_setup:
     input:
-        predict=f"{RESULTS}/{{dataset}}/predict.json",
+        predict=f"{RESULTS}/{{dataset}}/blocks/predict/setup.json",
     output:
         setup=f"{RESULTS}/{{dataset}}/segment/setup.json",
     params:
@@ -36,7 +37,7 @@ rule segment_setup:
 
 rule segment_fragments:
     input:
-        setup=f"{RESULTS}/{{dataset}}/segment/setup.json",
+        setup=setup_of("segment_setup"),
         # the predict batches whose affinities its blocks read
         affinities=batches_meeting("predict", SEGMENT["halo"]),
     output:
@@ -137,6 +138,8 @@ rule segment_relabel:
 rule segment_finish:
     input:
         relabel=batch_markers("segment_relabel"),
+        # the affinities' checksum (provenance) is set by predict_finish
+        predict=f"{RESULTS}/{{dataset}}/predict.json",
     output:
         segments=f"{RESULTS}/{{dataset}}/segments.parquet",
         summary=f"{RESULTS}/{{dataset}}/segment.json",

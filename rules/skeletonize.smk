@@ -20,6 +20,9 @@ rule skeletonize_block:
         # the relabel batches whose segmentation its blocks read (not segments.parquet, which every extension of
         # the dataset rewrites: blocks whose segmentation did not change are not rerun)
         segmentation=batches_meeting("segment_relabel", SKELETONIZE["halo"]),
+        # behind the agglomeration checkpoint, so that these jobs are planned again once it ran: before, every
+        # relabel job counts as rerunning (its lookup-table rows are not known yet)
+        agglomerate=setup_of("segment_agglomerate"),
     output:
         marker=f"{RESULTS}/{{dataset}}/blocks/skeletonize/batches/{{batch}}.json",
     params:

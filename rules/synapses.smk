@@ -8,9 +8,10 @@ FINAL_TARGETS["synapses"] = lambda name: [f"{RESULTS}/{name}/synapses.parquet"]
 EVAL_TARGETS["synapses"] = lambda name: [f"{RESULTS}/{name}/eval/synapses.json"] if is_phantom(name) else []
 
 
-rule synapses_setup:
+# A checkpoint: see "Extending a dataset" in rules/common.smk. It needs the synapse_maps array, not the predictions.
+checkpoint synapses_setup:
     input:
-        predict=f"{RESULTS}/{{dataset}}/predict.json",
+        predict=f"{RESULTS}/{{dataset}}/blocks/predict/setup.json",
     output:
         setup=f"{RESULTS}/{{dataset}}/synapses/setup.json",
     params:
@@ -34,10 +35,15 @@ rule synapses_setup:
 
 rule synapses_block:
     input:
-        setup=f"{RESULTS}/{{dataset}}/synapses/setup.json",
+        setup=setup_of("synapses_setup"),
+        # the predict batches whose synapse maps its blocks read
+        maps=lambda wc: batches_meeting("predict", synapses_halo(wc))(wc),
     output:
         marker=f"{RESULTS}/{{dataset}}/blocks/synapses/batches/{{batch}}.json",
     params:
+        identity=dataset_identity,
+        roi=lambda wc: batch_roi(synapses_halo(wc))(wc),
+        spec=json_arg(SYNAPSES),
         work=lambda wc: f"{RESULTS}/{wc.dataset}/synapses",
         blocks=batch_blocks,
         record=batch_record,
@@ -58,6 +64,8 @@ rule synapses_stitch:
     input:
         markers=batch_markers("synapses"),
         segments=f"{RESULTS}/{{dataset}}/segments.parquet",
+        # the synapse maps' checksum (provenance) is set by predict_finish
+        predict=f"{RESULTS}/{{dataset}}/predict.json",
     output:
         synapses=f"{RESULTS}/{{dataset}}/synapses.parquet",
         clefts=f"{RESULTS}/{{dataset}}/synapses/clefts.parquet",

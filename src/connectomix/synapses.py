@@ -5,14 +5,15 @@ The flow (Snakemake runs each step as a job; :func:`detect_synapses` runs them a
 1. ``init``: create the empty ``cleft_fragments`` array (uint64, same grid as ``synapse_maps``).
 2. ``block`` (per block of the shared :class:`~connectomix.blocks.BlockGrid`): read the cleft channel over the read
    ROI (halo for optional smoothing), threshold it, take connected components (cc3d) of the *write* ROI and write
-   them with provisional ids ``1 + global linear index of the component's first voxel`` (C order inside the block is
-   the global linear order, so this is the lowest voxel of the piece). Small pieces that touch no inner block face
+   them with provisional ids ``cleft_id(first voxel)`` (:func:`cleft_id` packs the global voxel coordinates, so ids
+   sort in C order and do not depend on the volume's shape: they stay when the dataset grows; the first voxel in C
+   order inside the block is the piece's lowest voxel). Small pieces that touch no inner block face
    are complete and dropped at once; statistics go to ``{work_dir}/stats/{block}.parquet`` and the marker
    ``blocks/synapses/{block}.json`` is written last.
 3. ``stitch`` (one job): union-find (``scipy.sparse.csgraph``) over pairs of provisional ids that touch across block
    faces, with the component connectivity (6/18/26: diagonal neighbours across faces, edges and corners included),
    so the result equals connected components of the whole thresholded volume. Each cleft's stable id is
-   ``1 + global linear index of its lowest voxel`` (the smallest provisional id in it); clefts smaller than
+   ``cleft_id(its lowest voxel)`` (the smallest provisional id in it); clefts smaller than
    ``min_size_voxels`` are dropped. Then a pass over the blocks (halo = the partner radius) writes ``clefts`` with
    the final ids and collects, for every (cleft, segment) pair, the segment's voxels within ``partner_radius_nm``
    of that cleft (nearest-cleft assignment by a Euclidean distance transform in nm): their count, summed ``pre`` and
@@ -112,12 +113,24 @@ def threshold_cleft(cleft_read: np.ndarray, voxel_size, params: dict) -> np.ndar
     return prob > params["threshold"]
 
 
-def label_block(mask: np.ndarray, prob: np.ndarray, write_offset, volume_shape, params: dict,
-                inner_faces=((True, True),) * 3):
+COORD_BITS = 21  # per axis: volumes up to 2,097,152 voxels along each axis
+
+
+def cleft_id(zyx) -> np.ndarray:
+    """Cleft id of a global voxel (z, y, x), or of arrays of them: ``1 + (z << 42 | y << 21 | x)``. The packing keeps
+    C order (the lowest voxel has the smallest id), stays below 2**63, and does not depend on the volume's shape."""
+    z, y, x = (np.asarray(c, dtype=np.uint64) for c in zyx)
+    if max(int(np.max(c, initial=0)) for c in (z, y, x)) >= 1 << COORD_BITS:
+        raise ValueError(f"voxel coordinates must be below {1 << COORD_BITS} per axis for cleft ids")
+    bits = np.uint64(COORD_BITS)
+    return ((z << bits | y) << bits | x) + np.uint64(1)
+
+
+def label_block(mask: np.ndarray, prob: np.ndarray, write_offset, params: dict, inner_faces=((True, True),) * 3):
     """Connected components of one block's write-ROI mask with provisional global ids.
 
     ``inner_faces[axis] = (low, high)`` says which faces border another block. Returns ``(labels, stats)``:
-    uint64 labels (0 = background; id = 1 + global linear index of the piece's first voxel) and a DataFrame
+    uint64 labels (0 = background; id = :func:`cleft_id` of the piece's first voxel) and a DataFrame
     with ``prov_id, voxels, sum_z, sum_y, sum_x`` (global voxel coordinates) and ``sum_prob``.
     """
     import cc3d
@@ -135,7 +148,7 @@ def label_block(mask: np.ndarray, prob: np.ndarray, write_offset, volume_shape, 
     first = first[1:]  # drop background
     coords = np.unravel_index(first, mask.shape)
     gcoords = tuple(c + o for c, o in zip(coords, write_offset))
-    prov = np.ravel_multi_index(gcoords, volume_shape).astype(np.uint64) + np.uint64(1)
+    prov = cleft_id(gcoords)
     counts = np.bincount(flat, minlength=n + 1)[1:]
     sums = []
     for axis in range(3):
@@ -175,7 +188,11 @@ def _setup_path(work_dir) -> Path:
 
 def setup(volume, work_dir, params: dict | None, block_shape, maps: str = SYNAPSE_MAPS,
           segmentation: str = "segmentation", marker_dir=None) -> dict:
-    """Create the empty ``cleft_fragments`` array and write ``{work_dir}/setup.json`` (resolved parameters, grid)."""
+    """Create the empty ``cleft_fragments`` array and write ``{work_dir}/setup.json`` (resolved parameters, grid).
+
+    An existing array with the same layout is kept (resized in place when the dataset grew, ``io.ensure_array``),
+    so the blocks done before keep their pieces; cleft ids do not depend on the volume's shape (:func:`cleft_id`).
+    """
     from connectomix import io, provenance
     from connectomix.blocks import BlockGrid, atomic_write_json
 
@@ -184,15 +201,14 @@ def setup(volume, work_dir, params: dict | None, block_shape, maps: str = SYNAPS
     _channel(meta, "cleft")
     shape = meta.spatial_shape
     grid = BlockGrid(shape, block_shape, cleft_halo(params, meta.voxel_size), meta.spatial_chunks)
-    io.create_array(volume, FRAGMENTS, shape, np.uint64, meta.spatial_chunks, meta.voxel_size, meta.offset_nm,
-                    is_label=True, attrs={"provenance": provenance.record(
-                        params, {"synapse_maps": provenance.array_digest(volume, maps)})})
+    io.ensure_array(volume, FRAGMENTS, shape, np.uint64, meta.spatial_chunks, meta.voxel_size, meta.offset_nm,
+                    is_label=True, attrs={"provenance": provenance.record(params)})
     record = {
         "volume": str(volume), "work_dir": str(work_dir), "maps": maps, "segmentation": segmentation,
         "params": params, "shape": list(shape), "block_shape": list(grid.block_shape),
         "chunk_shape": list(meta.spatial_chunks), "voxel_size": list(meta.voxel_size),
         "offset_nm": list(meta.offset_nm), "marker_dir": str(marker_dir or Path(work_dir) / "blocks"),
-        "provenance": provenance.record(params, {"synapse_maps": provenance.array_digest(volume, maps)}),
+        "provenance": provenance.record(params),
     }
     atomic_write_json(_setup_path(work_dir), record)
     return record
@@ -235,7 +251,7 @@ def cleft_block(work_dir, block_id: str) -> dict:
     cleft_read = np.asarray(maps[(ci, *block.read.slices)])
     mask = threshold_cleft(cleft_read, s["voxel_size"], params)[block.write_in_read]
     prob = _probability(cleft_read[block.write_in_read])
-    labels, stats = label_block(mask, prob, block.write.offset, grid.volume_shape, params, _inner_faces(grid, block))
+    labels, stats = label_block(mask, prob, block.write.offset, params, _inner_faces(grid, block))
     io.open_array(s["volume"], FRAGMENTS, mode="r+")[block.write.slices] = labels
     _write_parquet(stats, Path(work_dir) / "stats" / f"{block.id}.parquet")
     fields = {"pieces": int(len(stats)), "voxels": int(stats["voxels"].sum()),
@@ -292,7 +308,7 @@ def merge_pieces(stats, pairs: np.ndarray, voxel_size, offset_nm, min_size: int)
     """Union-find over touching pieces. Returns ``(mapping, clefts)``.
 
     ``mapping``: DataFrame ``prov_id -> id`` (0 where the merged cleft is smaller than ``min_size``);
-    ``clefts``: one row per kept cleft: ``id`` (= smallest provisional id = 1 + lowest global linear index),
+    ``clefts``: one row per kept cleft: ``id`` (= smallest provisional id = ``cleft_id`` of its lowest voxel),
     ``voxels``, ``cleft_prob`` (mean), centre of mass ``ctr_z``, ``ctr_y``, ``ctr_x`` (voxels) and ``_nm``.
     """
     import pandas as pd

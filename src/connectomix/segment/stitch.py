@@ -73,7 +73,7 @@ def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, 
         "mode": mode,
         "offsets": offsets,
         "params": params,
-        "provenance": provenance.record(params, {"affinities": provenance.array_digest(volume, AFFINITIES)}),
+        "provenance": provenance.record(params),
     }
     record["arrays"] = {
         name: io.ensure_array(volume, name, shape, np.uint64, chunks, meta.voxel_size, meta.offset_nm,
@@ -352,6 +352,9 @@ def finish(work_dir, segments_out, summary_out=None, pyramid_levels: int = 1, py
                if _marker(s, "segment_relabel", grid.block(b)).exists() else {"block": b} for b in grid.ids()]
     digest = provenance.blocks_digest(io.open_array(s["volume"], SEGMENTATION), markers, SEGMENTATION)
     provenance.set_array_digest(s["volume"], SEGMENTATION, digest)
+    # inputs are recorded here, not at setup: the affinities are complete (and checksummed) only now
+    prov = provenance.record(s["params"], {"affinities": provenance.array_digest(s["volume"], AFFINITIES)})
+    io.update_attrs(s["volume"], SEGMENTATION, provenance=prov)
     segments_out = Path(segments_out)
     segments_out.parent.mkdir(parents=True, exist_ok=True)
     tmp = segments_out.with_suffix(".tmp.parquet")
@@ -369,7 +372,7 @@ def finish(work_dir, segments_out, summary_out=None, pyramid_levels: int = 1, py
         "agglomerate": json.loads(agg_path.read_text()) if agg_path.exists() else {},
         "segments_parquet": str(segments_out),
         "segmentation_sha256": digest,
-        "provenance": s["provenance"],
+        "provenance": prov,
     }
     io.update_attrs(s["volume"], SEGMENTATION, segments=int(len(table)), stable_ids="lowest fragment id")
     if summary_out:
