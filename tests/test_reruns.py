@@ -465,7 +465,6 @@ def _x_columns(jobs, rule) -> set:
     return out
 
 
-@pytest.mark.slow
 def test_extending_a_dataset_reruns_only_blocks_near_the_new_ones_and_keeps_ids(tmp_path):
     """Grow a source dataset's ROI by one column of blocks in +x: ingest extends `raw` in place (the old voxels
     keep their values). Once the setups ran (`--until` them; before that the dry run lists every block behind
