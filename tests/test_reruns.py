@@ -1,4 +1,4 @@
-"""Reproducibility of whole runs: determinism, resuming a killed run, adding a dataset, provenance.
+"""Reproducibility of whole runs: determinism, resuming a killed run, adding a dataset, provenance, extending a dataset.
 
 Each test drives the real workflow on the tiny phantom (tests/helpers.py: one block per stage, 1.5-2 min on 2 cores)
 and compares `output_digests` (decoded zarr arrays, parquet tables, eval/*.json) between runs. One clean run is
