@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from connectomix import io, provenance
-from connectomix.blocks import Block, BlockGrid, Roi, atomic_write_json, write_marker
+from connectomix.blocks import Block, BlockGrid, Roi, atomic_write_json, read_marker, write_marker
 from connectomix.segment import params as seg_params
 from connectomix.segment.agglomerate import agglomerate as run_agglomeration
 from connectomix.segment.agglomerate import apply_lut, lookup_table
@@ -348,8 +348,8 @@ def finish(work_dir, segments_out, summary_out=None, pyramid_levels: int = 1, py
     if missing:
         raise FileNotFoundError(f"relabel not done for {len(missing)} block(s), e.g. {missing[0]}")
     table = segments_table(work_dir)
-    markers = [json.loads(_marker(s, "segment_relabel", grid.block(b)).read_text())
-               if _marker(s, "segment_relabel", grid.block(b)).exists() else {"block": b} for b in grid.ids()]
+    paths = [_marker(s, "segment_relabel", block) for block in grid]
+    markers = [read_marker(p) if p.exists() else {"block": p.stem} for p in paths]
     digest = provenance.blocks_digest(io.open_array(s["volume"], SEGMENTATION), markers, SEGMENTATION)
     provenance.set_array_digest(s["volume"], SEGMENTATION, digest)
     # inputs are recorded here, not at setup: the affinities are complete (and checksummed) only now
