@@ -55,6 +55,24 @@ def _best_threshold(prob: np.ndarray, truth: np.ndarray, tolerance: int = 0) -> 
     return best
 
 
+def _polarity(syn: np.ndarray, labels: np.ndarray, clefts: np.ndarray, synapses, voxel_size,
+              distance_nm: float) -> dict:
+    """Per ground-truth synapse: mean pre / post probability on each side (object voxels within ``distance_nm``
+    of its cleft); a synapse's polarity is right when pre is higher on the pre side and post on the post side."""
+    right, margins = [], []
+    for row in synapses.itertuples():
+        one = synapses[synapses.id == row.id]
+        t = synapse_targets(labels, clefts * (clefts == row.id), one, voxel_size, distance_nm)
+        if not (t[1].any() and t[2].any()):
+            continue
+        pre_margin = syn[1][t[1]].mean() - syn[1][t[2]].mean()
+        post_margin = syn[2][t[2]].mean() - syn[2][t[1]].mean()
+        right.append(pre_margin > 0 and post_margin > 0)
+        margins.append(min(pre_margin, post_margin))
+    return {"synapses": len(right), "right": float(np.mean(right)) if right else float("nan"),
+            "median_margin": float(np.median(margins)) if margins else float("nan")}
+
+
 def _scores(model, meta, ph, sections, voxel_size, synapse_params: dict) -> dict:
     from connectomix.predict import quantize
     from connectomix.synapses import threshold_cleft
@@ -69,6 +87,7 @@ def _scores(model, meta, ph, sections, voxel_size, synapse_params: dict) -> dict
     bmap = boundary_map(aff, "min")
     out = {"sections": [z0, z1], "shape": list(raw.shape), "predict_seconds": round(seconds, 2),
            "edge": prf(aff[:3] < 0.5, ~target[:3], mask[:3]),
+           **{f"edge_{axis}": prf(aff[c] < 0.5, ~target[c], mask[c]) for c, axis in enumerate("zyx")},
            "boundary_exact": boundary_prf(bmap > 0.5, truth, 0),
            "boundary_tol1": boundary_prf(bmap > 0.5, truth, 1)}
     if model.arch.synapse_channels:
@@ -76,6 +95,9 @@ def _scores(model, meta, ph, sections, voxel_size, synapse_params: dict) -> dict
                                 meta["training"]["params"]["pre_post_distance_nm"])
         for c, name in enumerate(("cleft", "pre", "post")):
             out[name] = prf(syn[c] > 0.5, syn_t[c])
+        in_slab = ph.synapses[np.isin(ph.synapses.id, np.unique(clefts))]
+        out["polarity"] = _polarity(syn, labels, clefts, in_slab, voxel_size,
+                                    meta["training"]["params"]["pre_post_distance_nm"])
         detected = threshold_cleft(quantize(syn[0]), voxel_size, synapse_params)
         out["cleft_objects"] = cleft_object_prf(detected, clefts > 0, voxel_size,
                                                 min_size=synapse_params["min_size_voxels"])
@@ -187,12 +209,18 @@ def main() -> int:
                   + f". Cleft objects at config.yaml's operating point {json.dumps(ph['synapse_operating_point'])}"
                   " (centroids matched one-to-one within 200 nm).", "",
                   "| metric | " + " | ".join(k for k, _ in parts) + " |", "|---|" + "---|" * len(parts)]
-        rows = [("edges (cut nearest-neighbour affinities)", "edge"), ("boundary voxels, exact", "boundary_exact"),
+        rows = [("edges (cut nearest-neighbour affinities)", "edge"), ("z edges (between sections)", "edge_z"),
+                ("y edges", "edge_y"), ("x edges", "edge_x"), ("boundary voxels, exact", "boundary_exact"),
                 ("boundary voxels, 1-voxel in-plane tolerance", "boundary_tol1"), ("cleft voxels", "cleft"),
                 ("pre voxels", "pre"), ("post voxels", "post"), ("cleft objects", "cleft_objects")]
         for label, key in rows:
             if key in ph["holdout"]:
                 lines.append(f"| {label} | " + " | ".join(_fmt(ph[k][key]) for k, _ in parts) + " |")
+        if "polarity" in ph["holdout"]:
+            lines.append("| polarity: share of GT synapses with pre higher on the pre side and post on the post side "
+                         "(median margin) | " + " | ".join(
+                             f"{ph[k]['polarity']['right']:.2f} of {ph[k]['polarity']['synapses']} "
+                             f"({ph[k]['polarity']['median_margin']:.2f})" for k, _ in parts) + " |")
     lines += ["", "## gala-fibsem test volume (real FIB-SEM, 50 x 100 x 200)"]
     g = result["gala"]
     if "skipped" in g:

@@ -109,6 +109,17 @@ def test_neurons_have_a_soma_inside_and_are_one_connected_label(ph):
         assert len(pieces) == 1, f"neuron {row.id} is in {len(pieces)} 6-connected pieces"
 
 
+def test_somata_are_whole_no_neurite_passes_through_them(ph):
+    """Other objects wrap around a soma: inside 80 % of its radius every labelled voxel is the neuron's own, so
+    its widest inscribed sphere (what soma detection looks for) is about the soma radius."""
+    grid = np.indices(ph.labels.shape, dtype=np.float32).reshape(3, -1).T * np.asarray(VOXEL, np.float32)
+    for row in ph.neurons.itertuples():
+        centre = np.array([row.soma_z_nm, row.soma_y_nm, row.soma_x_nm], np.float32)
+        inside = np.linalg.norm(grid - centre, axis=1) < 0.8 * row.soma_radius_nm
+        found = ph.labels.ravel()[inside]
+        assert set(np.unique(found[found > 0]).tolist()) == {row.id}, f"neuron {row.id}"
+
+
 def test_cell_classes_differ_in_morphology(ph):
     """Inhibitory-like: smaller soma and less arbor in the volume (measured on the labels)."""
     border = _borders(ph.labels) | (ph.labels == 0)
@@ -188,24 +199,27 @@ def _pairs(neurons, edges):
 def test_like_to_like_rule_is_recovered_from_the_edges():
     """Same geometry, strengths -3, 0, 3: the slope follows the sign of the rule and is ~flat at 0.
 
-    With ~50 synapses among 12 neurons one block's slope varies by ~0.25 between seeds, so the flat case pools
-    two blocks. Over seeds 1-6: k=3 gives +0.7..1.2, k=-3 gives -0.45..-0.75.
+    With ~50 synapses among 12 neurons one block's slope varies by ~0.3 between seeds (which pairs touch at all
+    is geometry, blind to tuning), so each strength pools the same two blocks and the rule is measured against
+    the tuning-blind wiring of those blocks. Pools of seeds (1, 2), (3, 4), (5, 6): k=3 minus k=0 is 0.47-0.61,
+    k=0 minus k=-3 0.39-0.51, k=0 itself 0.12-0.43.
     """
-    slopes, flat = {}, []
-    for seed, strength in ((1, -3.0), (1, 3.0), (1, 0.0), (2, 0.0)):
-        wired = generate(PhantomParams.from_dict({**WIRING, "seed": seed, "like_to_like": strength}), voxel_size=VOXEL)
-        assert (wired.synapses.pre.astype(int) <= WIRING["n_neurons"]).sum() >= 0.9 * WIRING["n_synapses"]
-        assert wired.stats["like_to_like_slope"] == pytest.approx(_like_to_like_slope(wired.neurons, wired.edges))
-        if strength:
-            slopes[strength] = wired.stats["like_to_like_slope"]
-        else:
-            flat.append(_pairs(wired.neurons, wired.edges))
-    x, y = (np.concatenate(v) for v in zip(*flat))
-    slope_flat = np.polyfit(x, y, 1)[0] / y.mean()
-    assert slopes[3.0] > 0.4
-    assert slopes[-3.0] < -0.3
-    assert abs(slope_flat) < 0.4
-    assert slopes[3.0] - slope_flat > 0.4 and slope_flat - slopes[-3.0] > 0.3
+    pooled = {}
+    for strength in (-3.0, 0.0, 3.0):
+        xs, ys = [], []
+        for seed in (1, 2):
+            wired = generate(PhantomParams.from_dict({**WIRING, "seed": seed, "like_to_like": strength}),
+                             voxel_size=VOXEL)
+            assert (wired.synapses.pre.astype(int) <= WIRING["n_neurons"]).sum() >= 0.9 * WIRING["n_synapses"]
+            assert wired.stats["like_to_like_slope"] == pytest.approx(_like_to_like_slope(wired.neurons, wired.edges))
+            x, y = _pairs(wired.neurons, wired.edges)
+            xs.append(x)
+            ys.append(y)
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        pooled[strength] = np.polyfit(x, y, 1)[0] / y.mean()
+    assert pooled[3.0] > 0.4 and pooled[-3.0] < 0
+    assert abs(pooled[0.0]) < 0.4
+    assert pooled[3.0] - pooled[0.0] > 0.4 and pooled[0.0] - pooled[-3.0] > 0.3
 
 
 def test_same_seed_same_phantom_other_seed_other_phantom(ph):

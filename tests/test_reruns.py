@@ -469,9 +469,9 @@ def test_extending_a_dataset_reruns_only_blocks_near_the_new_ones_and_keeps_ids(
     """Grow a source dataset's ROI by one column of blocks in +x: ingest extends `raw` in place (the old voxels
     keep their values). Once the setups ran (`--until` them; before that the dry run lists every block behind
     them, rules/common.smk), the dry run plans the new column and, of the old ones, only those that read it or
-    read what changed (the last two); the run does just that, plus the relabel/skeleton jobs whose lookup-table
-    rows changed. Afterwards the fragments of the columns away from the face are unchanged and every segment away
-    from the face keeps its voxels and its id."""
+    read what changed (the last two); the run does just that, plus the relabel jobs whose lookup-table rows
+    changed and the skeleton jobs that read a relabelled block. Afterwards the fragments of the columns away from
+    the face are unchanged and every segment away from the face keeps its voxels and its id."""
     import numpy as np
     import zarr
 
@@ -513,7 +513,12 @@ def test_extending_a_dataset_reruns_only_blocks_near_the_new_ones_and_keeps_ids(
     second_s = time.monotonic() - start
     for rule in BY_ROI:
         assert _x_columns(second, rule) == _x_columns(plan, rule), rule
-    rerun_far = sum(1 for rule, wc in second if rule in BLOCKWISE and _x_columns([(rule, wc)], rule) - near)
+    # a skeleton block reads its neighbours' segmentation (halo < one block): it reruns when one of those relabels
+    relabeled = _x_columns(second, "segment_relabel")
+    reads_relabeled = {c for c in range(new + 1) if {c - 1, c, c + 1} & relabeled}
+    assert _x_columns(second, "skeletonize_block") <= reads_relabeled
+    rerun_far = sum(1 for rule, wc in second if rule in BLOCKWISE - {"skeletonize_block"}
+                    and _x_columns([(rule, wc)], rule) - near)
     assert np.array_equal(np.asarray(io.open_array(volume, "raw")[...]), raw[:, :, :GROW_SOURCE_SHAPE[2]])
     seg_b = np.asarray(io.open_array(volume, "segmentation")[...])
     frag_b = np.asarray(io.open_array(volume, "fragments")[...])
@@ -540,3 +545,4 @@ def test_extending_a_dataset_reruns_only_blocks_near_the_new_ones_and_keeps_ids(
     assert kept >= 0.9 * len(far), (kept, len(far))
     if kept == len(far):  # no lookup-table row of the far columns changed: nothing there may rerun
         assert rerun_far == 0, rerun_far
+        assert relabeled <= near, sorted(relabeled)

@@ -150,6 +150,31 @@ def test_pre_post_targets_follow_the_augmented_image():
     assert hits >= 4  # patches are sampled near clefts
 
 
+def test_partner_zone_limits_pre_post_loss_to_the_cleft_neighbourhood():
+    """With partner_zone_nm the pre/post channels count only near a cleft: both sides and nothing far away."""
+    data, _ = synthetic_data((10, 48, 48), seed=2, cells=10)
+    base = {"model": TINY_MODEL, "synapse_sample_prob": 1.0}
+    zone_nm = 40.0
+    arch = architecture_from_params(merge_params(base)["model"])
+    out_shape = arch.valid_output_shape((2, 12, 12))
+    inside = outside = 0
+    for i in range(8):
+        rng = [np.random.default_rng([5, i]) for _ in range(2)]
+        _, target, everywhere = sample_batch(data, arch, out_shape, 1, rng[0], merge_params(base))
+        _, same, zoned = sample_batch(data, arch, out_shape, 1, rng[1], merge_params({**base, "partner_zone_nm": zone_nm}))
+        assert np.array_equal(target, same) and np.array_equal(everywhere[0, :4], zoned[0, :4])
+        assert everywhere[0, 4:].all()
+        zone = zoned[0, 4].astype(bool)
+        assert np.array_equal(zone, zoned[0, 5].astype(bool))
+        pre, post = target[0, 4].astype(bool), target[0, 5].astype(bool)
+        assert zone[pre].all() and zone[post].all()  # every positive is trained ...
+        inside += int((zone & ~pre).sum())  # ... against negatives next to the cleft (the other side)
+        outside += int((~zone).sum())
+    assert inside > 0 and outside > 0
+    with pytest.raises(ValueError, match="partner_zone_nm"):
+        merge_params({"partner_zone_nm": -1})
+
+
 def test_balanced_bce_weighs_classes_equally():
     target = torch.zeros(1, 1, 1, 1, 10)
     target[..., 0] = 1

@@ -5,7 +5,8 @@ Targets (all from ground truth, see :func:`affinity_targets` and :func:`synapse_
 * affinity for offset o at voxel v: 1 when v and v + o carry the same non-zero label (masked where v + o is
   outside the (sub)volume);
 * ``cleft``: voxels of ``gt/clefts`` (> 0);
-* ``pre`` / ``post``: voxels of the synapse's pre (post) object within ``pre_post_distance_nm`` of its cleft.
+* ``pre`` / ``post``: voxels of the synapse's pre (post) object within ``pre_post_distance_nm`` of its cleft;
+  with ``partner_zone_nm`` their loss counts only within that distance of a cleft (see :func:`partner_zone`).
 
 Augmentation works on the raw *and label* crops together (in-plane flips, 90-degree rotations, z flip,
 misalignment, elastic deformation); targets are computed from the augmented labels, so affinity channels stay
@@ -48,6 +49,7 @@ DEFAULT_PARAMS: dict = {
     "synapse_sample_prob": 0.5,
     "max_class_weight": 20.0,
     "synapse_max_class_weight": None,
+    "partner_zone_nm": None,
     "init_from": None,
     "augment": {
         "flip": True,
@@ -87,7 +89,11 @@ def merge_params(params: dict | None) -> dict:
         return out
 
     params = {k: v for k, v in (params or {}).items() if k not in ("enabled", "dataset", "device", "threads", "gpu")}
-    return merge(DEFAULT_PARAMS, params, "")
+    merged = merge(DEFAULT_PARAMS, params, "")
+    zone = merged["partner_zone_nm"]
+    if zone is not None and not (isinstance(zone, (int, float)) and zone > 0):
+        raise ValueError(f"train parameter partner_zone_nm must be null or a distance > 0 nm, got {zone!r}")
+    return merged
 
 
 def architecture_from_params(model: dict):
@@ -314,6 +320,9 @@ def sample_batch(data: TrainData, arch, output_shape, batch_size: int, rng, para
             else:
                 syn = np.zeros((3, *out_shape), dtype=bool)
                 valid = np.zeros((3, *out_shape), dtype=bool)
+            if params.get("partner_zone_nm") is not None:
+                valid = valid.copy()
+                valid[1:] &= partner_zone(fields[2], data.voxel_size, params["partner_zone_nm"])[crop]
             target.append(syn)
             mask.append(np.broadcast_to(valid, syn.shape))
         raws.append(raw)
@@ -321,6 +330,19 @@ def sample_batch(data: TrainData, arch, output_shape, batch_size: int, rng, para
         masks.append(np.concatenate(mask))
     return (np.stack(raws)[:, None].astype(np.float32), np.stack(targets).astype(np.float32),
             np.stack(masks).astype(np.float32))
+
+
+def partner_zone(cleft: np.ndarray, voxel_size: Sequence[float], distance_nm: float) -> np.ndarray:
+    """Voxels within ``distance_nm`` of a cleft voxel (bool, same shape; Euclidean, anisotropic).
+
+    With ``partner_zone_nm`` the pre/post channels are trained and validated only there: they learn which side
+    of a cleft is which (vesicles vs density), while finding clefts is the cleft channel's job."""
+    from scipy import ndimage
+
+    cleft = np.asarray(cleft, dtype=bool)
+    if not cleft.any():
+        return np.zeros(cleft.shape, dtype=bool)
+    return ndimage.distance_transform_edt(~cleft, sampling=voxel_size) <= distance_nm
 
 
 def _intensity(raw: np.ndarray, rng, aug: dict) -> np.ndarray:
@@ -480,9 +502,11 @@ def evaluate(model, data: TrainData, params: dict, device="cpu") -> dict:
         logits, torch.from_numpy(target[None].astype(np.float32)), torch.from_numpy(mask[None].astype(np.float32)),
         params["max_class_weight"]))
     if len(arch.synapse_channels) and data.synapse is not None:
+        zone = (partner_zone(data.synapse[0], data.voxel_size, params["partner_zone_nm"])
+                if params.get("partner_zone_nm") is not None else None)
         for c, name in enumerate(("cleft", "pre", "post")):
             if data.synapse_valid[c]:
-                m = prf(syn[c] > 0.5, data.synapse[c])
+                m = prf(syn[c] > 0.5, data.synapse[c], zone if c and zone is not None else None)
                 metrics.update({f"{name}_{k}": v for k, v in m.items()})
         if data.synapse_valid[0]:
             m = cleft_object_prf(syn[0] > 0.5, data.synapse[0], data.voxel_size)

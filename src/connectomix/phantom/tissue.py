@@ -176,10 +176,13 @@ def build(params, voxel_size, rng) -> Tissue:
     neurons: list[Neuron] = []
     objects: dict = {}
 
-    for i, (cell_class, centre, radius) in enumerate(_place_somata(rng, params, extent, voxel), start=1):
+    somata = _place_somata(rng, params, extent, voxel)
+    for i, (_cell_class, centre, radius) in enumerate(somata, start=1):
+        painter.capsule(centre, centre, radius, radius, i, SOMA, weight=0.6)
+    painter.locked = painter.labels > 0  # neurites wrap around somata, never through them
+    for i, (cell_class, centre, radius) in enumerate(somata, start=1):
         neuron = Neuron(i, cell_class, centre, radius)
         objects[i] = {"kind": "neuron", "radius": radius}
-        painter.capsule(centre, centre, radius, radius, i, SOMA, weight=0.6)
         exc = cell_class == "excitatory"
         n_dend = rng.integers(4, 7) if exc else rng.integers(2, 4)
         r_dend = params.dendrite_radius_nm * (1.0 if exc else 0.7)
@@ -216,7 +219,7 @@ def build(params, voxel_size, rng) -> Tissue:
     return Tissue(labels.astype(np.uint64), kind, neurons, objects, painter.segments)
 
 
-def _add_collaterals(rng, params, painter, neurons, extent, per_synapse=4, reach_nm=1600.0):
+def _add_collaterals(rng, params, painter, neurons, extent, per_synapse=5, reach_nm=1600.0):
     """Axon collaterals ending in a bouton on another neuron's dendrite or soma.
 
     Targets are random (blind to tuning), about ``per_synapse`` contacts per requested neuron-to-neuron synapse,
