@@ -222,6 +222,33 @@ def test_assign_partners_rules_on_tables():
     assert out.loc[40, "pre"] == 0 and out.loc[40, "n_candidates"] == 1
 
 
+def test_relative_polarity_compares_the_sides():
+    """Maps that rank the sides right but are high on both (uncalibrated): absolute rejects, relative accepts."""
+    clefts = pd.DataFrame({"id": np.array([10, 20, 30], np.uint64), "cleft_prob": [0.8, 0.8, 0.8]})
+    rows = [
+        # pre side: pre 0.80, post 0.77; post side: pre 0.60, post 0.78; a bystander 3
+        (10, 1, 100, 80, 77, 50), (10, 2, 100, 60, 78, 50), (10, 3, 100, 40, 40, 20),
+        # both sides alike: no polarity either way
+        (20, 4, 100, 70, 70, 50), (20, 5, 100, 70, 71, 50),
+        # a single candidate: one object on both sides, as before
+        (30, 7, 200, 90, 90, 100),
+    ]
+    pairs = pd.DataFrame(rows, columns=["id", "segment", "voxels", "sum_pre", "sum_post", "contact"])
+    pairs[["pt_z", "pt_y", "pt_x"]] = 0.0
+    pairs["id"] = pairs["id"].astype(np.uint64)
+    pairs["segment"] = pairs["segment"].astype(np.uint64)
+    absolute = syn.assign_partners(clefts, pairs, syn.resolve({"min_polarity": 0.05})).set_index("id")
+    assert (absolute["status"] != "accepted").all()
+    out = syn.assign_partners(clefts, pairs, syn.resolve({"min_polarity": 0.05, "polarity": "relative"})).set_index("id")
+    assert out.loc[10, "status"] == "accepted" and (out.loc[10, "pre"], out.loc[10, "post"]) == (1, 2)
+    assert out.loc[10, "polarity"] == pytest.approx(((0.80 - 0.77) - (0.60 - 0.78)) / 2)
+    assert out.loc[10, "score"] == pytest.approx(0.8 * out.loc[10, "polarity"])
+    assert out.loc[20, "status"] == "unclear_polarity" and out.loc[20, "pre"] == 0
+    assert out.loc[30, "status"] == "autapse"
+    with pytest.raises(ValueError, match="synapses.polarity"):
+        syn.resolve({"polarity": "both"})
+
+
 # --- matching metric ---------------------------------------------------------------------------------------------
 
 

@@ -25,7 +25,9 @@ The flow (Snakemake runs each step as a job; :func:`detect_synapses` runs them a
    probabilities high, and no other candidate has a signal: one object on both sides), ``unclear_polarity``
    (a partner's own pre-minus-post margin below ``min_polarity``, a partner's probability below
    ``min_partner_prob``, or one segment winning both channels while another also has a signal). ``score`` = mean cleft probability x
-   the smaller of the two polarity margins (0..1).
+   the smaller of the two polarity margins (0..1). With ``polarity: relative`` the sides are compared with each
+   other instead (for maps whose pre/post levels are not calibrated but ordered): among two or more candidates,
+   pre = the highest mean pre minus mean post, post = the lowest; the margin is half the difference of the two.
 
 Output ``synapses.parquet`` (CAVE-style, one row per accepted cleft):
 
@@ -67,6 +69,7 @@ DEFAULTS: dict = {
     "min_contact_voxels": 5,
     "min_partner_prob": 0.3,
     "min_polarity": 0.2,
+    "polarity": "absolute",
     "evaluation": {"tolerance_nm": 200.0},
 }
 
@@ -78,6 +81,8 @@ def resolve(params: dict | None = None) -> dict:
     params = merge_params(DEFAULTS, params, "synapses")
     if params["connectivity"] not in (6, 18, 26):
         raise ValueError(f"synapses.connectivity must be 6, 18 or 26, got {params['connectivity']}")
+    if params["polarity"] not in ("absolute", "relative"):
+        raise ValueError(f"synapses.polarity must be 'absolute' or 'relative', got {params['polarity']!r}")
     return params
 
 
@@ -483,6 +488,14 @@ def assign_partners(clefts, pairs, params: dict):
         by_post = group.sort_values(["post_mean", "contact", "segment"], ascending=[False, False, True]).iloc[0]
         pol_pre = by_pre["pre_mean"] - by_pre["post_mean"]
         pol_post = by_post["post_mean"] - by_post["pre_mean"]
+        if params["polarity"] == "relative" and len(group) > 1:
+            # the two sides compared with each other: pre = the most pre-minus-post candidate, post = the least
+            side = group.assign(d=group["pre_mean"] - group["post_mean"])
+            ranked = side.sort_values(["d", "contact", "segment"], ascending=[False, False, True])
+            by_pre = ranked.iloc[0]
+            rest = ranked.iloc[1:]
+            by_post = rest.sort_values(["d", "contact", "segment"], ascending=[True, False, True]).iloc[0]
+            pol_pre = pol_post = (by_pre["d"] - by_post["d"]) / 2
         strong = by_pre["pre_mean"] >= params["min_partner_prob"] and by_post["post_mean"] >= params["min_partner_prob"]
         if by_pre["segment"] == by_post["segment"]:
             # One object carries both signals: an autapse (or a merge) when no other candidate has a signal.
