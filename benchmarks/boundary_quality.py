@@ -62,7 +62,7 @@ def _polarity(syn: np.ndarray, labels: np.ndarray, clefts: np.ndarray, synapses,
     right, margins = [], []
     for row in synapses.itertuples():
         one = synapses[synapses.id == row.id]
-        t = synapse_targets(labels, clefts * (clefts == row.id), one, voxel_size, distance_nm)
+        t = synapse_targets(labels, clefts, one, voxel_size, distance_nm)  # pre/post of this synapse only
         if not (t[1].any() and t[2].any()):
             continue
         pre_margin = syn[1][t[1]].mean() - syn[1][t[2]].mean()

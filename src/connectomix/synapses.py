@@ -483,19 +483,19 @@ def assign_partners(clefts, pairs, params: dict):
         i = row.get(int(cid))
         if i is None:
             continue
-        # Highest mean first; ties broken by contact, then by the smaller segment id (deterministic).
-        by_pre = group.sort_values(["pre_mean", "contact", "segment"], ascending=[False, False, True]).iloc[0]
-        by_post = group.sort_values(["post_mean", "contact", "segment"], ascending=[False, False, True]).iloc[0]
-        pol_pre = by_pre["pre_mean"] - by_pre["post_mean"]
-        pol_post = by_post["post_mean"] - by_post["pre_mean"]
         if params["polarity"] == "relative" and len(group) > 1:
-            # the two sides compared with each other: pre = the most pre-minus-post candidate, post = the least
+            # the sides compared with each other: pre = the most pre-minus-post candidate, post = the least of the rest
             side = group.assign(d=group["pre_mean"] - group["post_mean"])
             ranked = side.sort_values(["d", "contact", "segment"], ascending=[False, False, True])
             by_pre = ranked.iloc[0]
-            rest = ranked.iloc[1:]
-            by_post = rest.sort_values(["d", "contact", "segment"], ascending=[True, False, True]).iloc[0]
+            by_post = ranked.iloc[1:].sort_values(["d", "contact", "segment"], ascending=[True, False, True]).iloc[0]
             pol_pre = pol_post = (by_pre["d"] - by_post["d"]) / 2
+        else:
+            # Highest mean first; ties broken by contact, then by the smaller segment id (deterministic).
+            by_pre = group.sort_values(["pre_mean", "contact", "segment"], ascending=[False, False, True]).iloc[0]
+            by_post = group.sort_values(["post_mean", "contact", "segment"], ascending=[False, False, True]).iloc[0]
+            pol_pre = by_pre["pre_mean"] - by_pre["post_mean"]
+            pol_post = by_post["post_mean"] - by_post["pre_mean"]
         strong = by_pre["pre_mean"] >= params["min_partner_prob"] and by_post["post_mean"] >= params["min_partner_prob"]
         if by_pre["segment"] == by_post["segment"]:
             # One object carries both signals: an autapse (or a merge) when no other candidate has a signal.
