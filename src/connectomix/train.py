@@ -317,12 +317,11 @@ def sample_batch(data: TrainData, arch, output_shape, batch_size: int, rng, para
             if data.synapse is not None:
                 syn = np.stack(fields[2:5])[(slice(None),) + crop]
                 valid = np.array(data.synapse_valid, dtype=bool)[:, None, None, None] & inside[crop][None]
+                if params["partner_zone_nm"] is not None:  # fields[2]: the (augmented) cleft target
+                    valid[1:] &= partner_zone(fields[2], data.voxel_size, params["partner_zone_nm"])[crop]
             else:
                 syn = np.zeros((3, *out_shape), dtype=bool)
                 valid = np.zeros((3, *out_shape), dtype=bool)
-            if params.get("partner_zone_nm") is not None:
-                valid = valid.copy()
-                valid[1:] &= partner_zone(fields[2], data.voxel_size, params["partner_zone_nm"])[crop]
             target.append(syn)
             mask.append(np.broadcast_to(valid, syn.shape))
         raws.append(raw)
@@ -503,10 +502,10 @@ def evaluate(model, data: TrainData, params: dict, device="cpu") -> dict:
         params["max_class_weight"]))
     if len(arch.synapse_channels) and data.synapse is not None:
         zone = (partner_zone(data.synapse[0], data.voxel_size, params["partner_zone_nm"])
-                if params.get("partner_zone_nm") is not None else None)
+                if params["partner_zone_nm"] is not None else None)
         for c, name in enumerate(("cleft", "pre", "post")):
             if data.synapse_valid[c]:
-                m = prf(syn[c] > 0.5, data.synapse[c], zone if c and zone is not None else None)
+                m = prf(syn[c] > 0.5, data.synapse[c], zone if c else None)
                 metrics.update({f"{name}_{k}": v for k, v in m.items()})
         if data.synapse_valid[0]:
             m = cleft_object_prf(syn[0] > 0.5, data.synapse[0], data.voxel_size)
