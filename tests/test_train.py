@@ -10,7 +10,8 @@ from connectomix import io
 from connectomix.cli import main
 from connectomix.models import load_checkpoint
 from connectomix.train import (DEFAULT_PARAMS, TrainData, affinity_targets, architecture_from_params, balanced_bce,
-                               boundary_map, merge_params, prf, sample_batch, synapse_targets, synthetic_data, train)
+                               boundary_map, learning_rate, merge_params, prf, sample_batch, synapse_targets,
+                               synthetic_data, train)
 
 torch.set_num_threads(2)
 
@@ -280,3 +281,15 @@ def test_cli_trains_from_an_ome_zarr(tmp_path):
     assert meta["iterations"] == 2 and meta["training"]["data"]["n_synapses"] == len(gt["synapses"]["id"])
     assert "python -m connectomix train" in meta["training"]["command"]
     assert main(["train", "--volume", str(root), "--out", str(tmp_path / "x"), "--params", "{bad"]) == 1
+
+
+def test_cosine_learning_rate_decays_from_base_to_floor_and_rejects_unknown_schedules():
+    params = merge_params({"iterations": 101, "learning_rate": 1e-3, "lr_schedule": "cosine", "min_lr_fraction": 0.1})
+    rates = [learning_rate(params, i) for i in range(101)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[50] == pytest.approx(0.55e-3)
+    assert rates[-1] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(merge_params({"learning_rate": 2e-4}), 77) == 2e-4
+    with pytest.raises(ValueError, match="lr_schedule"):
+        learning_rate(merge_params({"lr_schedule": "step"}), 0)

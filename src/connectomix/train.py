@@ -39,6 +39,8 @@ DEFAULT_PARAMS: dict = {
     "iterations": 1500,
     "batch_size": 1,
     "learning_rate": 5.0e-4,
+    "lr_schedule": "constant",
+    "min_lr_fraction": 0.02,
     "weight_decay": 1.0e-4,
     "output_shape": [8, 96, 96],
     "validation_fraction": 0.2,
@@ -331,6 +333,21 @@ def sample_batch(data: TrainData, arch, output_shape, batch_size: int, rng, para
             np.stack(masks).astype(np.float32))
 
 
+def learning_rate(params: dict, iteration: int) -> float:
+    """The learning rate at 0-based ``iteration``: ``constant``, or ``cosine`` from ``learning_rate`` down to
+    ``learning_rate * min_lr_fraction`` at the last of ``iterations`` (a function of the iteration alone, so a
+    resumed run follows the same schedule)."""
+    base = float(params["learning_rate"])
+    schedule = params["lr_schedule"]
+    if schedule == "constant":
+        return base
+    if schedule != "cosine":
+        raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+    low = base * float(params["min_lr_fraction"])
+    progress = iteration / max(1, int(params["iterations"]) - 1)
+    return low + 0.5 * (base - low) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 def partner_zone(cleft: np.ndarray, voxel_size: Sequence[float], distance_nm: float) -> np.ndarray:
     """Voxels within ``distance_nm`` of a cleft voxel (bool, same shape; Euclidean, anisotropic).
 
@@ -578,7 +595,7 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
                   + [float(params["synapse_max_class_weight"] or params["max_class_weight"])]
                   * len(arch.synapse_channels))
     model.to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=params["learning_rate"], weight_decay=params["weight_decay"])
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate(params, start), weight_decay=params["weight_decay"])
     if start:
         state = torch.load(state_path, weights_only=True, map_location=dev)
         opt.load_state_dict(state["optimizer"])
@@ -625,6 +642,8 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
     loss_avg = None
     for it in bar:
         t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(params, it)
         rng = np.random.default_rng([int(params["seed"]), it])
         raw, target, mask = sample_batch(train_data, arch, out_shape, int(params["batch_size"]), rng, params)
         x = torch.from_numpy(raw).to(dev)
