@@ -9,7 +9,8 @@ Inputs:
   the affinities the demo segments.
 * ``gala-test-p1``: gala-fibsem test volume, affinities from gala's own boundary map test-p1
   (aff(v, v+o) = 1 - max(p1[v], p1[v+o])): the peer baseline through the same agglomeration.
-  Hook: ``--gala-affinities ZARR`` (an OME-Zarr with a U-Net `affinities` array) runs the same on U-Net output.
+* ``gala-test-unet``: the same test volume predicted by the U-Net that ``boundary_quality.py`` trains on gala train
+  (benchmarks/out/gala-model; run that first), or ``--gala-affinities ZARR`` (an OME-Zarr with `affinities`).
 """
 
 from __future__ import annotations
@@ -81,9 +82,24 @@ def inputs(args):
             p1 = np.asarray(f["stack"]).astype(np.float32)
         out["gala-test-p1"] = dict(gt=ggt, affs=affinities_from_boundary(p1), voxel=(10, 10, 10),
                                    note="gala test, affinities from gala's own boundary map test-p1 (no U-Net yet)")
+        gala_model = Path(__file__).resolve().parent / "out" / "gala-model"
         if args.gala_affinities:
             affs = np.asarray(io.open_array(args.gala_affinities, "affinities")[...])
             out["gala-test-unet"] = dict(gt=ggt, affs=affs, voxel=(10, 10, 10), note="gala test, U-Net affinities")
+        elif (gala_model / "checkpoint.json").exists():
+            from connectomix.models import load_checkpoint
+            from connectomix.predict import predict_volume, quantize
+
+            with h5py.File(gala / "test-image.h5") as f:
+                raw = np.asarray(f["stack"])
+            model, meta = load_checkpoint(gala_model)
+            affs, _ = predict_volume(model, raw)
+            out["gala-test-unet"] = dict(gt=ggt, affs=quantize(affs[:3]), voxel=(10, 10, 10),
+                                         note=f"gala test, affinities of the U-Net trained on gala train "
+                                              f"({meta['iterations']} iterations, benchmarks/boundary_quality.py)")
+        else:
+            print(f"gala-test-unet skipped: no {gala_model} (python benchmarks/boundary_quality.py trains it)",
+                  file=sys.stderr)
     return out
 
 
