@@ -58,8 +58,9 @@ def _best_threshold(prob: np.ndarray, truth: np.ndarray, tolerance: int = 0) -> 
 def _polarity(syn: np.ndarray, labels: np.ndarray, clefts: np.ndarray, synapses, voxel_size,
               distance_nm: float) -> dict:
     """Per ground-truth synapse: mean pre / post probability on each side (object voxels within ``distance_nm``
-    of its cleft); a synapse's polarity is right when pre is higher on the pre side and post on the post side."""
-    right, margins = [], []
+    of its cleft); a synapse's polarity is right when pre is higher on the pre side and post on the post side;
+    ranked right (what ``synapses.polarity: relative`` needs) when pre minus post is higher on the pre side."""
+    right, ranked, margins = [], [], []
     for row in synapses.itertuples():
         one = synapses[synapses.id == row.id]
         t = synapse_targets(labels, clefts, one, voxel_size, distance_nm)  # pre/post of this synapse only
@@ -68,8 +69,10 @@ def _polarity(syn: np.ndarray, labels: np.ndarray, clefts: np.ndarray, synapses,
         pre_margin = syn[1][t[1]].mean() - syn[1][t[2]].mean()
         post_margin = syn[2][t[2]].mean() - syn[2][t[1]].mean()
         right.append(pre_margin > 0 and post_margin > 0)
+        ranked.append(pre_margin + post_margin > 0)
         margins.append(min(pre_margin, post_margin))
     return {"synapses": len(right), "right": float(np.mean(right)) if right else float("nan"),
+            "ranked_right": float(np.mean(ranked)) if ranked else float("nan"),
             "median_margin": float(np.median(margins)) if margins else float("nan")}
 
 
@@ -123,7 +126,8 @@ def phantom(threads: int) -> dict:
     spec = data_desc.get("phantom_params", {"seed": 7})
     voxel_size = tuple(data_desc.get("voxel_size", (40, 8, 8)))
     ph = generate(PhantomParams.from_dict(spec), voxel_size)
-    out = {"checkpoint": str(ck.relative_to(ROOT)), "iterations": meta["iterations"], "trained_on": spec,
+    out = {"checkpoint": str(ck.relative_to(ROOT)), "iterations": meta["iterations"],
+           "init": meta["training"].get("init"), "trained_on": spec,
            "synapse_operating_point": {k: synapse_params[k] for k in
                                        ("threshold", "smooth_sigma_nm", "min_size_voxels")},
            "holdout": _scores(model, meta, ph, data_desc["validation_sections"], voxel_size, synapse_params)}
@@ -205,7 +209,10 @@ def main() -> int:
                              f"{json.dumps(ph['trained_on'])}")]
         if "test" in ph:
             parts.append(("test", f"the whole default phantom {json.dumps(ph['test_phantom'])}, never trained on"))
-        lines += [f"{ph['iterations']} training iterations. Columns: " + "; ".join(f"**{k}**: {v}" for k, v in parts)
+        init = ph.get("init") or {}
+        lines += [f"{ph['iterations']} training iterations"
+                  + (f" (from a {init['iterations']}-iteration checkpoint)" if init.get("iterations") else "")
+                  + ". Columns: " + "; ".join(f"**{k}**: {v}" for k, v in parts)
                   + f". Cleft objects at config.yaml's operating point {json.dumps(ph['synapse_operating_point'])}"
                   " (centroids matched one-to-one within 200 nm).", "",
                   "| metric | " + " | ".join(k for k, _ in parts) + " |", "|---|" + "---|" * len(parts)]
@@ -221,6 +228,9 @@ def main() -> int:
                          "(median margin) | " + " | ".join(
                              f"{ph[k]['polarity']['right']:.2f} of {ph[k]['polarity']['synapses']} "
                              f"({ph[k]['polarity']['median_margin']:.2f})" for k, _ in parts) + " |")
+            if "ranked_right" in ph["holdout"]["polarity"]:
+                lines.append("| polarity ranked: share with pre minus post higher on the pre side | " + " | ".join(
+                    f"{ph[k]['polarity']['ranked_right']:.2f}" for k, _ in parts) + " |")
     lines += ["", "## gala-fibsem test volume (real FIB-SEM, 50 x 100 x 200)"]
     g = result["gala"]
     if "skipped" in g:
