@@ -5,8 +5,13 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
+# The default config (the phantom) unless config files are given: `--configfile X` runs X alone (the schema fills
+# defaults), so a real-data config does not inherit the phantom dataset or its phantom-scaled settings.
+# `--config key=value` still overrides config.yaml.
+if not workflow.overwrite_configfiles:
 
-configfile: "config.yaml"
+    configfile: "config.yaml"
+
 
 
 report: "report/workflow.rst"

@@ -1,6 +1,6 @@
 # predict: U-Net affinities and synapse maps, blockwise (one job per batch of blocks), from the shipped checkpoint or
 # (train.enabled) from a model trained here on a ground-truth dataset (see connectomix.predict / connectomix.train).
-from connectomix.predict import workflow_checkpoint, workflow_context
+from connectomix.predict import workflow_checkpoint, workflow_context, workflow_train_ground_truth
 
 PREDICT = CFG["predict"]
 TRAIN = CFG["train"]
@@ -12,6 +12,7 @@ rule train:
     input:
         raw=lambda wc: raw_volume_done(wc.dataset),
         init=[f"{TRAIN['init_from']}/checkpoint.json"] if TRAIN.get("init_from") else [],
+        gt=lambda wc: workflow_train_ground_truth(CFG, wc.dataset, is_phantom(wc.dataset))[0],
     output:
         checkpoint=f"{RESULTS}/models/{{dataset}}/checkpoint.json",
         weights=f"{RESULTS}/models/{{dataset}}/weights.pt",
@@ -19,6 +20,7 @@ rule train:
         volume=lambda wc: volume_path(wc.dataset),
         synapses=lambda wc: f"{RESULTS}/{wc.dataset}/gt/synapses.parquet",
         out=lambda wc: f"{RESULTS}/models/{wc.dataset}",
+        gt=lambda wc: workflow_train_ground_truth(CFG, wc.dataset, is_phantom(wc.dataset))[1],
         spec=json_arg(TRAIN),
         device=TRAIN["device"],
         threads=TRAIN["threads"],
@@ -32,7 +34,7 @@ rule train:
         runtime=lambda wc: max(30, cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"]),
         gpu=TRAIN["gpu"],
     shell:
-        "python -m connectomix train --volume {params.volume} --synapses {params.synapses} --out {params.out} "
+        "python -m connectomix train --volume {params.volume} {params.gt} --synapses {params.synapses} --out {params.out} "
         "--params {params.spec} --device {params.device} --threads {params.threads} --no-progress > {log} 2>&1"
 
 

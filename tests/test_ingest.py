@@ -562,12 +562,16 @@ def test_example_configs_validate(name, monkeypatch):
     from connectomix.config import validate
 
     config = validate(yaml.safe_load((REPO / "config" / "examples" / f"{name}.yaml").read_text()), name)
-    (dataset,) = config["datasets"].values()
-    assert dataset["source"]["path"].startswith("../shared/data/")
-    if SHARED.is_dir():  # the paths are relative to the repo root, where Snakemake runs
-        monkeypatch.chdir(REPO)
-        info = probe(dataset["source"])
-        assert info.n_sections >= 12
+    ground_truth = config["segment"]["evaluation"]["ground_truth"]
+    assert set(ground_truth) <= set(config["datasets"])
+    for dataset in config["datasets"].values():
+        assert dataset["source"]["path"].startswith("../shared/data/")
+        if SHARED.is_dir():  # the paths are relative to the repo root, where Snakemake runs
+            monkeypatch.chdir(REPO)
+            info = probe(dataset["source"])
+            assert info.n_sections >= 12
+    if SHARED.is_dir():
+        assert all((REPO / gt["path"]).exists() for gt in ground_truth.values()), ground_truth
 
 
 def test_growing_the_roi_extends_raw_in_place_with_the_first_normalization(tmp_path):

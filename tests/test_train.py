@@ -10,8 +10,8 @@ from connectomix import io
 from connectomix.cli import main
 from connectomix.models import load_checkpoint
 from connectomix.train import (DEFAULT_PARAMS, TrainData, affinity_targets, architecture_from_params, balanced_bce,
-                               boundary_map, learning_rate, merge_params, prf, sample_batch, synapse_targets,
-                               synthetic_data, train)
+                               boundary_map, learning_rate, load_volume_data, merge_params, prf, sample_batch,
+                               synapse_targets, synthetic_data, train)
 
 torch.set_num_threads(2)
 
@@ -293,3 +293,42 @@ def test_cosine_learning_rate_decays_from_base_to_floor_and_rejects_unknown_sche
     assert learning_rate(merge_params({"learning_rate": 2e-4}), 77) == 2e-4
     with pytest.raises(ValueError, match="lr_schedule"):
         learning_rate(merge_params({"lr_schedule": "step"}), 0)
+
+
+def test_cli_trains_on_ground_truth_kept_in_a_file(tmp_path):
+    """A real dataset keeps its labels outside the volume (gala: HDF5, 0 = boundary): --gt-file trains on them,
+    cropped to the dataset's ROI; a shape mismatch names the file."""
+    import h5py
+
+    data, gt = synthetic_data((10, 40, 40), seed=2, cells=8)
+    root = tmp_path / "volume.zarr"
+    io.write_full(root, "raw", data.raw[:, 4:, :], (8, 36, 40), (40, 8, 8))
+    with h5py.File(tmp_path / "gt.h5", "w") as f:
+        f["stack"] = gt["labels"].astype(np.int32)
+    params = json.dumps({**TINY, "iterations": 2, "model": {**TINY_MODEL, "synapses": False}})
+    common = ["--params", params, "--device", "cpu", "--threads", "1", "--no-progress"]
+    assert main(["train", "--volume", str(root), "--gt-file", str(tmp_path / "gt.h5"), "--gt-roi-offset", "0", "4",
+                 "0", "--out", str(tmp_path / "ck"), *common]) == 0
+    _, meta = load_checkpoint(tmp_path / "ck")
+    assert meta["iterations"] == 2 and meta["training"]["data"]["labels"] == str(tmp_path / "gt.h5")
+    assert "--gt-file" in meta["training"]["command"] and "--gt-roi-offset 0 4 0" in meta["training"]["command"]
+    with pytest.raises(ValueError, match=r"gt\.h5: shape \[10, 40, 40\] differs"):
+        load_volume_data(root, labels=gt["labels"], labels_source=str(tmp_path / "gt.h5"))
+    assert main(["train", "--volume", str(root), "--out", str(tmp_path / "x"), *common]) == 1  # no gt/labels
+
+
+def test_workflow_trains_a_real_dataset_on_its_evaluation_ground_truth():
+    from connectomix.predict import workflow_train_ground_truth
+
+    cfg = {"datasets": {"gala-train": {"roi": {"offset": [0, 2, 3], "shape": [4, 5, 6]}}, "isbi": {}},
+           "segment": {"evaluation": {"ground_truth": {
+               "gala-train": {"path": "gt dir/train.h5", "key": "stack", "format": "hdf5"},
+               "isbi": {"path": "labels", "format": "png-membrane", "per_section": True}}}}}
+    assert workflow_train_ground_truth(cfg, "phantom", True) == ([], "")
+    files, args = workflow_train_ground_truth(cfg, "gala-train", False)
+    assert files == ["gt dir/train.h5"]
+    assert args == "--gt-file 'gt dir/train.h5' --gt-format hdf5 --gt-key stack --gt-roi-offset 0 2 3"
+    with pytest.raises(ValueError, match="per-section 2D ground truth"):
+        workflow_train_ground_truth(cfg, "isbi", False)
+    with pytest.raises(ValueError, match="segment.evaluation.ground_truth.other"):
+        workflow_train_ground_truth({**cfg, "datasets": {"other": {}}}, "other", False)

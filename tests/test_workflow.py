@@ -99,6 +99,17 @@ def test_dry_run_plans_the_full_dag(tmp_path):
     assert "phantom" in result.stdout
 
 
+def test_a_config_file_replaces_the_default_config(tmp_path):
+    """`--configfile` runs that config alone: a real-data config must not inherit the phantom dataset or its
+    phantom-scaled settings from config.yaml (`--config` overrides still apply to config.yaml)."""
+    own = {"results_dir": f"{tmp_path}/results",
+           "datasets": {"only": {"voxel_size": [40, 8, 8], "phantom": {"seed": 3}}}}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(own))
+    result = _snakemake("-n", "--directory", str(REPO), "--configfile", str(tmp_path / "own.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "results/only/" in result.stdout and "results/phantom/" not in result.stdout
+
+
 def test_env_file_pins_exactly_the_lock():
     env = yaml.safe_load((REPO / "envs" / "connectomix.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))

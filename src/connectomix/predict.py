@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Sequence
@@ -339,6 +340,27 @@ def workflow_train_dataset(cfg: dict, phantom_datasets: Sequence[str]) -> str:
     if name is None or name not in cfg["datasets"]:
         raise ValueError("train.enabled needs train.dataset (a dataset with ground truth) or a phantom dataset")
     return name
+
+
+def workflow_train_ground_truth(cfg: dict, dataset: str, is_phantom: bool) -> tuple[list[str], str]:
+    """(input files, CLI arguments) locating the training labels: a phantom's own ``gt/labels`` (none), else the
+    dataset's entry in ``segment.evaluation.ground_truth`` (the same labels its segmentation is evaluated against)."""
+    if is_phantom:
+        return [], ""
+    gt = cfg["segment"]["evaluation"]["ground_truth"].get(dataset)
+    if gt is None:
+        raise ValueError(f"train.dataset {dataset!r} is not a phantom: give its ground-truth labels in "
+                         f"segment.evaluation.ground_truth.{dataset} (path, key, format)")
+    if gt.get("per_section") or gt.get("format") == "png-membrane":
+        raise ValueError(f"segment.evaluation.ground_truth.{dataset}: per-section 2D ground truth cannot train "
+                         "the 3D affinities (z links are unknown); train on a dataset with 3D labels")
+    args = f"--gt-file {shlex.quote(gt['path'])} --gt-format {gt.get('format', 'auto')}"
+    if "key" in gt:
+        args += f" --gt-key {shlex.quote(gt['key'])}"
+    roi = cfg["datasets"][dataset].get("roi")
+    if roi:
+        args += f" --gt-roi-offset {' '.join(map(str, roi['offset']))}"
+    return [gt["path"]], args
 
 
 def workflow_context(cfg: dict, phantom_datasets: Sequence[str]) -> list[int]:

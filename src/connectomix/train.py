@@ -717,13 +717,22 @@ def synthetic_data(shape=(16, 64, 64), seed: int = 0, cells: int = 12, voxel_siz
 # --- data loading --------------------------------------------------------------------------------------------
 
 
-def load_volume_data(volume, synapses=None, distance_nm: float = 80.0, cleft_radius_nm: float = 0.0) -> TrainData:
-    """Ground truth from a dataset's OME-Zarr (``raw``, ``gt/labels``, ``gt/clefts``) and ``gt/synapses.parquet``."""
+def load_volume_data(volume, synapses=None, distance_nm: float = 80.0, cleft_radius_nm: float = 0.0,
+                     labels: np.ndarray | None = None, labels_source: str | None = None) -> TrainData:
+    """Ground truth from a dataset's OME-Zarr (``raw``, ``gt/labels``, ``gt/clefts``) and ``gt/synapses.parquet``;
+    ``labels`` (with ``labels_source`` naming them) replaces ``gt/labels``: ground truth kept outside the volume."""
     from connectomix.io import has_array, open_array, read_meta
 
     meta = read_meta(volume, "raw")
     raw = np.asarray(open_array(volume, "raw")[...])
-    labels = np.asarray(open_array(volume, "gt/labels")[...])
+    if labels is None:
+        if not has_array(volume, "gt/labels"):
+            raise ValueError(f"{volume}: no gt/labels array; give the ground truth as a file (--gt-file)")
+        labels = np.asarray(open_array(volume, "gt/labels")[...])
+        labels_source = "gt/labels"
+    elif labels.shape != raw.shape:
+        raise ValueError(f"ground truth {labels_source}: shape {list(labels.shape)} differs from the raw volume "
+                         f"{volume} {list(raw.shape)} (crop it, or give --gt-roi-offset for a dataset ROI)")
     syn = None
     valid = (False, False, False)
     table = None
@@ -739,7 +748,7 @@ def load_volume_data(volume, synapses=None, distance_nm: float = 80.0, cleft_rad
     phantom_params = None
     if summary.exists():
         phantom_params = json.loads(summary.read_text()).get("params")
-    desc = {"volume": str(volume), "raw": "raw", "labels": "gt/labels", "phantom_params": phantom_params,
+    desc = {"volume": str(volume), "raw": "raw", "labels": labels_source, "phantom_params": phantom_params,
             "clefts": "gt/clefts" if syn is not None else None,
             "synapses": str(synapses) if table is not None else None,
             "n_synapses": int(len(table)) if table is not None else 0}
@@ -766,6 +775,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--voxel-size", type=float, nargs=3, default=[40.0, 8.0, 8.0], metavar=("Z", "Y", "X"),
                         help="voxel size in nm for --phantom (default 40 8 8)")
     parser.add_argument("--synapses", default=None, help="gt/synapses.parquet (pre/post targets)")
+    parser.add_argument("--gt-file", help="with --volume: ground-truth labels in a file (HDF5, zarr) instead of the "
+                                          "volume's gt/labels (0 = boundary / unlabelled)")
+    parser.add_argument("--gt-key", help="dataset inside --gt-file (HDF5 default 'stack')")
+    parser.add_argument("--gt-format", default="auto", choices=["auto", "hdf5", "zarr"], help="--gt-file format")
+    parser.add_argument("--gt-roi-offset", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                        help="crop --gt-file to the volume from this voxel (the dataset's roi.offset)")
     parser.add_argument("--out", required=True, help="checkpoint folder to write (weights.pt, checkpoint.json)")
     parser.add_argument("--params", default="{}", help="the `train` config section as JSON (defaults filled)")
     parser.add_argument("--device", default="auto", help="auto (GPU when present, else CPU), cpu, cuda ...")
@@ -780,13 +795,29 @@ def run(args) -> int:
     except json.JSONDecodeError as error:
         raise ValueError(f"--params is not valid JSON: {error}") from error
     merged = merge_params(params)
+    if args.phantom and args.gt_file:
+        raise ValueError("--gt-file goes with --volume (a phantom brings its own ground truth)")
     if args.phantom:
         data = load_phantom_data(json.loads(args.phantom), args.voxel_size, merged["pre_post_distance_nm"],
                                  merged["cleft_radius_nm"])
         source = f"--phantom '{args.phantom}' --voxel-size {' '.join(f'{v:g}' for v in args.voxel_size)} "
     else:
-        data = load_volume_data(args.volume, args.synapses, merged["pre_post_distance_nm"], merged["cleft_radius_nm"])
+        labels = None
         source = f"--volume {args.volume} "
+        if args.gt_file:
+            from connectomix.evaluate.segmentation import load_ground_truth
+            from connectomix.io import read_meta
+
+            labels = load_ground_truth(gt_file=args.gt_file, gt_key=args.gt_key, gt_format=args.gt_format)
+            if args.gt_roi_offset:
+                shape = read_meta(args.volume, "raw").shape
+                labels = labels[tuple(slice(o, o + n) for o, n in zip(args.gt_roi_offset, shape))]
+            labels = labels.astype(np.uint64)
+            source += (f"--gt-file {args.gt_file} " + (f"--gt-key {args.gt_key} " if args.gt_key else "")
+                       + f"--gt-format {args.gt_format} "
+                       + (f"--gt-roi-offset {' '.join(map(str, args.gt_roi_offset))} " if args.gt_roi_offset else ""))
+        data = load_volume_data(args.volume, args.synapses, merged["pre_post_distance_nm"], merged["cleft_radius_nm"],
+                                labels, args.gt_file)
     command = (f"python -m connectomix train {source}"
                + (f"--synapses {args.synapses} " if args.synapses else "")
                + f"--out {args.out} --params '{json.dumps(params, sort_keys=True)}' --device {args.device} "
