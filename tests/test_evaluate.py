@@ -96,3 +96,27 @@ def test_stage_file_and_merge(tmp_path):
     merged = merge([tmp_path / "segmentation.json"], tmp_path / "metrics.json")
     assert merged == {"segmentation.voi_split": 0.1, "segmentation.voi_merge": 0.2, "segmentation.arand": 0.05}
     assert json.loads((tmp_path / "metrics.json").read_text()) == merged
+
+
+def test_per_section_sweep_ignores_merges_across_sections_and_counts_merges_within_one():
+    """ISBI-style 2D ground truth: at each threshold the segmentation is split per section before scoring."""
+    gt = np.zeros((2, 4, 4), np.uint64)
+    gt[:, :, :2], gt[:, :, 2:] = 1, 2
+    frags = np.zeros_like(gt)
+    for z in range(2):  # each half of each section in two fragments: ids 1..8
+        for half in range(2):
+            for row in range(2):
+                frags[z, 2 * row:2 * row + 2, 2 * half:2 * half + 2] = 1 + 4 * z + 2 * half + row
+    nodes = np.arange(1, 9, dtype=np.uint64)
+    merges = np.array([(1, 2, 0.1), (3, 4, 0.1), (5, 6, 0.1), (7, 8, 0.1),  # halves whole
+                       (1, 5, 0.3),  # the left halves of the two sections: one object in 3D
+                       (1, 3, 0.5)],  # left and right of section 0: a merge
+                      dtype=[("a", np.uint64), ("b", np.uint64), ("score", np.float64)])
+    gt2d = per_section(gt)
+    rows = {r["threshold"]: r for r in threshold_sweep(gt2d, frags, nodes, merges, [0.05, 0.2, 0.4, 0.6],
+                                                       sections=True)}
+    assert rows[0.05]["voi_split"] == pytest.approx(1.0) and rows[0.05]["voi_merge"] == 0
+    assert rows[0.2]["voi"] == 0 and rows[0.4]["voi"] == 0
+    assert rows[0.6]["voi_merge"] > 0 and rows[0.6]["voi_split"] == 0
+    # scored as 3D, the merge across sections at 0.3 would count against the per-section ground truth
+    assert threshold_sweep(gt2d, frags, nodes, merges, [0.4])[0]["voi_merge"] > 0

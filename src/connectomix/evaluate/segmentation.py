@@ -151,16 +151,22 @@ def per_section(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def threshold_sweep(gt, fragments, nodes: np.ndarray, merges: np.ndarray, thresholds, ignore=(0,)) -> list[dict]:
+def threshold_sweep(gt, fragments, nodes: np.ndarray, merges: np.ndarray, thresholds, ignore=(0,),
+                    sections: bool = False) -> list[dict]:
     """VOI and ARAND at each agglomeration threshold, from the fragments and the merge history (one contingency
-    table of ground truth x fragments, relabelled per threshold: no volume is rewritten)."""
-    from connectomix.segment.agglomerate import lookup_table
+    table of ground truth x fragments, relabelled per threshold: no volume is rewritten). ``sections``: 2D
+    evaluation against per-section ground truth (``per_section(gt)``): each threshold's segmentation is relabelled
+    and split per section, so a merge across sections is no error."""
+    from connectomix.segment.agglomerate import apply_lut, lookup_table
 
-    base = contingency(gt, fragments, ignore)
+    base = None if sections else contingency(gt, fragments, ignore)
     rows = []
     for t in sorted(float(x) for x in thresholds):
         frag, seg = lookup_table(nodes, merges, t)
-        table = base.map_seg(frag, seg)
+        if sections:
+            table = contingency(gt, per_section(apply_lut(fragments, frag, seg)), ignore)
+        else:
+            table = base.map_seg(frag, seg)
         split, merge = voi(table)
         are, _, _ = adapted_rand(table)
         rows.append({"threshold": t, "voi_split": split, "voi_merge": merge, "voi": split + merge, "arand": are,
@@ -247,7 +253,7 @@ def evaluate(volume, work_dir, out, gt_array=None, gt_file=None, gt_key=None, gt
     if gt_roi_offset is not None:
         gt = gt[tuple(slice(o, o + s) for o, s in zip(gt_roi_offset, seg.shape))]
     if sections:  # 2D ground truth: each section's instances on their own
-        gt, seg, frags = per_section(gt), per_section(seg), frags  # fragments are relabelled per threshold below
+        gt, seg = per_section(gt), per_section(seg)  # the sweep splits each threshold's segmentation likewise
     table = contingency(gt, seg, ignore)
     split, merge = voi(table)
     are, precision, recall = adapted_rand(table)
@@ -257,15 +263,17 @@ def evaluate(volume, work_dir, out, gt_array=None, gt_file=None, gt_key=None, gt
     sweep = []
     params = setup_record["params"]
     thresholds = thresholds or params["evaluation"]["thresholds"]
-    if params["agglomerate"]["method"] in ("mean", "quantile") and not sections:
+    if params["agglomerate"]["method"] in ("mean", "quantile"):
         from connectomix.segment.rag import Rag
         from connectomix.segment.stitch import agglomerate_graph
 
         rag = Rag.from_npz(work_dir / "graph.npz")
         nodes, merges = agglomerate_graph(rag, params, threshold=max(thresholds) + 1e-9)
-        sweep = threshold_sweep(gt, frags, nodes, merges, thresholds, ignore)
-        if plot:
-            plot_sweep(sweep, plot, params["agglomerate"]["threshold"], title=f"{dataset} segmentation")
+        sweep = threshold_sweep(gt, frags, nodes, merges, thresholds, ignore, sections)
+    if plot:  # the workflow expects the figure: without a sweep (mutex: no merge threshold) it says so
+        plot_sweep(sweep, plot, params["agglomerate"]["threshold"] if sweep else None,
+                   title=f"{dataset} segmentation" + ("" if sweep else f": no threshold sweep for "
+                                                      f"{params['agglomerate']['method']} agglomeration"))
     extra = {
         "dataset": dataset,
         "ignore_gt_labels": list(ignore),
@@ -273,7 +281,7 @@ def evaluate(volume, work_dir, out, gt_array=None, gt_file=None, gt_key=None, gt
         "per_section": sections,
         "worst": worst_objects(table),
         "sweep": sweep,
-        "sweep_plot": str(plot) if plot and sweep else None,
+        "sweep_plot": str(plot) if plot else None,
         "threshold": params["agglomerate"]["threshold"],
         "method": params["agglomerate"]["method"],
         "info": {"voi_unit": "bits", "voi_split": "H(segmentation | ground truth)",
