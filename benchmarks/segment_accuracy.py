@@ -47,6 +47,16 @@ def affinities_from_boundary(p: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(affs * 255), 0, 255).astype(np.uint8)
 
 
+def unet_affinities(checkpoint, raw) -> tuple[np.ndarray, dict]:
+    """uint8 nearest-neighbour affinities of ``raw`` predicted whole by a checkpoint, and its JSON."""
+    from connectomix.models import load_checkpoint
+    from connectomix.predict import predict_volume, quantize
+
+    model, meta = load_checkpoint(checkpoint)
+    affs, _ = predict_volume(model, np.asarray(raw))
+    return quantize(affs[:3]), meta
+
+
 def inputs(args):
     out = {}
     shape = (32, 192, 192)
@@ -63,12 +73,7 @@ def inputs(args):
                               note="phantom gt/labels, degraded GT affinities")
         checkpoint = Path(__file__).resolve().parents[1] / "models" / "phantom"
         if (checkpoint / "checkpoint.json").exists():
-            from connectomix.models import load_checkpoint
-            from connectomix.predict import predict_volume, quantize
-
-            model, _ = load_checkpoint(checkpoint)
-            affs, _ = predict_volume(model, np.asarray(ph.raw))
-            out["phantom-unet"] = dict(gt=pgt, affs=quantize(affs), voxel=(40, 8, 8),
+            out["phantom-unet"] = dict(gt=pgt, affs=unet_affinities(checkpoint, ph.raw)[0], voxel=(40, 8, 8),
                                        note="phantom seed 7, affinities of the shipped U-Net (models/phantom)")
     except Exception as error:  # noqa: BLE001 - the phantom is optional here
         print(f"phantom skipped: {error}", file=sys.stderr)
@@ -87,14 +92,9 @@ def inputs(args):
             affs = np.asarray(io.open_array(args.gala_affinities, "affinities")[...])
             out["gala-test-unet"] = dict(gt=ggt, affs=affs, voxel=(10, 10, 10), note="gala test, U-Net affinities")
         elif (gala_model / "checkpoint.json").exists():
-            from connectomix.models import load_checkpoint
-            from connectomix.predict import predict_volume, quantize
-
             with h5py.File(gala / "test-image.h5") as f:
-                raw = np.asarray(f["stack"])
-            model, meta = load_checkpoint(gala_model)
-            affs, _ = predict_volume(model, raw)
-            out["gala-test-unet"] = dict(gt=ggt, affs=quantize(affs[:3]), voxel=(10, 10, 10),
+                affs, meta = unet_affinities(gala_model, f["stack"])
+            out["gala-test-unet"] = dict(gt=ggt, affs=affs, voxel=(10, 10, 10),
                                          note=f"gala test, affinities of the U-Net trained on gala train "
                                               f"({meta['iterations']} iterations, benchmarks/boundary_quality.py)")
         else:

@@ -718,9 +718,11 @@ def synthetic_data(shape=(16, 64, 64), seed: int = 0, cells: int = 12, voxel_siz
 
 
 def load_volume_data(volume, synapses=None, distance_nm: float = 80.0, cleft_radius_nm: float = 0.0,
-                     labels: np.ndarray | None = None, labels_source: str | None = None) -> TrainData:
+                     labels: np.ndarray | None = None, labels_source: str | None = None,
+                     labels_offset: Sequence[int] | None = None) -> TrainData:
     """Ground truth from a dataset's OME-Zarr (``raw``, ``gt/labels``, ``gt/clefts``) and ``gt/synapses.parquet``;
-    ``labels`` (with ``labels_source`` naming them) replaces ``gt/labels``: ground truth kept outside the volume."""
+    ``labels`` (with ``labels_source`` naming them) replaces ``gt/labels``: ground truth kept outside the volume,
+    cropped to the volume from ``labels_offset`` (voxels) when given."""
     from connectomix.io import has_array, open_array, read_meta
 
     meta = read_meta(volume, "raw")
@@ -730,7 +732,11 @@ def load_volume_data(volume, synapses=None, distance_nm: float = 80.0, cleft_rad
             raise ValueError(f"{volume}: no gt/labels array; give the ground truth as a file (--gt-file)")
         labels = np.asarray(open_array(volume, "gt/labels")[...])
         labels_source = "gt/labels"
-    elif labels.shape != raw.shape:
+    else:
+        if labels_offset is not None:
+            labels = labels[tuple(slice(o, o + n) for o, n in zip(labels_offset, raw.shape))]
+        labels = labels.astype(np.uint64, copy=False)
+    if labels.shape != raw.shape:
         raise ValueError(f"ground truth {labels_source}: shape {list(labels.shape)} differs from the raw volume "
                          f"{volume} {list(raw.shape)} (crop it, or give --gt-roi-offset for a dataset ROI)")
     syn = None
@@ -806,18 +812,13 @@ def run(args) -> int:
         source = f"--volume {args.volume} "
         if args.gt_file:
             from connectomix.evaluate.segmentation import load_ground_truth
-            from connectomix.io import read_meta
 
             labels = load_ground_truth(gt_file=args.gt_file, gt_key=args.gt_key, gt_format=args.gt_format)
-            if args.gt_roi_offset:
-                shape = read_meta(args.volume, "raw").shape
-                labels = labels[tuple(slice(o, o + n) for o, n in zip(args.gt_roi_offset, shape))]
-            labels = labels.astype(np.uint64)
             source += (f"--gt-file {args.gt_file} " + (f"--gt-key {args.gt_key} " if args.gt_key else "")
                        + f"--gt-format {args.gt_format} "
                        + (f"--gt-roi-offset {' '.join(map(str, args.gt_roi_offset))} " if args.gt_roi_offset else ""))
         data = load_volume_data(args.volume, args.synapses, merged["pre_post_distance_nm"], merged["cleft_radius_nm"],
-                                labels, args.gt_file)
+                                labels, args.gt_file, args.gt_roi_offset)
     command = (f"python -m connectomix train {source}"
                + (f"--synapses {args.synapses} " if args.synapses else "")
                + f"--out {args.out} --params '{json.dumps(params, sort_keys=True)}' --device {args.device} "
