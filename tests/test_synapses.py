@@ -143,6 +143,36 @@ def test_blockwise_equals_whole_volume(toy):
     # the 'three' cleft spans blocks in y and x (block 8 x 32 x 32) and still is one cleft
     row = _cleft_row(toy, "three")
     assert row["voxels"] == 6 * 22 * 2
+    # ... and lies on the 2|3 contact (16 rows of y x 6 sections) more than on the 2|5 one (6 x 6)
+    assert row["interface"] == 16 * 6
+    clefts_whole = pd.read_parquet(toy["tmp"] / "whole" / "clefts.parquet").set_index("id")
+    assert clefts_whole.loc[row["id"], "interface"] == row["interface"]
+
+
+def test_interface_faces_blockwise_sum_to_the_whole_volume():
+    """Faces between two segments on a cleft, counted per block (each face by the block of its lower voxel, the
+    upper one possibly in the halo), add up to the whole volume's, at block faces and the volume's end too."""
+    rng = np.random.default_rng(4)
+    seg = rng.integers(0, 5, (12, 20, 24)).astype(np.uint64)
+    nearest = np.where(rng.random(seg.shape) < 0.9, rng.integers(1, 4, seg.shape), 0).astype(np.uint64)
+    near = rng.random(seg.shape) < 0.7
+    full = tuple(slice(0, n) for n in seg.shape)
+    whole = syn.interface_faces(seg, nearest, near, full).set_index(["id", "segment_a", "segment_b"])["faces"]
+    # by hand, along x only, for one triple
+    a, b = seg[:, :, :-1], seg[:, :, 1:]
+    ok = (nearest[:, :, :-1] == 1) & (nearest[:, :, 1:] == 1) & near[:, :, :-1] & near[:, :, 1:]
+    along_x = int((ok & (((a == 2) & (b == 3)) | ((a == 3) & (b == 2)))).sum())
+    assert along_x > 0 and whole.loc[(1, 2, 3)] > along_x
+    from connectomix.blocks import BlockGrid
+
+    parts = []
+    for block in BlockGrid(seg.shape, (4, 8, 8), (1, 1, 1)):
+        r = block.read.slices
+        parts.append(syn.interface_faces(seg[r], nearest[r], near[r], block.write_in_read))
+    summed = syn.combine_interfaces(parts).set_index(["id", "segment_a", "segment_b"])["faces"]
+    pd.testing.assert_series_equal(summed.sort_index(), whole.sort_index(), check_dtype=False)
+    assert set(whole.index.get_level_values(0)) <= {1, 2, 3}
+    assert (whole.index.get_level_values(1) < whole.index.get_level_values(2)).all()
 
 
 @pytest.mark.parametrize("connectivity", [6, 26])
@@ -247,6 +277,41 @@ def test_relative_polarity_compares_the_sides():
     assert out.loc[30, "status"] == "autapse"
     with pytest.raises(ValueError, match="synapses.polarity"):
         syn.resolve({"polarity": "both"})
+
+
+def test_interface_pairing_ignores_noisy_bystanders():
+    """Small segments near a cleft have noisy channel means; the cleft lies on the 1|2 contact, so only that pair
+    is judged: candidates-pairing is fooled by bystander 3, interface-pairing is not."""
+    clefts = pd.DataFrame({"id": np.array([10, 20, 30], np.uint64), "cleft_prob": [0.9, 0.9, 0.9]})
+    rows = [
+        # 1 pre side (pre 0.70, post 0.60), 2 post side (0.55, 0.75), 3 a small bystander (0.90, 0.40)
+        (10, 1, 400, 280, 240, 80), (10, 2, 400, 220, 300, 80), (10, 3, 10, 9, 4, 6),
+        # the contact 4|5 is the right one, but 5 does not look like a post side: unclear, not a guess
+        (20, 4, 300, 210, 150, 60), (20, 5, 300, 210, 150, 60), (20, 6, 300, 60, 270, 60),
+        # no contact on the cleft: judged among all candidates, as before
+        (30, 7, 300, 240, 60, 60), (30, 8, 300, 60, 240, 60),
+    ]
+    pairs = pd.DataFrame(rows, columns=["id", "segment", "voxels", "sum_pre", "sum_post", "contact"])
+    pairs[["pt_z", "pt_y", "pt_x"]] = 0.0
+    pairs["id"] = pairs["id"].astype(np.uint64)
+    pairs["segment"] = pairs["segment"].astype(np.uint64)
+    interfaces = pd.DataFrame({"id": np.array([10, 10, 20, 20], np.uint64),
+                               "segment_a": np.array([1, 2, 4, 5], np.uint64),
+                               "segment_b": np.array([2, 3, 5, 6], np.uint64), "faces": [40, 3, 30, 2]})
+    params = {"polarity": "relative", "min_polarity": 0.02}
+    old = syn.assign_partners(clefts, pairs, syn.resolve({**params, "pairing": "candidates"}), interfaces)
+    assert old.set_index("id").loc[10, "pre"] == 3
+    out = syn.assign_partners(clefts, pairs, syn.resolve(params), interfaces).set_index("id")
+    assert out.loc[10, "status"] == "accepted" and (out.loc[10, "pre"], out.loc[10, "post"]) == (1, 2)
+    assert out.loc[10, "interface"] == 40 and out.loc[10, "n_candidates"] == 3
+    assert out.loc[10, "polarity"] == pytest.approx(((0.70 - 0.60) - (0.55 - 0.75)) / 2)
+    assert out.loc[20, "status"] == "unclear_polarity" and out.loc[20, "pre"] == 0
+    assert out.loc[30, "status"] == "accepted" and (out.loc[30, "pre"], out.loc[30, "post"]) == (7, 8)
+    assert out.loc[30, "interface"] == 0
+    with pytest.raises(ValueError, match="synapses.pairing"):
+        syn.resolve({"pairing": "nearest"})
+    with pytest.raises(ValueError, match="synapses.interface_nm"):
+        syn.resolve({"interface_nm": 500.0})
 
 
 # --- matching metric ---------------------------------------------------------------------------------------------

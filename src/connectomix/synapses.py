@@ -18,10 +18,17 @@ The flow (Snakemake runs each step as a job; :func:`detect_synapses` runs them a
    the final ids and collects, for every (cleft, segment) pair, the segment's voxels within ``partner_radius_nm``
    of that cleft (nearest-cleft assignment by a Euclidean distance transform in nm): their count, summed ``pre`` and
    ``post`` probabilities, voxels within ``contact_nm`` (contact area), and the point of the segment nearest to the
-   cleft's centre. Sums over blocks equal the whole-volume sums, so block size never changes the result.
+   cleft's centre; and, for every pair of segments, the voxel faces they share on the cleft (both voxels within
+   ``interface_nm`` of it: the contact the cleft lies on, :func:`interface_faces`). Sums over blocks equal the
+   whole-volume sums, so block size never changes the result.
 4. Partner assignment (:func:`assign_partners`): candidates are segments with ``>= min_contact_voxels`` contact
-   voxels; pre = the candidate with the highest mean ``pre`` probability, post = the one with the highest mean
-   ``post``. Rejected: ``no_segment`` (no candidate), ``autapse`` (the same segment wins both, with both
+   voxels. With ``pairing: interface`` (default) a cleft that lies on a contact of two candidates is judged between
+   that pair alone (the pair sharing the most faces on it): a synapse joins the two cells whose contact it is, and
+   the pre/post channels only decide which side is which. (On the phantom's predicted maps, against its ground truth
+   segmentation, this raised the share of synapses with both partners right from 0.09 to 0.47, seed 7, and 0.07
+   to 0.57, seed 9: the mean channel values of small bystanders near a cleft are noisy.) A cleft on no contact
+   (inside one segment, or ``pairing: candidates``) is judged among all its candidates: pre = the candidate with
+   the highest mean ``pre`` probability, post = the one with the highest mean ``post``. Rejected: ``no_segment`` (no candidate), ``autapse`` (the same segment wins both, with both
    probabilities high, and no other candidate has a signal: one object on both sides), ``unclear_polarity``
    (a partner's own pre-minus-post margin below ``min_polarity``, a partner's probability below
    ``min_partner_prob``, or one segment winning both channels while another also has a signal). ``score`` = mean cleft probability x
@@ -70,6 +77,8 @@ DEFAULTS: dict = {
     "min_partner_prob": 0.3,
     "min_polarity": 0.2,
     "polarity": "absolute",
+    "pairing": "interface",
+    "interface_nm": 0.0,
     "evaluation": {"tolerance_nm": 200.0},
 }
 
@@ -83,6 +92,11 @@ def resolve(params: dict | None = None) -> dict:
         raise ValueError(f"synapses.connectivity must be 6, 18 or 26, got {params['connectivity']}")
     if params["polarity"] not in ("absolute", "relative"):
         raise ValueError(f"synapses.polarity must be 'absolute' or 'relative', got {params['polarity']!r}")
+    if params["pairing"] not in ("interface", "candidates"):
+        raise ValueError(f"synapses.pairing must be 'interface' or 'candidates', got {params['pairing']!r}")
+    if not 0 <= params["interface_nm"] <= params["partner_radius_nm"]:
+        raise ValueError(f"synapses.interface_nm = {params['interface_nm']}: must lie in 0..partner_radius_nm "
+                         f"({params['partner_radius_nm']})")
     return params
 
 
@@ -378,10 +392,11 @@ def partner_stats_block(clefts_read, seg_read, pre_read, post_read, write_in_rea
     """Per (cleft, segment) sums over one block's write ROI; arrays hold the read ROI (halo >= partner radius).
 
     Every voxel of a segment within ``partner_radius_nm`` of a cleft (Euclidean, nm) counts for its nearest cleft.
-    Returns ``(pairs, area)``: pairs with :data:`PAIR_COLUMNS` (``contact`` = voxels within ``contact_nm``;
-    ``pt_*`` = the candidate point, global voxels, of the contact voxel nearest to the cleft centre, or of any shell
-    voxel when none is in contact; ``pt_dist`` its distance in nm, +1e9 when not in contact) and area: DataFrame
-    ``id, area_nm2_x2`` (exposed cleft surface, nm^2, summed over this block's cleft voxels).
+    Returns ``(pairs, area, interfaces)``: pairs with :data:`PAIR_COLUMNS` (``contact`` = voxels within
+    ``contact_nm``; ``pt_*`` = the candidate point, global voxels, of the contact voxel nearest to the cleft centre,
+    or of any shell voxel when none is in contact; ``pt_dist`` its distance in nm, +1e9 when not in contact); area:
+    DataFrame ``id, area_nm2_x2`` (exposed cleft surface, nm^2, summed over this block's cleft voxels); interfaces:
+    :func:`interface_faces` of the block.
     """
     import pandas as pd
     from scipy import ndimage
@@ -390,10 +405,12 @@ def partner_stats_block(clefts_read, seg_read, pre_read, post_read, write_in_rea
     empty = pd.DataFrame({c: np.zeros(0, np.uint64 if c in ("id", "segment") else np.float64) for c in PAIR_COLUMNS})
     mask = clefts_read > 0
     if not mask.any():
-        return empty, pd.DataFrame({"id": np.zeros(0, np.uint64), "area_nm2_x2": np.zeros(0)})
-    dist, idx = ndimage.distance_transform_edt(~mask, sampling=voxel_size, return_indices=True)
-    nearest = clefts_read[tuple(i[write_in_read] for i in idx)]
-    dist = dist[write_in_read]
+        return empty, pd.DataFrame({"id": np.zeros(0, np.uint64), "area_nm2_x2": np.zeros(0)}), _no_interfaces()
+    dist_read, idx = ndimage.distance_transform_edt(~mask, sampling=voxel_size, return_indices=True)
+    nearest_read = clefts_read[tuple(idx)]
+    interfaces = interface_faces(seg_read, nearest_read, dist_read <= params["interface_nm"], write_in_read)
+    nearest = nearest_read[write_in_read]
+    dist = dist_read[write_in_read]
     seg = seg_read[write_in_read]
     sel = (dist <= params["partner_radius_nm"]) & (seg > 0) & (nearest > 0)
     pairs = empty
@@ -435,7 +452,54 @@ def partner_stats_block(clefts_read, seg_read, pre_read, post_read, write_in_rea
     lab = np.concatenate(lab)
     area = (pd.DataFrame({"id": lab.astype(np.uint64), "area_nm2_x2": np.concatenate(wts)})
             .groupby("id", sort=True)["area_nm2_x2"].sum().reset_index())
-    return pairs, area
+    return pairs, area, interfaces
+
+
+INTERFACE_COLUMNS = ["id", "segment_a", "segment_b", "faces"]
+
+
+def interface_faces(seg_read, nearest_read, near_read, write_in_read):
+    """Contacts between segments on each cleft: per (cleft, segment a < segment b), the voxel faces between a voxel
+    of a and a voxel of b (6-neighbours) that are both ``near`` (within ``interface_nm``) the same cleft.
+
+    ``nearest_read`` holds each read-ROI voxel's nearest cleft id (0: none). A face belongs to the block that owns
+    its lower voxel (write ROI); its upper voxel may lie in the halo, so sums over blocks equal the whole volume's.
+    """
+    import pandas as pd
+
+    parts = []
+    for axis in range(3):
+        w = write_in_read[axis]
+        stop = min(w.stop + 1, seg_read.shape[axis])  # one plane into the halo, where there is one
+        lower, upper = list(write_in_read), list(write_in_read)
+        lower[axis], upper[axis] = slice(w.start, stop - 1), slice(w.start + 1, stop)
+        lower, upper = tuple(lower), tuple(upper)
+        a, b = seg_read[lower], seg_read[upper]
+        cleft = nearest_read[lower]
+        ok = (a > 0) & (b > 0) & (a != b) & (cleft > 0) & (cleft == nearest_read[upper]) & near_read[lower] & \
+            near_read[upper]
+        a, b = a[ok].astype(np.uint64), b[ok].astype(np.uint64)
+        parts.append(pd.DataFrame({"id": cleft[ok].astype(np.uint64), "segment_a": np.minimum(a, b),
+                                   "segment_b": np.maximum(a, b)}))
+    df = pd.concat(parts, ignore_index=True)
+    if df.empty:
+        return _no_interfaces()
+    return df.groupby(["id", "segment_a", "segment_b"], sort=True).size().rename("faces").reset_index()[
+        INTERFACE_COLUMNS]
+
+
+def _no_interfaces():
+    import pandas as pd
+
+    return pd.DataFrame({c: np.zeros(0, np.int64 if c == "faces" else np.uint64) for c in INTERFACE_COLUMNS})
+
+
+def combine_interfaces(parts):
+    """Sum per-block :func:`interface_faces` tables."""
+    import pandas as pd
+
+    df = pd.concat(parts, ignore_index=True)
+    return df.groupby(["id", "segment_a", "segment_b"], sort=True)["faces"].sum().reset_index()
 
 
 def combine_pairs(parts):
@@ -454,13 +518,15 @@ def combine_pairs(parts):
 # --- 4. partner assignment ---------------------------------------------------------------------------------------
 
 
-def assign_partners(clefts, pairs, params: dict):
+def assign_partners(clefts, pairs, params: dict, interfaces=None):
     """Pick one pre and one post segment per cleft, or a rejection reason (see the module docstring).
 
-    ``clefts``: one row per cleft (``id``, ``cleft_prob``, ...); ``pairs``: combined pair statistics. Returns
-    ``clefts`` with ``status``, ``pre``, ``post`` (0 when rejected), ``pre_prob``, ``post_prob`` (means over the
-    partner's shell voxels), ``polarity`` (the smaller partner margin), ``score``, ``pre_contact``,
-    ``post_contact`` and the partner points ``pre_pt_z..``, ``post_pt_z..`` (voxels).
+    ``clefts``: one row per cleft (``id``, ``cleft_prob``, ...); ``pairs``: combined pair statistics;
+    ``interfaces``: combined :func:`interface_faces` (used with ``pairing: interface``). Returns ``clefts`` with
+    ``status``, ``pre``, ``post`` (0 when rejected), ``pre_prob``, ``post_prob`` (means over the partner's shell
+    voxels), ``polarity`` (the smaller partner margin), ``score``, ``pre_contact``, ``post_contact``,
+    ``interface`` (faces shared by the chosen pair on the cleft; 0 when the pair did not come from an interface)
+    and the partner points ``pre_pt_z..``, ``post_pt_z..`` (voxels).
     """
     out = clefts.copy().reset_index(drop=True)
     n = len(out)
@@ -470,12 +536,16 @@ def assign_partners(clefts, pairs, params: dict):
                 "pre_pt_x", "post_pt_z", "post_pt_y", "post_pt_x"):
         out[col] = np.nan
     out["n_candidates"] = 0
+    out["interface"] = 0
     out["status"] = "no_segment"
     if n == 0 or pairs is None or len(pairs) == 0:
         return out
     cand = pairs[pairs["contact"] >= params["min_contact_voxels"]].copy()
     cand["pre_mean"] = cand["sum_pre"] / cand["voxels"]
     cand["post_mean"] = cand["sum_post"] / cand["voxels"]
+    contact_pair = {}
+    if params["pairing"] == "interface" and interfaces is not None and len(interfaces):
+        contact_pair = _largest_interfaces(interfaces, cand)
     row = {cid: i for i, cid in enumerate(out["id"].to_numpy(np.uint64).tolist())}
     cols = {c: out[c].to_numpy(copy=True) for c in out.columns if c not in ("id", "cleft_prob")}
     cols["status"] = cols["status"].astype(object)
@@ -483,6 +553,11 @@ def assign_partners(clefts, pairs, params: dict):
         i = row.get(int(cid))
         if i is None:
             continue
+        cols["n_candidates"][i] = len(group)
+        if int(cid) in contact_pair:  # the two sides of the contact the cleft lies on; polarity only orders them
+            a, b, faces = contact_pair[int(cid)]
+            group = group[group["segment"].isin([a, b])]
+            cols["interface"][i] = faces
         if params["polarity"] == "relative" and len(group) > 1:
             # the sides compared with each other: pre = the most pre-minus-post candidate, post = the least of the rest
             side = group.assign(d=group["pre_mean"] - group["post_mean"])
@@ -506,7 +581,6 @@ def assign_partners(clefts, pairs, params: dict):
             status = "unclear_polarity"
         else:
             status = "accepted"
-        cols["n_candidates"][i] = len(group)
         cols["status"][i] = status
         for key, value in (("pre_prob", by_pre["pre_mean"]), ("post_prob", by_post["post_mean"]),
                            ("polarity", min(pol_pre, pol_post)), ("pre_contact", by_pre["contact"]),
@@ -522,6 +596,20 @@ def assign_partners(clefts, pairs, params: dict):
         out[key] = values
     out["score"] = out["cleft_prob"] * out["polarity"].clip(0, 1).fillna(0)
     return out
+
+
+def _largest_interfaces(interfaces, cand) -> dict:
+    """Per cleft, the pair of candidates sharing the most interface faces on it: {cleft: (a, b, faces)}; ties go
+    to the lower segment ids."""
+    keys = set(zip(cand["id"].astype(np.uint64).tolist(), cand["segment"].astype(np.uint64).tolist()))
+    ids = interfaces["id"].astype(np.uint64).tolist()
+    ok = [(c, a) in keys and (c, b) in keys for c, a, b in zip(ids, interfaces["segment_a"].astype(np.uint64).tolist(),
+                                                                   interfaces["segment_b"].astype(np.uint64).tolist())]
+    best = (interfaces[np.asarray(ok, bool)]
+            .sort_values(["id", "faces", "segment_a", "segment_b"], ascending=[True, False, True, True])
+            .drop_duplicates("id"))
+    return {int(c): (np.uint64(a), np.uint64(b), int(f))
+            for c, a, b, f in zip(best["id"], best["segment_a"], best["segment_b"], best["faces"])}
 
 
 def synapse_table(assigned, voxel_size, offset_nm):
@@ -589,23 +677,25 @@ def stitch(work_dir, out_synapses, out_clefts=None, summary_out=None) -> dict:
                           attrs={"provenance": prov})
     pgrid = _grid(s, partner_halo(params, vs))
     centres = {int(r.id): (r.ctr_z, r.ctr_y, r.ctr_x) for r in clefts.itertuples()}
-    parts, areas, digests = [], [], {}
+    parts, areas, faces, digests = [], [], [], {}
     for block in pgrid:
         lab = _remap(np.asarray(frag[block.read.slices]), mapping)
         out[block.write.slices] = lab[block.write_in_read]
         digests[block.id] = provenance.data_digest(lab[block.write_in_read])
         if not lab.any():
             continue
-        p, a = partner_stats_block(lab, np.asarray(seg[block.read.slices]), np.asarray(maps[(ci_pre, *block.read.slices)]),
-                                   np.asarray(maps[(ci_post, *block.read.slices)]), block.write_in_read,
-                                   block.read.offset, vs, centres, params)
+        p, a, f = partner_stats_block(lab, np.asarray(seg[block.read.slices]),
+                                      np.asarray(maps[(ci_pre, *block.read.slices)]),
+                                      np.asarray(maps[(ci_post, *block.read.slices)]), block.write_in_read,
+                                      block.read.offset, vs, centres, params)
         parts.append(p)
         areas.append(a)
+        faces.append(f)
     provenance.set_array_digest(s["volume"], CLEFTS, provenance.merkle_digest(out.shape, out.dtype, digests))
     pair_stats = combine_pairs(parts) if parts else None
     area = (pd.concat(areas).groupby("id")["area_nm2_x2"].sum() / 2) if areas else pd.Series(dtype=float)
     clefts["size_nm2"] = clefts["id"].map(area).fillna(0.0).to_numpy(float)
-    assigned = assign_partners(clefts, pair_stats, params)
+    assigned = assign_partners(clefts, pair_stats, params, combine_interfaces(faces) if faces else None)
     table = synapse_table(assigned, vs, off)
     _write_parquet(table, Path(out_synapses))
     if out_clefts:
