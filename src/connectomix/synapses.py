@@ -24,15 +24,14 @@ The flow (Snakemake runs each step as a job; :func:`detect_synapses` runs them a
 4. Partner assignment (:func:`assign_partners`): candidates are segments with ``>= min_contact_voxels`` contact
    voxels. With ``pairing: interface`` (default) a cleft that lies on a contact of two candidates is judged between
    that pair alone (the pair sharing the most faces on it): a synapse joins the two cells whose contact it is, and
-   the pre/post channels only decide which side is which. (On the phantom's predicted maps, against its ground truth
-   segmentation, this raised the share of synapses with both partners right from 0.09 to 0.47, seed 7, and 0.07
-   to 0.57, seed 9: the mean channel values of small bystanders near a cleft are noisy.) A cleft on no contact
-   (inside one segment, or ``pairing: candidates``) is judged among all its candidates: pre = the candidate with
-   the highest mean ``pre`` probability, post = the one with the highest mean ``post``. Rejected: ``no_segment`` (no candidate), ``autapse`` (the same segment wins both, with both
-   probabilities high, and no other candidate has a signal: one object on both sides), ``unclear_polarity``
-   (a partner's own pre-minus-post margin below ``min_polarity``, a partner's probability below
-   ``min_partner_prob``, or one segment winning both channels while another also has a signal). ``score`` = mean cleft probability x
-   the smaller of the two polarity margins (0..1). With ``polarity: relative`` the sides are compared with each
+   the pre/post channels only decide which side is which (the channel means of small bystanders near a cleft are
+   noisy: benchmarks/results/synapse_partners.md). A cleft on no contact (inside one segment, or
+   ``pairing: candidates``) is judged among all its candidates: pre = the candidate with the highest mean ``pre``
+   probability, post = the one with the highest mean ``post``. Rejected: ``no_segment`` (no candidate),
+   ``autapse`` (the same segment wins both, with both probabilities high, and no other candidate has a signal: one
+   object on both sides), ``unclear_polarity`` (a partner's own pre-minus-post margin below ``min_polarity``, a
+   partner's probability below ``min_partner_prob``, or one segment winning both channels while another also has a
+   signal). ``score`` = mean cleft probability x the smaller of the two polarity margins (0..1). With ``polarity: relative`` the sides are compared with each
    other instead (for maps whose pre/post levels are not calibrated but ordered): among two or more candidates,
    pre = the highest mean pre minus mean post, post = the lowest; the margin is half the difference of the two.
 
@@ -601,12 +600,11 @@ def assign_partners(clefts, pairs, params: dict, interfaces=None):
 def _largest_interfaces(interfaces, cand) -> dict:
     """Per cleft, the pair of candidates sharing the most interface faces on it: {cleft: (a, b, faces)}; ties go
     to the lower segment ids."""
-    keys = set(zip(cand["id"].astype(np.uint64).tolist(), cand["segment"].astype(np.uint64).tolist()))
-    ids = interfaces["id"].astype(np.uint64).tolist()
-    ok = [(c, a) in keys and (c, b) in keys for c, a, b in zip(ids, interfaces["segment_a"].astype(np.uint64).tolist(),
-                                                                   interfaces["segment_b"].astype(np.uint64).tolist())]
-    best = (interfaces[np.asarray(ok, bool)]
-            .sort_values(["id", "faces", "segment_a", "segment_b"], ascending=[True, False, True, True])
+    keys = cand[["id", "segment"]].astype(np.uint64)
+    both = (interfaces.astype({"id": np.uint64, "segment_a": np.uint64, "segment_b": np.uint64})
+            .merge(keys.rename(columns={"segment": "segment_a"}), on=["id", "segment_a"])
+            .merge(keys.rename(columns={"segment": "segment_b"}), on=["id", "segment_b"]))
+    best = (both.sort_values(["id", "faces", "segment_a", "segment_b"], ascending=[True, False, True, True])
             .drop_duplicates("id"))
     return {int(c): (np.uint64(a), np.uint64(b), int(f))
             for c, a, b, f in zip(best["id"], best["segment_a"], best["segment_b"], best["faces"])}
