@@ -2,10 +2,16 @@
 # stitched clefts, partners -> synapses.parquet (CAVE-style). Block ids are those of block_grid(); block markers
 # under blocks/synapses/, batch markers under blocks/synapses/batches/.
 
+from connectomix.synapses import workflow_cleft_ground_truth_args
+
 SYNAPSES = CFG["synapses"]
+# real datasets with cleft masks: their detected clefts are scored against them (eval/clefts.json)
+CLEFT_GT = {name: gt for name, gt in SYNAPSES["evaluation"]["ground_truth"].items()
+            if name in DATASETS and not is_phantom(name)}
 
 FINAL_TARGETS["synapses"] = lambda name: [f"{RESULTS}/{name}/synapses.parquet"]
 EVAL_TARGETS["synapses"] = lambda name: [f"{RESULTS}/{name}/eval/synapses.json"] if is_phantom(name) else []
+EVAL_TARGETS["clefts"] = lambda name: [f"{RESULTS}/{name}/eval/clefts.json"] if name in CLEFT_GT else []
 
 
 # A checkpoint: see "Extending a dataset" in rules/common.smk. It needs the synapse_maps array, not the predictions.
@@ -108,3 +114,28 @@ rule evaluate_synapses:
     shell:
         "python -m connectomix evaluate synapses --synapses {input.synapses} --gt-synapses {params.gt_synapses} "
         "--volume {params.volume} --tolerance-nm {params.tolerance} --out {output.metrics} > {log} 2>&1"
+
+
+rule evaluate_clefts:
+    wildcard_constraints:
+        dataset="|".join(CLEFT_GT or ["__none__"]),
+    input:
+        synapses=f"{RESULTS}/{{dataset}}/synapses.parquet",
+        gt=lambda wc: CLEFT_GT[wc.dataset]["path"],
+    output:
+        metrics=f"{RESULTS}/{{dataset}}/eval/clefts.json",
+    params:
+        volume=volume_of,
+        gt=lambda wc: workflow_cleft_ground_truth_args(CLEFT_GT[wc.dataset], dataset_cfg(wc.dataset).get("roi")),
+        tolerance=SYNAPSES["evaluation"]["tolerance_nm"],
+    log:
+        f"{RESULTS}/{{dataset}}/logs/evaluate/clefts.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=lambda wc: cmx_config.job_resources(4 * voxels(wc.dataset), CFG)["mem_mb"],
+        runtime=lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"],
+    shell:
+        "python -m connectomix evaluate clefts --volume {params.volume} {params.gt} "
+        "--tolerance-nm {params.tolerance} --out {output.metrics} > {log} 2>&1"

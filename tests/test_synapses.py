@@ -1,5 +1,7 @@
 """Synapse stage: cleft stitching across blocks, partner assignment, the one-to-one matching metric."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -373,7 +375,7 @@ def test_schema_defaults_match_module_defaults(repo):
     assert section["additionalProperties"] is False
 
     def defaults(node):
-        return {k: defaults(v) if v.get("type") == "object" else v["default"] for k, v in node["properties"].items()}
+        return {k: defaults(v) if "properties" in v else v["default"] for k, v in node["properties"].items()}
 
     assert defaults(section) == syn.DEFAULTS
 
@@ -421,3 +423,35 @@ def test_cli_steps_match_in_process_run(toy, tmp_path, per_call):
     b = toy["table"].sort_values("id").reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
     assert json.loads((tmp_path / "summary.json").read_text())["synapses"] == 2
+
+
+def test_evaluate_clefts_against_a_mask_folder(tmp_path):
+    """Real data's cleft masks (section PNGs, nonzero = cleft), cropped to the dataset's ROI: objects are 3D
+    components matched one-to-one by centre within the tolerance."""
+    from skimage.io import imsave
+
+    from connectomix.cli import main
+
+    truth = np.zeros((6, 40, 40), np.uint8)
+    truth[2:4, 5:9, 5:9] = 1  # found
+    truth[3, 30:33, 30:33] = 1  # missed
+    detected = np.zeros((4, 40, 40), np.uint64)  # the dataset's ROI starts at section 2
+    detected[0:2, 6:9, 5:9] = syn.cleft_id((2, 6, 5))
+    detected[3, 20:23, 5:8] = syn.cleft_id((5, 20, 5))  # a false positive, 15 px (120 nm) in y and 2 sections off
+    root = tmp_path / "v.zarr"
+    io.write_full(root, "clefts", detected, (4, 16, 16), VS, is_label=True)
+    (tmp_path / "masks").mkdir()
+    for z, section in enumerate(truth):
+        imsave(tmp_path / "masks" / f"{z:02d}.png", section * 255, check_contrast=False)
+    out = tmp_path / "clefts.json"
+    assert main(["evaluate", "clefts", "--volume", str(root), "--gt-file", str(tmp_path / "masks"),
+                 "--gt-roi-offset", "2", "0", "0", "--tolerance-nm", "100", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert (m["n_pred"], m["n_gt"]) == (2, 2)
+    assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(0.5)
+    # with a tolerance reaching the false positive's nearest truth, it still matches only one-to-one
+    assert main(["evaluate", "clefts", "--volume", str(root), "--gt-file", str(tmp_path / "masks"),
+                 "--gt-roi-offset", "2", "0", "0", "--tolerance-nm", "1000", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"]["f1"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differs"):
+        ev.evaluate_clefts(root, truth)  # not cropped to the ROI

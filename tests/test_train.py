@@ -328,7 +328,59 @@ def test_workflow_trains_a_real_dataset_on_its_evaluation_ground_truth():
     files, args = workflow_train_ground_truth(cfg, "gala-train", False)
     assert files == ["gt dir/train.h5"]
     assert args == "--gt-file 'gt dir/train.h5' --gt-format hdf5 --gt-key stack --gt-roi-offset 0 2 3"
-    with pytest.raises(ValueError, match="per-section 2D ground truth"):
-        workflow_train_ground_truth(cfg, "isbi", False)
+    # per-section (2D) labels train the in-plane affinities only; cleft masks come from synapses.evaluation
+    assert workflow_train_ground_truth(cfg, "isbi", False) == (
+        ["labels"], "--gt-file labels --gt-format png-membrane --gt-per-section")
+    cfg["datasets"]["vnc"] = {"roi": {"offset": [8, 0, 0], "shape": [4, 64, 64]}}
+    cfg["segment"]["evaluation"]["ground_truth"]["vnc"] = {"path": "vnc/membranes", "format": "png-boundary",
+                                                           "per_section": True}
+    cfg["synapses"] = {"evaluation": {"ground_truth": {"vnc": {"path": "vnc/synapses", "format": "png-mask"}}}}
+    assert workflow_train_ground_truth(cfg, "vnc", False) == (
+        ["vnc/membranes", "vnc/synapses"], "--gt-file vnc/membranes --gt-format png-boundary --gt-per-section "
+        "--clefts-file vnc/synapses --clefts-format png-mask --gt-roi-offset 8 0 0")
     with pytest.raises(ValueError, match="segment.evaluation.ground_truth.other"):
         workflow_train_ground_truth({**cfg, "datasets": {"other": {}}}, "other", False)
+
+
+def test_cli_trains_on_2d_section_labels_and_cleft_masks(tmp_path):
+    """Real-data ground truth as section images (vnc-sstem style): membranes (nonzero = membrane) give 2D
+    instances, so the z affinities get no target; cleft masks train the cleft channel alone; the ROI offset crops
+    both, and validation reports cleft objects but no partner metrics."""
+    from skimage.io import imsave
+
+    data, gt = synthetic_data((10, 40, 40), seed=3, cells=8)
+    root = tmp_path / "volume.zarr"
+    io.write_full(root, "raw", data.raw[2:], (8, 40, 40), (40, 8, 8))
+    for name, stack in (("membranes", gt["labels"] == 0), ("synapses", data.synapse[0])):
+        (tmp_path / name).mkdir()
+        for z, section in enumerate(stack):
+            imsave(tmp_path / name / f"{z:02d}.png", section.astype(np.uint8) * 255, check_contrast=False)
+    params = json.dumps({**TINY, "iterations": 2, "validation_fraction": 0.25,
+                         "model": {**TINY_MODEL, "synapses": True}})
+    assert main(["train", "--volume", str(root), "--gt-file", str(tmp_path / "membranes"), "--gt-format",
+                 "png-boundary", "--gt-per-section", "--clefts-file", str(tmp_path / "synapses"),
+                 "--gt-roi-offset", "2", "0", "0", "--out", str(tmp_path / "ck"), "--params", params,
+                 "--device", "cpu", "--threads", "1", "--no-progress"]) == 0
+    _, meta = load_checkpoint(tmp_path / "ck")
+    described = meta["training"]["data"]
+    assert described["per_section"] and described["clefts"] == str(tmp_path / "synapses")
+    assert "--gt-per-section" in meta["training"]["command"] and "--clefts-file" in meta["training"]["command"]
+    validation = meta["validation"]
+    assert "cleft_objects_f1" in validation and "pre_f1" not in validation and "edge_f1" in validation
+    # the loaded data: 2D instances (no id runs across sections), z affinities masked, clefts as cropped
+    from connectomix.evaluate.segmentation import load_ground_truth
+
+    labels = load_ground_truth(gt_file=tmp_path / "membranes", gt_format="png-boundary")
+    clefts = load_ground_truth(gt_file=tmp_path / "synapses", gt_format="png-mask")
+    loaded = load_volume_data(root, labels=labels, labels_source="m", labels_offset=(2, 0, 0), per_section=True,
+                              clefts=clefts, clefts_source="s")
+    assert np.array_equal(loaded.synapse[0], data.synapse[0][2:]) and loaded.synapse_valid == (True, False, False)
+    assert np.array_equal(loaded.labels > 0, gt["labels"][2:] > 0)
+    arch = architecture_from_params(merge_params(json.loads(params))["model"])
+    _, mask = loaded.affinity_targets(loaded.labels, arch.offsets)
+    z = [c for c, o in enumerate(arch.offsets) if o[0] != 0]
+    assert z and not mask[z].any() and mask[[c for c in range(len(arch.offsets)) if c not in z]].any()
+    _, _, batch_mask = sample_batch(loaded, arch, (2, 12, 12), 2, np.random.default_rng(0), merge_params({}))
+    assert not batch_mask[:, z].any() and batch_mask[:, [1, 2]].any()
+    with pytest.raises(ValueError, match="no .png"):
+        load_ground_truth(gt_file=tmp_path / "ck", gt_format="png-mask")

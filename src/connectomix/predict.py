@@ -348,23 +348,31 @@ def workflow_train_dataset(cfg: dict, phantom_datasets: Sequence[str]) -> str:
 
 def workflow_train_ground_truth(cfg: dict, dataset: str, is_phantom: bool) -> tuple[list[str], str]:
     """(input files, CLI arguments) locating the training labels: a phantom's own ``gt/labels`` (none), else the
-    dataset's entry in ``segment.evaluation.ground_truth`` (the same labels its segmentation is evaluated against)."""
+    dataset's entry in ``segment.evaluation.ground_truth`` (the same labels its segmentation is evaluated against),
+    and its cleft masks in ``synapses.evaluation.ground_truth`` when it has them. Per-section (2D) labels train the
+    in-plane affinities only (``--gt-per-section``: the z affinities get no target)."""
     if is_phantom:
         return [], ""
     gt = cfg["segment"]["evaluation"]["ground_truth"].get(dataset)
     if gt is None:
         raise ValueError(f"train.dataset {dataset!r} is not a phantom: give its ground-truth labels in "
                          f"segment.evaluation.ground_truth.{dataset} (path, key, format)")
-    if gt.get("per_section") or gt.get("format") == "png-membrane":
-        raise ValueError(f"segment.evaluation.ground_truth.{dataset}: per-section 2D ground truth cannot train "
-                         "the 3D affinities (z links are unknown); train on a dataset with 3D labels")
+    files = [gt["path"]]
     args = f"--gt-file {shlex.quote(gt['path'])} --gt-format {gt.get('format', 'auto')}"
     if "key" in gt:
         args += f" --gt-key {shlex.quote(gt['key'])}"
+    if gt.get("per_section") or gt.get("format") in ("png-membrane", "png-boundary"):
+        args += " --gt-per-section"
+    clefts = cfg.get("synapses", {}).get("evaluation", {}).get("ground_truth", {}).get(dataset)
+    if clefts:
+        files.append(clefts["path"])
+        args += f" --clefts-file {shlex.quote(clefts['path'])} --clefts-format {clefts.get('format', 'auto')}"
+        if "key" in clefts:
+            args += f" --clefts-key {shlex.quote(clefts['key'])}"
     roi = cfg["datasets"][dataset].get("roi")
     if roi:
         args += f" --gt-roi-offset {' '.join(map(str, roi['offset']))}"
-    return [gt["path"]], args
+    return files, args
 
 
 def workflow_context(cfg: dict, phantom_datasets: Sequence[str]) -> list[int]:

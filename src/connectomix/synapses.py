@@ -78,7 +78,7 @@ DEFAULTS: dict = {
     "polarity": "absolute",
     "pairing": "interface",
     "interface_nm": 0.0,
-    "evaluation": {"tolerance_nm": 200.0},
+    "evaluation": {"tolerance_nm": 200.0, "ground_truth": {}},
 }
 
 STATS_COLUMNS = ["prov_id", "voxels", "sum_z", "sum_y", "sum_x", "sum_prob"]
@@ -86,7 +86,7 @@ STATS_COLUMNS = ["prov_id", "voxels", "sum_z", "sum_y", "sum_x", "sum_prob"]
 
 def resolve(params: dict | None = None) -> dict:
     """The full parameter set: ``params`` (possibly partial, as in the config) over :data:`DEFAULTS`."""
-    params = merge_params(DEFAULTS, params, "synapses")
+    params = merge_params(DEFAULTS, params, "synapses", open_keys=("ground_truth",))
     if params["connectivity"] not in (6, 18, 26):
         raise ValueError(f"synapses.connectivity must be 6, 18 or 26, got {params['connectivity']}")
     if params["polarity"] not in ("absolute", "relative"):
@@ -775,6 +775,18 @@ def write_ground_truth_maps(volume, name: str = "synapse_maps_gt", radius_nm: fl
 
 
 # --- CLI -----------------------------------------------------------------------------------------------------------
+
+
+def workflow_cleft_ground_truth_args(gt: dict, roi: dict | None) -> str:
+    """CLI arguments of `evaluate clefts` locating a dataset's cleft masks (``synapses.evaluation.ground_truth``)."""
+    import shlex
+
+    args = f"--gt-file {shlex.quote(gt['path'])} --gt-format {gt.get('format', 'auto')}"
+    if "key" in gt:
+        args += f" --gt-key {shlex.quote(gt['key'])}"
+    if roi:
+        args += f" --gt-roi-offset {' '.join(map(str, roi['offset']))}"
+    return args
 
 
 def add_arguments(parser) -> None:

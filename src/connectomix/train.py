@@ -31,6 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
+from connectomix.evaluate.synapses import cleft_object_prf  # noqa: F401 (also for benchmarks)
+
 from connectomix.predict import read_padded
 
 # Defaults of the `train` config section (the schema documents each; a test keeps them in sync).
@@ -234,7 +236,8 @@ class TrainData:
     """In-memory training volume: raw uint8 (z, y, x), labels (0 = background / boundary), optional synapse masks.
 
     ``synapse`` is bool (3, z, y, x) (cleft, pre, post) or None; ``synapse_valid`` says which of the three
-    channels have ground truth (e.g. clefts only for vnc-sstem).
+    channels have ground truth (e.g. clefts only for vnc-sstem). ``per_section``: the labels are 2D instances per
+    section (their ids say nothing across sections), so affinities with a z component get no target.
     """
 
     raw: np.ndarray
@@ -243,11 +246,20 @@ class TrainData:
     synapse: np.ndarray | None = None
     synapse_valid: tuple = (True, True, True)
     description: dict | None = None
+    per_section: bool = False
 
     def slab(self, z0: int, z1: int) -> "TrainData":
         syn = None if self.synapse is None else self.synapse[:, z0:z1]
         return TrainData(self.raw[z0:z1], self.labels[z0:z1], self.voxel_size, syn, self.synapse_valid,
-                         self.description)
+                         self.description, self.per_section)
+
+    def affinity_targets(self, labels: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`affinity_targets` of ``labels`` (this data's or a patch of them), z channels masked when the
+        labels are per section."""
+        aff, mask = affinity_targets(labels, offsets)
+        if self.per_section:
+            mask[[c for c, o in enumerate(offsets) if int(o[0]) != 0]] = False
+        return aff, mask
 
 
 def sample_batch(data: TrainData, arch, output_shape, batch_size: int, rng, params: dict):
@@ -308,7 +320,7 @@ def sample_batch(data: TrainData, arch, output_shape, batch_size: int, rng, para
             fields = _elastic(fields, orders, rng, aug["elastic_sigma"], aug["elastic_magnitude"])
         raw, labels, inside = fields[0], fields[1], fields[-1]
         raw = _intensity(raw, rng, aug)
-        aff, aff_mask = affinity_targets(labels, offsets)
+        aff, aff_mask = data.affinity_targets(labels, offsets)
         # Mask affinities touching a mirrored voxel at either end.
         ends = affinity_targets(inside.astype(np.uint8), offsets)[0]
         aff_mask &= ends
@@ -472,31 +484,6 @@ def gt_boundaries(labels: np.ndarray) -> np.ndarray:
     return b
 
 
-def cleft_object_prf(pred: np.ndarray, truth: np.ndarray, voxel_size, tolerance_nm: float = 200.0,
-                     min_size: int = 10) -> dict:
-    """Cleft detection P/R/F1: 26-connected components (predicted ones of at least ``min_size`` voxels), matched
-    one-to-one by centre of mass within ``tolerance_nm`` (as the synapse evaluation does)."""
-    import cc3d
-    from scipy import ndimage
-
-    from connectomix.evaluate.synapses import match_points
-
-    def centres(mask, min_voxels):
-        labels = cc3d.dust(cc3d.connected_components(mask, connectivity=26), threshold=min_voxels,
-                           connectivity=26)
-        ids = np.unique(labels)[1:]
-        if not len(ids):
-            return np.zeros((0, 3))
-        return np.array(ndimage.center_of_mass(mask, labels, ids)) * np.asarray(voxel_size, float)
-
-    p, t = centres(pred, min_size), centres(truth, 1)
-    matched = len(match_points(p, t, tolerance_nm)[0])
-    precision = matched / len(p) if len(p) else float(len(t) == 0)
-    recall = matched / len(t) if len(t) else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
-
-
 def evaluate(model, data: TrainData, params: dict, device="cpu") -> dict:
     """Validation metrics of ``model`` on ``data`` (predicted as a whole volume, like inference does)."""
     import torch
@@ -506,7 +493,7 @@ def evaluate(model, data: TrainData, params: dict, device="cpu") -> dict:
     arch = model.arch
     model.eval()
     aff, syn = predict_volume(model, data.raw, device=device, batch_size=1, tile_shape=(24, 192, 192))
-    target, mask = affinity_targets(data.labels, arch.offsets)
+    target, mask = data.affinity_targets(data.labels, arch.offsets)
     metrics: dict = {}
     # Edges: a cut (affinity < 0.5) is the positive class; nearest-neighbour channels.
     e = prf(aff[:3] < 0.5, ~target[:3], mask[:3])
@@ -719,30 +706,41 @@ def synthetic_data(shape=(16, 64, 64), seed: int = 0, cells: int = 12, voxel_siz
 
 def load_volume_data(volume, synapses=None, distance_nm: float = 80.0, cleft_radius_nm: float = 0.0,
                      labels: np.ndarray | None = None, labels_source: str | None = None,
-                     labels_offset: Sequence[int] | None = None) -> TrainData:
+                     labels_offset: Sequence[int] | None = None, per_section: bool = False,
+                     clefts: np.ndarray | None = None, clefts_source: str | None = None) -> TrainData:
     """Ground truth from a dataset's OME-Zarr (``raw``, ``gt/labels``, ``gt/clefts``) and ``gt/synapses.parquet``;
-    ``labels`` (with ``labels_source`` naming them) replaces ``gt/labels``: ground truth kept outside the volume,
-    cropped to the volume from ``labels_offset`` (voxels) when given."""
+    ``labels`` (with ``labels_source`` naming them) replaces ``gt/labels``, ``clefts`` (a cleft mask or cleft
+    labels, ``clefts_source`` naming them) ``gt/clefts``: ground truth kept outside the volume, both cropped to
+    the volume from ``labels_offset`` (voxels) when given. File clefts train the cleft channel only (no partners).
+    ``per_section``: the labels are 2D instances per section (see :class:`TrainData`)."""
     from connectomix.io import has_array, open_array, read_meta
 
     meta = read_meta(volume, "raw")
     raw = np.asarray(open_array(volume, "raw")[...])
+
+    def cropped(array, source):
+        if labels_offset is not None:
+            array = array[tuple(slice(o, o + n) for o, n in zip(labels_offset, raw.shape))]
+        if array.shape != raw.shape:
+            raise ValueError(f"ground truth {source}: shape {list(array.shape)} differs from the raw volume "
+                             f"{volume} {list(raw.shape)} (crop it, or give --gt-roi-offset for a dataset ROI)")
+        return array
+
     if labels is None:
         if not has_array(volume, "gt/labels"):
             raise ValueError(f"{volume}: no gt/labels array; give the ground truth as a file (--gt-file)")
         labels = np.asarray(open_array(volume, "gt/labels")[...])
         labels_source = "gt/labels"
     else:
-        if labels_offset is not None:
-            labels = labels[tuple(slice(o, o + n) for o, n in zip(labels_offset, raw.shape))]
-        labels = labels.astype(np.uint64, copy=False)
-    if labels.shape != raw.shape:
-        raise ValueError(f"ground truth {labels_source}: shape {list(labels.shape)} differs from the raw volume "
-                         f"{volume} {list(raw.shape)} (crop it, or give --gt-roi-offset for a dataset ROI)")
+        labels = cropped(labels, labels_source).astype(np.uint64, copy=False)
     syn = None
     valid = (False, False, False)
     table = None
-    if has_array(volume, "gt/clefts"):
+    if clefts is not None:
+        syn = synapse_targets(labels, cropped(clefts, clefts_source), None, meta.voxel_size, distance_nm,
+                              cleft_radius_nm)
+        valid = (True, False, False)
+    elif has_array(volume, "gt/clefts"):
         clefts = np.asarray(open_array(volume, "gt/clefts")[...])
         if synapses and Path(synapses).exists():
             import pandas as pd
@@ -755,10 +753,10 @@ def load_volume_data(volume, synapses=None, distance_nm: float = 80.0, cleft_rad
     if summary.exists():
         phantom_params = json.loads(summary.read_text()).get("params")
     desc = {"volume": str(volume), "raw": "raw", "labels": labels_source, "phantom_params": phantom_params,
-            "clefts": "gt/clefts" if syn is not None else None,
+            "clefts": clefts_source if clefts is not None else "gt/clefts" if syn is not None else None,
             "synapses": str(synapses) if table is not None else None,
-            "n_synapses": int(len(table)) if table is not None else 0}
-    return TrainData(raw, labels, tuple(meta.voxel_size), syn, valid, desc)
+            "n_synapses": int(len(table)) if table is not None else 0, "per_section": per_section}
+    return TrainData(raw, labels, tuple(meta.voxel_size), syn, valid, desc, per_section)
 
 
 def load_phantom_data(spec: dict, voxel_size: Sequence[float], distance_nm: float = 80.0,
@@ -784,9 +782,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt-file", help="with --volume: ground-truth labels in a file (HDF5, zarr) instead of the "
                                           "volume's gt/labels (0 = boundary / unlabelled)")
     parser.add_argument("--gt-key", help="dataset inside --gt-file (HDF5 default 'stack')")
-    parser.add_argument("--gt-format", default="auto", choices=["auto", "hdf5", "zarr"], help="--gt-file format")
+    parser.add_argument("--gt-format", default="auto",
+                        choices=["auto", "hdf5", "zarr", "png-membrane", "png-boundary"],
+                        help="--gt-file format (png-*: a folder of 2D section images: implies --gt-per-section)")
     parser.add_argument("--gt-roi-offset", type=int, nargs=3, metavar=("Z", "Y", "X"),
-                        help="crop --gt-file to the volume from this voxel (the dataset's roi.offset)")
+                        help="crop --gt-file and --clefts-file to the volume from this voxel (the dataset's roi.offset)")
+    parser.add_argument("--gt-per-section", action="store_true",
+                        help="--gt-file holds 2D instances per section: the z affinities get no target")
+    parser.add_argument("--clefts-file", help="with --volume: cleft ground truth in a file (a folder of mask PNGs, "
+                                              "HDF5, zarr; nonzero = cleft) instead of the volume's gt/clefts; "
+                                              "trains the cleft channel only")
+    parser.add_argument("--clefts-key", help="dataset inside --clefts-file (HDF5 default 'stack')")
+    parser.add_argument("--clefts-format", default="auto", choices=["auto", "hdf5", "zarr", "png-mask"],
+                        help="--clefts-file format")
     parser.add_argument("--out", required=True, help="checkpoint folder to write (weights.pt, checkpoint.json)")
     parser.add_argument("--params", default="{}", help="the `train` config section as JSON (defaults filled)")
     parser.add_argument("--device", default="auto", help="auto (GPU when present, else CPU), cpu, cuda ...")
@@ -801,24 +809,35 @@ def run(args) -> int:
     except json.JSONDecodeError as error:
         raise ValueError(f"--params is not valid JSON: {error}") from error
     merged = merge_params(params)
-    if args.phantom and args.gt_file:
-        raise ValueError("--gt-file goes with --volume (a phantom brings its own ground truth)")
+    if args.phantom and (args.gt_file or args.clefts_file):
+        raise ValueError("--gt-file and --clefts-file go with --volume (a phantom brings its own ground truth)")
+    if args.gt_per_section and not args.gt_file:
+        raise ValueError("--gt-per-section describes --gt-file: give the file")
     if args.phantom:
         data = load_phantom_data(json.loads(args.phantom), args.voxel_size, merged["pre_post_distance_nm"],
                                  merged["cleft_radius_nm"])
         source = f"--phantom '{args.phantom}' --voxel-size {' '.join(f'{v:g}' for v in args.voxel_size)} "
     else:
-        labels = None
-        source = f"--volume {args.volume} "
-        if args.gt_file:
-            from connectomix.evaluate.segmentation import load_ground_truth
+        from connectomix.evaluate.segmentation import load_ground_truth
 
-            labels = load_ground_truth(gt_file=args.gt_file, gt_key=args.gt_key, gt_format=args.gt_format)
+        labels = clefts = None
+        source = f"--volume {args.volume} "
+        per_section = args.gt_per_section
+        if args.gt_file:
+            fmt = "png-membrane" if args.gt_format == "auto" and Path(args.gt_file).is_dir() else args.gt_format
+            per_section = per_section or fmt.startswith("png-")  # section images hold 2D instances
+            labels = load_ground_truth(gt_file=args.gt_file, gt_key=args.gt_key, gt_format=fmt)
             source += (f"--gt-file {args.gt_file} " + (f"--gt-key {args.gt_key} " if args.gt_key else "")
-                       + f"--gt-format {args.gt_format} "
-                       + (f"--gt-roi-offset {' '.join(map(str, args.gt_roi_offset))} " if args.gt_roi_offset else ""))
+                       + f"--gt-format {args.gt_format} " + ("--gt-per-section " if per_section else ""))
+        if args.clefts_file:
+            fmt = "png-mask" if args.clefts_format == "auto" and Path(args.clefts_file).is_dir() else args.clefts_format
+            clefts = load_ground_truth(gt_file=args.clefts_file, gt_key=args.clefts_key, gt_format=fmt)
+            source += (f"--clefts-file {args.clefts_file} " + (f"--clefts-key {args.clefts_key} " if args.clefts_key
+                                                                else "") + f"--clefts-format {args.clefts_format} ")
+        if args.gt_roi_offset:
+            source += f"--gt-roi-offset {' '.join(map(str, args.gt_roi_offset))} "
         data = load_volume_data(args.volume, args.synapses, merged["pre_post_distance_nm"], merged["cleft_radius_nm"],
-                                labels, args.gt_file, args.gt_roi_offset)
+                                labels, args.gt_file, args.gt_roi_offset, per_section, clefts, args.clefts_file)
     command = (f"python -m connectomix train {source}"
                + (f"--synapses {args.synapses} " if args.synapses else "")
                + f"--out {args.out} --params '{json.dumps(params, sort_keys=True)}' --device {args.device} "

@@ -205,7 +205,10 @@ def plot_sweep(rows: list[dict], path, chosen: float | None = None, title: str =
 
 def load_ground_truth(volume=None, gt_array=None, gt_file=None, gt_key=None, gt_format="auto") -> np.ndarray:
     """Ground-truth labels: an array of the dataset's OME-Zarr (``gt/labels``), an HDF5 file (``key``), or a folder
-    of 2D membrane PNGs (ISBI 2012: 0 = membrane, interior connected components are the instances)."""
+    of 2D images, one per section in name order: ``png-membrane`` (ISBI 2012: 0 = membrane; the instances are the
+    4-connected components of the interior), ``png-boundary`` (nonzero = membrane, e.g. vnc-sstem's `membranes`;
+    the instances are the components of the rest) or ``png-mask`` (nonzero voxels as they are, e.g. cleft masks:
+    uint8 0/1)."""
     if gt_array:
         from connectomix import io
 
@@ -225,16 +228,25 @@ def load_ground_truth(volume=None, gt_array=None, gt_file=None, gt_key=None, gt_
         import zarr
 
         return np.asarray(zarr.open(str(path), mode="r")[gt_key][...] if gt_key else zarr.open(str(path), "r")[...])
-    if fmt == "png-membrane":
+    if fmt in ("png-membrane", "png-boundary", "png-mask"):
         import cc3d
         from skimage.io import imread
 
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
-        out = np.zeros((len(files),) + imread(files[0]).shape[:2], np.uint64)
-        for z, f in enumerate(files):
-            interior = np.asarray(imread(f))[..., 0] if np.asarray(imread(f)).ndim == 3 else np.asarray(imread(f))
-            out[z] = cc3d.connected_components(interior > 0, connectivity=4)
-        return out
+        if not files:
+            raise ValueError(f"{path}: no .png / .tif section images for ground-truth format {fmt!r}")
+        sections = []
+        for f in files:
+            image = np.asarray(imread(f))
+            image = image[..., 0] if image.ndim == 3 else image
+            if sections and image.shape != sections[0].shape:
+                raise ValueError(f"{f}: section shape {list(image.shape)} differs from {files[0].name}'s "
+                                 f"{list(sections[0].shape)}")
+            sections.append(image)
+        if fmt == "png-mask":
+            return np.stack([s > 0 for s in sections]).astype(np.uint8)
+        interior = [s > 0 if fmt == "png-membrane" else s == 0 for s in sections]
+        return np.stack([cc3d.connected_components(i, connectivity=4) for i in interior]).astype(np.uint64)
     raise ValueError(f"unknown ground-truth format {gt_format!r}")
 
 
@@ -301,7 +313,7 @@ def add_arguments(subparsers) -> None:
     p.add_argument("--gt-array", help="ground-truth array inside the volume (phantom: gt/labels)")
     p.add_argument("--gt-file", help="ground truth outside the volume: HDF5 file, zarr, or folder of membrane PNGs")
     p.add_argument("--gt-key", help="dataset inside the HDF5/zarr file (default 'stack' for HDF5)")
-    p.add_argument("--gt-format", default="auto", choices=["auto", "hdf5", "zarr", "png-membrane"])
+    p.add_argument("--gt-format", default="auto", choices=["auto", "hdf5", "zarr", "png-membrane", "png-boundary"])
     p.add_argument("--gt-roi-offset", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    help="voxel of the ground truth where the volume starts (when the dataset used a roi)")
     p.add_argument("--per-section", action="store_true", help="2D evaluation: labels made unique per section")

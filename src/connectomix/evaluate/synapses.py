@@ -139,8 +139,61 @@ def evaluate(pred, gt, tolerance_nm: float = DEFAULT_TOLERANCE_NM, seg_to_gt=Non
     return metrics
 
 
+def cleft_object_prf(pred: np.ndarray, truth: np.ndarray, voxel_size, tolerance_nm: float = 200.0,
+                     min_size: int = 10) -> dict:
+    """Cleft detection P/R/F1: 26-connected components (predicted ones of at least ``min_size`` voxels), matched
+    one-to-one by centre of mass within ``tolerance_nm`` (as the synapse evaluation does)."""
+    import cc3d
+    from scipy import ndimage
+
+    def centres(mask, min_voxels):
+        labels = cc3d.dust(cc3d.connected_components(mask, connectivity=26), threshold=min_voxels,
+                           connectivity=26)
+        ids = np.unique(labels)[1:]
+        if not len(ids):
+            return np.zeros((0, 3))
+        return np.array(ndimage.center_of_mass(mask, labels, ids)) * np.asarray(voxel_size, float)
+
+    p, t = centres(pred, min_size), centres(truth, 1)
+    matched = len(match_points(p, t, tolerance_nm)[0])
+    precision = matched / len(p) if len(p) else float(len(t) == 0)
+    recall = matched / len(t) if len(t) else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def evaluate_clefts(volume, gt_mask: np.ndarray, tolerance_nm: float = DEFAULT_TOLERANCE_NM,
+                    clefts: str = "clefts") -> dict:
+    """Detected clefts (the stitched ``clefts`` array of ``volume``) against a ground-truth cleft mask of the same
+    shape: :func:`cleft_object_prf` plus the object counts."""
+    import cc3d
+
+    from connectomix import io
+
+    detected = np.asarray(io.open_array(volume, clefts)[...]) > 0
+    truth = np.asarray(gt_mask) > 0
+    if detected.shape != truth.shape:
+        raise ValueError(f"cleft ground truth: shape {list(truth.shape)} differs from {volume}/{clefts} "
+                         f"{list(detected.shape)} (crop it, or give --gt-roi-offset for a dataset ROI)")
+    voxel_size = io.read_meta(volume, clefts).voxel_size
+    metrics = cleft_object_prf(detected, truth, voxel_size, tolerance_nm, min_size=1)
+    metrics["n_pred"] = int(cc3d.connected_components(detected, connectivity=26).max())
+    metrics["n_gt"] = int(cc3d.connected_components(truth, connectivity=26).max())
+    return metrics
+
+
 def add_arguments(subparsers) -> None:
-    """The ``connectomix evaluate synapses`` action."""
+    """The ``connectomix evaluate synapses`` and ``evaluate clefts`` actions."""
+    c = subparsers.add_parser("clefts", help="detected clefts vs a ground-truth cleft mask: object P/R/F1")
+    c.add_argument("--volume", required=True, help="OME-Zarr with the stitched `clefts`")
+    c.add_argument("--gt-file", required=True, help="cleft mask: a folder of section PNGs, HDF5 or zarr")
+    c.add_argument("--gt-key", help="dataset inside --gt-file (HDF5 default 'stack')")
+    c.add_argument("--gt-format", default="auto", choices=["auto", "hdf5", "zarr", "png-mask"])
+    c.add_argument("--gt-roi-offset", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="crop --gt-file to the volume from this voxel (the dataset's roi.offset)")
+    c.add_argument("--tolerance-nm", type=float, default=DEFAULT_TOLERANCE_NM, help="matching distance, nm")
+    c.add_argument("--out", required=True, help="eval/clefts.json to write")
+    c.set_defaults(func=run_clefts)
     p = subparsers.add_parser("synapses", help="synapse P/R/F1 (Hungarian matching) and partner accuracy")
     p.add_argument("--synapses", required=True, help="predicted synapses.parquet")
     p.add_argument("--gt-synapses", required=True, help="gt/synapses.parquet")
@@ -172,4 +225,25 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["match_points", "prf", "segment_to_gt", "evaluate", "positions_zyx"]
+def run_clefts(args) -> int:
+    """Evaluate the detected clefts against a mask and write ``eval/clefts.json``."""
+    from pathlib import Path
+
+    from connectomix import io
+    from connectomix.evaluate import write_stage_metrics
+    from connectomix.evaluate.segmentation import load_ground_truth
+
+    fmt = "png-mask" if args.gt_format == "auto" and Path(args.gt_file).is_dir() else args.gt_format
+    mask = load_ground_truth(gt_file=args.gt_file, gt_key=args.gt_key, gt_format=fmt)
+    if args.gt_roi_offset:
+        shape = io.open_array(args.volume, "clefts").shape
+        mask = mask[tuple(slice(o, o + n) for o, n in zip(args.gt_roi_offset, shape))]
+    metrics = evaluate_clefts(args.volume, mask, args.tolerance_nm)
+    write_stage_metrics(args.out, "clefts", metrics, tolerance_nm=args.tolerance_nm,
+                        inputs={"clefts": f"{args.volume}/clefts", "gt": str(args.gt_file)})
+    print(json.dumps(metrics, indent=1, sort_keys=True))
+    return 0
+
+
+__all__ = ["match_points", "prf", "segment_to_gt", "evaluate", "positions_zyx", "cleft_object_prf",
+           "evaluate_clefts"]
