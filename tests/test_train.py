@@ -384,3 +384,9 @@ def test_cli_trains_on_2d_section_labels_and_cleft_masks(tmp_path):
     assert not batch_mask[:, z].any() and batch_mask[:, [1, 2]].any()
     with pytest.raises(ValueError, match="no .png"):
         load_ground_truth(gt_file=tmp_path / "ck", gt_format="png-mask")
+    # a volume's own gt/clefts (a phantom's) still trains the cleft channel and is named as the source
+    io.write_full(root, "gt/labels", gt["labels"][2:], (8, 40, 40), (40, 8, 8), is_label=True)
+    io.write_full(root, "gt/clefts", data.synapse[0][2:].astype(np.uint64), (8, 40, 40), (40, 8, 8), is_label=True)
+    own = load_volume_data(root)
+    assert own.description["clefts"] == "gt/clefts" and own.synapse_valid == (True, False, False)
+    assert not own.per_section and np.array_equal(own.synapse[0], data.synapse[0][2:])

@@ -32,7 +32,6 @@ from typing import Sequence
 import numpy as np
 
 from connectomix.evaluate.synapses import cleft_object_prf  # noqa: F401 (also for benchmarks)
-
 from connectomix.predict import read_padded
 
 # Defaults of the `train` config section (the schema documents each; a test keeps them in sync).
@@ -741,12 +740,12 @@ def load_volume_data(volume, synapses=None, distance_nm: float = 80.0, cleft_rad
                               cleft_radius_nm)
         valid = (True, False, False)
     elif has_array(volume, "gt/clefts"):
-        clefts = np.asarray(open_array(volume, "gt/clefts")[...])
+        cleft_labels = np.asarray(open_array(volume, "gt/clefts")[...])
         if synapses and Path(synapses).exists():
             import pandas as pd
 
             table = pd.read_parquet(synapses)
-        syn = synapse_targets(labels, clefts, table, meta.voxel_size, distance_nm, cleft_radius_nm)
+        syn = synapse_targets(labels, cleft_labels, table, meta.voxel_size, distance_nm, cleft_radius_nm)
         valid = (True, table is not None, table is not None)
     summary = Path(volume).parent / "gt" / "phantom.json"
     phantom_params = None
