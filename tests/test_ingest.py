@@ -570,8 +570,30 @@ def test_example_configs_validate(name, monkeypatch):
             monkeypatch.chdir(REPO)
             info = probe(dataset["source"])
             assert info.n_sections >= 12
+    cleft_truth = config["synapses"]["evaluation"]["ground_truth"]
+    assert set(cleft_truth) <= set(config["datasets"])
     if SHARED.is_dir():
         assert all((REPO / gt["path"]).exists() for gt in ground_truth.values()), ground_truth
+        assert all((REPO / gt["path"]).exists() for gt in cleft_truth.values()), cleft_truth
+
+
+def test_vnc_example_ground_truth_loads_as_declared(shared_data):
+    """The vnc-sstem example's masks, read with the formats its config declares: 2D instances between membranes
+    and sparse cleft masks, one per raw section, of the raw sections' shape."""
+    import yaml
+
+    from connectomix.config import validate
+    from connectomix.evaluate.segmentation import load_ground_truth
+
+    config = validate(yaml.safe_load((REPO / "config" / "examples" / "vnc-sstem.yaml").read_text()), "vnc")
+    labels_gt = config["segment"]["evaluation"]["ground_truth"]["vnc-train"]
+    cleft_gt = config["synapses"]["evaluation"]["ground_truth"]["vnc-train"]
+    labels = load_ground_truth(gt_file=REPO / labels_gt["path"], gt_format=labels_gt["format"])
+    clefts = load_ground_truth(gt_file=REPO / cleft_gt["path"], gt_format=cleft_gt["format"])
+    assert labels.shape == clefts.shape == (12, 1024, 1024)
+    assert tifffile.imread(shared_data / "vnc-sstem" / "raw" / "00.tif").shape == labels.shape[1:]
+    assert all(len(np.unique(section)) > 50 for section in labels)  # cells per section, 0 = membrane
+    assert 0.1 < (labels == 0).mean() < 0.3 and 0.001 < clefts.mean() < 0.01
 
 
 def test_growing_the_roi_extends_raw_in_place_with_the_first_normalization(tmp_path):
