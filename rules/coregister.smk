@@ -1,9 +1,11 @@
 # coregister: two-photon ROIs -> EM somata (affine fit + one-to-one ILP assignment), matches.parquet.
 
 COREG = CFG["coregister"]
-# Functional files per dataset: configured under coregister.functional, else the phantom's gt/functional/.
+# Functional files per dataset: configured under coregister.functional (three tables, or one NWB file passed as
+# all three), else the phantom's gt/functional/.
 FUNCTIONAL = {
-    name: COREG["functional"].get(name)
+    name: ({part: COREG["functional"][name]["nwb"] for part in ("rois", "responses", "stimuli")}
+           if "nwb" in COREG["functional"].get(name, {}) else COREG["functional"].get(name))
     or {
         "rois": f"{RESULTS}/{name}/gt/functional/rois.parquet",
         "responses": f"{RESULTS}/{name}/gt/functional/responses.npy",
@@ -14,7 +16,7 @@ FUNCTIONAL = {
 }
 # What a job waits for: the configured files, or the phantom's summary (written after its gt/functional/ files).
 FUNCTIONAL_INPUTS = {
-    name: list(COREG["functional"][name].values()) if name in COREG["functional"] else [raw_volume_done(name)]
+    name: sorted(set(COREG["functional"][name].values())) if name in COREG["functional"] else [raw_volume_done(name)]
     for name in FUNCTIONAL
 }
 COREG_DATASETS = list(FUNCTIONAL) or ["__none__"]

@@ -159,6 +159,77 @@ def test_bad_functional_input_names_file_and_problem(tmp_path, case, message):
         cr.load_functional(*paths)
 
 
+def _nwb_by_hand(path, masks, responses, trials, grid=(0.5, 0.5, 2.0), origin=(10.0, 20.0, 30.0)):
+    """A minimal NWB file as another tool would write it: ROIs as weighted voxel masks only (no centre columns)."""
+    from datetime import datetime, timezone
+
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ophys import DfOverF, ImageSegmentation, OpticalChannel
+
+    nwb = NWBFile(session_description="s", identifier="i", session_start_time=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    device = nwb.create_device(name="scope")
+    plane = nwb.create_imaging_plane(name="p", optical_channel=OpticalChannel(name="c", description="c",
+                                                                              emission_lambda=500.0),
+                                     description="p", device=device, excitation_lambda=900.0, indicator="g",
+                                     location="v1", grid_spacing=list(grid), origin_coords=list(origin))
+    module = nwb.create_processing_module(name="ophys", description="o")
+    segmentation = ImageSegmentation()
+    module.add(segmentation)
+    table = segmentation.create_plane_segmentation(name="ps", description="ps", imaging_plane=plane)
+    for mask in masks:
+        table.add_roi(voxel_mask=mask)
+    dff = DfOverF()
+    module.add(dff)
+    dff.create_roi_response_series(name="dff", data=responses, unit="1", rate=1.0,
+                                   rois=table.create_roi_table_region(region=list(range(len(masks))),
+                                                                      description="all"))
+    nwb.add_trial_column(name="stimulus_id", description="s")
+    nwb.add_trial_column(name="orientation_deg", description="o")
+    for k, (sid, ori) in enumerate(trials):
+        nwb.add_trial(start_time=float(k), stop_time=k + 0.5, stimulus_id=sid, orientation_deg=ori)
+    with NWBHDF5IO(str(path), "w") as f:
+        f.write(nwb)
+
+
+def test_nwb_round_trip_and_voxel_mask_centres(tmp_path):
+    """write_nwb -> load_functional gives back the three tables exactly; a file with voxel masks only gets its ROI
+    centres from the weighted masks through the imaging plane's grid, and its trials in presentation order."""
+    rois = pd.DataFrame({"roi_id": [4, 9, 2], "x_um": [1.25, -3.5, 7.0], "y_um": [0.5, 2.0, -1.0],
+                         "z_um": [10.0, 12.5, 11.0]})
+    stimuli = pd.DataFrame({"stimulus_id": [3, 1], "orientation_deg": [90.0, np.nan]})
+    responses = np.random.default_rng(0).normal(size=(3, 2, 4))
+    cr.write_nwb(tmp_path / "f.nwb", rois, responses, stimuli)
+    assert not list(tmp_path.glob("*.tmp*"))
+    r, a, st = cr.load_functional(tmp_path / "f.nwb", tmp_path / "f.nwb", None)
+    pd.testing.assert_frame_equal(r, rois)
+    pd.testing.assert_frame_equal(st, stimuli)
+    np.testing.assert_allclose(a, responses, rtol=1e-6)  # stored as float32
+    # by hand: ROI 0 two voxels (weights 1 and 3), ROI 1 one voxel; stimuli 5 and 6, presented 5 6 6 5
+    masks = [[(0, 0, 0, 1.0), (4, 0, 0, 3.0)], [(2, 2, 1, 1.0)]]
+    data = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]])
+    _nwb_by_hand(tmp_path / "h.nwb", masks, data, [(5, 0.0), (6, 45.0), (6, 45.0), (5, 0.0)])
+    r, a, st = cr.load_functional(tmp_path / "h.nwb")
+    assert r["roi_id"].tolist() == [0, 1]
+    np.testing.assert_allclose(r[["x_um", "y_um", "z_um"]].to_numpy(), [[10.0 + 3 * 0.5, 20.0, 30.0],
+                                                                        [10.0 + 1.0, 20.0 + 1.0, 30.0 + 2.0]])
+    assert st["stimulus_id"].tolist() == [5, 6] and st["orientation_deg"].tolist() == [0.0, 45.0]
+    np.testing.assert_array_equal(a[0], [[1.0, 4.0], [2.0, 3.0]])  # ROI 0: stimulus 5 (trials 1, 4), 6 (2, 3)
+    np.testing.assert_array_equal(a[1], [[10.0, 40.0], [20.0, 30.0]])
+    # bad input names the file and the problem
+    _nwb_by_hand(tmp_path / "u.nwb", masks, data[:3], [(5, 0.0), (6, 45.0), (6, 45.0)])
+    with pytest.raises(ValueError, match=r"u\.nwb: stimuli were presented unequal numbers of times"):
+        cr.load_functional(tmp_path / "u.nwb")
+    bad = data.copy()
+    bad[2, 1] = np.nan
+    _nwb_by_hand(tmp_path / "n.nwb", masks, bad, [(5, 0.0), (6, 45.0), (6, 45.0), (5, 0.0)])
+    with pytest.raises(ValueError, match=r"n\.nwb: responses contain NaN"):
+        cr.load_functional(tmp_path / "n.nwb")
+    with pytest.raises(ValueError, match="NWB file holding responses and stimuli too"):
+        cr.load_functional(tmp_path / "h.nwb", tmp_path / "responses.npy", None)
+    with pytest.raises(ValueError, match="needs its responses"):
+        cr.load_functional(tmp_path / "rois.parquet")
+
+
 def test_roi_aliases_and_ground_truth_column_ignored(tmp_path):
     table = pd.DataFrame({"roi_id": [5, 6], "x": [1.0, 2], "y": [0.0, 1], "z": [3.0, 4], "neuron_id": [9, 0]})
     table.to_csv(tmp_path / "rois.csv", index=False)

@@ -274,6 +274,13 @@ def test_write_produces_contract_files(ph, tmp_path):
     for name in ("objects", "synapses", "edges", "functional/rois", "functional/stimuli"):
         assert len(pd.read_parquet(gt / f"{name}.parquet")) == len(getattr(ph, name.split("/")[-1]))
     assert np.array_equal(np.load(gt / "functional" / "responses.npy"), ph.responses)
+    # the same functional data as NWB (the ground-truth neuron_id stays out of it)
+    from connectomix.coregister import load_functional
+
+    tables = load_functional(gt / "functional" / "rois.parquet", gt / "functional" / "responses.npy",
+                             gt / "functional" / "stimuli.parquet")
+    for a, b in zip(load_functional(gt / "functional" / "functional.nwb"), tables):
+        assert a.equals(b) if isinstance(a, pd.DataFrame) else np.array_equal(a, b)
     # the written affine maps the shifted soma centres to the same ROIs
     matrix = np.array(json.loads((gt / "functional" / "affine.json").read_text())["matrix"])
     rois = pd.read_parquet(gt / "functional" / "rois.parquet")

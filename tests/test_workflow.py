@@ -110,6 +110,24 @@ def test_a_config_file_replaces_the_default_config(tmp_path):
     assert "results/only/" in result.stdout and "results/phantom/" not in result.stdout
 
 
+def test_functional_data_as_one_nwb_file_feeds_coregister_and_analysis(tmp_path):
+    """`coregister.functional.D: {nwb: F}` hands the one file to the jobs as ROIs, responses and stimuli (the
+    loader reads all three from it) and makes the jobs wait for that file."""
+    nwb = tmp_path / "session.nwb"
+    nwb.write_bytes(b"")  # the dry run needs the input to exist, not to be readable
+    own = {"results_dir": f"{tmp_path}/results",
+           "datasets": {"only": {"voxel_size": [40, 8, 8], "phantom": {"seed": 3}}},
+           "coregister": {"functional": {"only": {"nwb": str(nwb)}}}}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(own))
+    result = _snakemake("-n", "-p", "--directory", str(REPO), "--configfile", str(tmp_path / "own.yaml"))
+    assert result.returncode == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if "connectomix coregister " in line
+                or "connectomix analysis " in line]
+    assert len(commands) >= 2, result.stdout[-3000:]
+    for line in commands:
+        assert f"--rois {nwb} --responses {nwb} --stimuli {nwb}" in line, line
+
+
 def test_env_file_pins_exactly_the_lock():
     env = yaml.safe_load((REPO / "envs" / "connectomix.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
