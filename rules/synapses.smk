@@ -2,7 +2,7 @@
 # stitched clefts, partners -> synapses.parquet (CAVE-style). Block ids are those of block_grid(); block markers
 # under blocks/synapses/, batch markers under blocks/synapses/batches/.
 
-from connectomix.synapses import workflow_cleft_ground_truth_args
+from connectomix.config import file_args
 
 SYNAPSES = CFG["synapses"]
 # real datasets with cleft masks: their detected clefts are scored against them (eval/clefts.json)
@@ -126,7 +126,7 @@ rule evaluate_clefts:
         metrics=f"{RESULTS}/{{dataset}}/eval/clefts.json",
     params:
         volume=volume_of,
-        gt=lambda wc: workflow_cleft_ground_truth_args(CLEFT_GT[wc.dataset], dataset_cfg(wc.dataset).get("roi")),
+        gt=lambda wc: file_args(CLEFT_GT[wc.dataset], roi=dataset_cfg(wc.dataset).get("roi")),
         tolerance=SYNAPSES["evaluation"]["tolerance_nm"],
     log:
         f"{RESULTS}/{{dataset}}/logs/evaluate/clefts.log",

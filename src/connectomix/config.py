@@ -121,6 +121,23 @@ def merge_params(defaults: dict, update: dict | None, path: str | None = None, o
     return out
 
 
+def file_args(entry: dict, prefix: str = "gt", roi: dict | None = None) -> str:
+    """CLI arguments for a file entry of the config (``path``, optional ``format`` and ``key``): ``--{prefix}-file``,
+    ``--{prefix}-format`` and ``--{prefix}-key``, then ``--gt-roi-offset`` when a dataset ``roi`` is given (the
+    file covers the whole source; the job crops it from the ROI's offset)."""
+    import shlex
+
+    args = f"--{prefix}-file {shlex.quote(entry['path'])} --{prefix}-format {entry.get('format', 'auto')}"
+    if "key" in entry:
+        args += f" --{prefix}-key {shlex.quote(entry['key'])}"
+    return args + roi_offset_args(roi)
+
+
+def roi_offset_args(roi: dict | None) -> str:
+    """`` --gt-roi-offset Z Y X`` for a dataset ROI (files of the whole source are cropped from its offset), or ''."""
+    return f" --gt-roi-offset {' '.join(map(str, roi['offset']))}" if roi else ""
+
+
 def job_resources(read_voxels: int, config: dict) -> dict:
     """mem_mb and runtime (minutes) for a job that reads ``read_voxels`` voxels, from the `resources` section."""
     res = config["resources"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import time
 from pathlib import Path
 from typing import Sequence
@@ -351,6 +350,8 @@ def workflow_train_ground_truth(cfg: dict, dataset: str, is_phantom: bool) -> tu
     dataset's entry in ``segment.evaluation.ground_truth`` (the same labels its segmentation is evaluated against),
     and its cleft masks in ``synapses.evaluation.ground_truth`` when it has them. Per-section (2D) labels train the
     in-plane affinities only (``--gt-per-section``: the z affinities get no target)."""
+    from connectomix.config import file_args, roi_offset_args
+
     if is_phantom:
         return [], ""
     gt = cfg["segment"]["evaluation"]["ground_truth"].get(dataset)
@@ -358,21 +359,14 @@ def workflow_train_ground_truth(cfg: dict, dataset: str, is_phantom: bool) -> tu
         raise ValueError(f"train.dataset {dataset!r} is not a phantom: give its ground-truth labels in "
                          f"segment.evaluation.ground_truth.{dataset} (path, key, format)")
     files = [gt["path"]]
-    args = f"--gt-file {shlex.quote(gt['path'])} --gt-format {gt.get('format', 'auto')}"
-    if "key" in gt:
-        args += f" --gt-key {shlex.quote(gt['key'])}"
+    args = file_args(gt)
     if gt.get("per_section") or gt.get("format") in ("png-membrane", "png-boundary"):
         args += " --gt-per-section"
     clefts = cfg.get("synapses", {}).get("evaluation", {}).get("ground_truth", {}).get(dataset)
     if clefts:
         files.append(clefts["path"])
-        args += f" --clefts-file {shlex.quote(clefts['path'])} --clefts-format {clefts.get('format', 'auto')}"
-        if "key" in clefts:
-            args += f" --clefts-key {shlex.quote(clefts['key'])}"
-    roi = cfg["datasets"][dataset].get("roi")
-    if roi:
-        args += f" --gt-roi-offset {' '.join(map(str, roi['offset']))}"
-    return files, args
+        args += " " + file_args(clefts, "clefts")
+    return files, args + roi_offset_args(cfg["datasets"][dataset].get("roi"))
 
 
 def workflow_context(cfg: dict, phantom_datasets: Sequence[str]) -> list[int]:

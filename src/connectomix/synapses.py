@@ -777,18 +777,6 @@ def write_ground_truth_maps(volume, name: str = "synapse_maps_gt", radius_nm: fl
 # --- CLI -----------------------------------------------------------------------------------------------------------
 
 
-def workflow_cleft_ground_truth_args(gt: dict, roi: dict | None) -> str:
-    """CLI arguments of `evaluate clefts` locating a dataset's cleft masks (``synapses.evaluation.ground_truth``)."""
-    import shlex
-
-    args = f"--gt-file {shlex.quote(gt['path'])} --gt-format {gt.get('format', 'auto')}"
-    if "key" in gt:
-        args += f" --gt-key {shlex.quote(gt['key'])}"
-    if roi:
-        args += f" --gt-roi-offset {' '.join(map(str, roi['offset']))}"
-    return args
-
-
 def add_arguments(parser) -> None:
     """Actions of ``connectomix synapses``: init, block, stitch, run (all at once), gt-maps."""
     sub = parser.add_subparsers(dest="action", required=True)

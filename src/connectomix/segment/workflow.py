@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import shlex
-
 from connectomix.blocks import block_id, parse_block_id
+from connectomix.config import file_args
 
 
 def lower_neighbours(block: str) -> list[str]:
@@ -23,11 +22,5 @@ def ground_truth_args(gt: dict | None, roi: dict | None) -> str:
     """CLI arguments of `evaluate segmentation` locating a dataset's ground truth (None: the phantom's gt/labels)."""
     if gt is None:
         return "--gt-array gt/labels"
-    args = f"--gt-file {shlex.quote(gt['path'])} --gt-format {gt['format']} --ignore {' '.join(map(str, gt['ignore']))}"
-    if "key" in gt:
-        args += f" --gt-key {shlex.quote(gt['key'])}"
-    if gt["per_section"]:
-        args += " --per-section"
-    if roi:
-        args += f" --gt-roi-offset {' '.join(map(str, roi['offset']))}"
-    return args
+    return (file_args(gt, roi=roi) + f" --ignore {' '.join(map(str, gt['ignore']))}"
+            + (" --per-section" if gt["per_section"] else ""))
