@@ -817,7 +817,7 @@ def run(args) -> int:
                                  merged["cleft_radius_nm"])
         source = f"--phantom '{args.phantom}' --voxel-size {' '.join(f'{v:g}' for v in args.voxel_size)} "
     else:
-        from connectomix.evaluate.segmentation import load_ground_truth
+        from connectomix.evaluate.segmentation import load_ground_truth, load_mask
 
         labels = clefts = None
         source = f"--volume {args.volume} "
@@ -829,8 +829,7 @@ def run(args) -> int:
             source += (f"--gt-file {args.gt_file} " + (f"--gt-key {args.gt_key} " if args.gt_key else "")
                        + f"--gt-format {args.gt_format} " + ("--gt-per-section " if per_section else ""))
         if args.clefts_file:
-            fmt = "png-mask" if args.clefts_format == "auto" and Path(args.clefts_file).is_dir() else args.clefts_format
-            clefts = load_ground_truth(gt_file=args.clefts_file, gt_key=args.clefts_key, gt_format=fmt)
+            clefts = load_mask(args.clefts_file, args.clefts_key, args.clefts_format)
             source += (f"--clefts-file {args.clefts_file} " + (f"--clefts-key {args.clefts_key} " if args.clefts_key
                                                                 else "") + f"--clefts-format {args.clefts_format} ")
         if args.gt_roi_offset:

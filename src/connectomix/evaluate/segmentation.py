@@ -250,6 +250,14 @@ def load_ground_truth(volume=None, gt_array=None, gt_file=None, gt_key=None, gt_
     raise ValueError(f"unknown ground-truth format {gt_format!r}")
 
 
+def load_mask(path, key=None, fmt="auto") -> np.ndarray:
+    """A binary mask (e.g. cleft ground truth) from a file: as :func:`load_ground_truth`, but 'auto' reads a folder
+    as ``png-mask`` (nonzero = in the mask) rather than as membrane images."""
+    if fmt == "auto" and Path(path).is_dir():
+        fmt = "png-mask"
+    return load_ground_truth(gt_file=path, gt_key=key, gt_format=fmt)
+
+
 def evaluate(volume, work_dir, out, gt_array=None, gt_file=None, gt_key=None, gt_format="auto",
              gt_roi_offset=None, sections: bool = False, thresholds=None, plot=None, ignore=(0,),
              dataset: str = "") -> dict:

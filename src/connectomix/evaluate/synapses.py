@@ -227,14 +227,11 @@ def run(args) -> int:
 
 def run_clefts(args) -> int:
     """Evaluate the detected clefts against a mask and write ``eval/clefts.json``."""
-    from pathlib import Path
-
     from connectomix import io
     from connectomix.evaluate import write_stage_metrics
-    from connectomix.evaluate.segmentation import load_ground_truth
+    from connectomix.evaluate.segmentation import load_mask
 
-    fmt = "png-mask" if args.gt_format == "auto" and Path(args.gt_file).is_dir() else args.gt_format
-    mask = load_ground_truth(gt_file=args.gt_file, gt_key=args.gt_key, gt_format=fmt)
+    mask = load_mask(args.gt_file, args.gt_key, args.gt_format)
     if args.gt_roi_offset:
         shape = io.open_array(args.volume, "clefts").shape
         mask = mask[tuple(slice(o, o + n) for o, n in zip(args.gt_roi_offset, shape))]
