@@ -85,6 +85,8 @@ rule skeletonize_morphology:
         summary=f"{RESULTS}/{{dataset}}/skeletonize/morphology.json",
     params:
         spec=json_arg(SKELETONIZE),
+        # somata are measured as bodies on the segmentation (read around each soma; skeletons come after it)
+        volume=volume_of,
     log:
         f"{RESULTS}/{{dataset}}/logs/skeletonize/morphology.log",
     conda:
@@ -95,6 +97,7 @@ rule skeletonize_morphology:
         runtime=CFG["resources"]["min_runtime_min"],
     shell:
         "python -m connectomix skeletonize morphology --skeletons {input.skeletons} --params {params.spec} "
+        "--volume {params.volume} --array segmentation "
         "--out {output.morphology} --summary {output.summary} > {log} 2>&1"
 
 

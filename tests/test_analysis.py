@@ -163,6 +163,46 @@ def test_celltypes_unsupervised_accuracy_and_naming_rule():
     assert "soma_x_nm" not in celltypes.neuron_features(neurons).columns
 
 
+def _somata(radius, **columns):
+    n = len(radius)
+    return pd.DataFrame({"id": np.arange(n, dtype=np.uint64) + 1, "soma_radius_nm": radius, "soma_x_nm": 0.0,
+                         "soma_y_nm": 0.0, "soma_z_nm": 0.0, **columns})
+
+
+def test_celltypes_from_soma_size_on_few_neurons_with_a_tied_covariance():
+    """The phantom's classes by soma size (inhibitory 0.7x, each +-15 %, 2 % measurement noise), 30 neurons a draw:
+    the tied mixture finds them; a full covariance often fits one class to a tight handful of cells."""
+    accuracy = {"tied": [], "full": []}
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        inh = rng.random(30) < 0.3
+        radius = np.where(inh, 0.7, 1.0) * 260 * rng.uniform(0.85, 1.15, 30) * rng.normal(1, 0.02, 30)
+        truth = np.where(inh, "inhibitory", "excitatory")
+        for covariance in accuracy:
+            out = celltypes.classify(_somata(radius), params={"features": ["soma_radius_nm"],
+                                                              "covariance": covariance})
+            accuracy[covariance].append((out["cell_type"].to_numpy() == truth).mean())
+    tied, full = np.array(accuracy["tied"]), np.array(accuracy["full"])
+    assert (tied >= 0.95).mean() >= 0.9 and tied.min() >= 0.85, tied
+    assert (full >= 0.95).mean() < 0.8 and full.mean() < tied.mean() - 0.05, (full, tied)
+    with pytest.raises(ValueError, match="covariance"):
+        celltypes.classify(_somata(radius), params={"features": ["soma_radius_nm"], "covariance": "diagonal"})
+
+
+def test_celltypes_somata_cut_by_the_volume_edge_do_not_shape_the_classes():
+    """Somata cut by the volume's edge look small (their size is a lower bound); fitted with the rest they form a
+    third group that pulls a class boundary into the real ones."""
+    rng = np.random.default_rng(5)
+    radius = np.r_[rng.uniform(230, 300, 16), rng.uniform(160, 215, 8), rng.uniform(100, 150, 6)]
+    truth = np.r_[["excitatory"] * 16, ["inhibitory"] * 8]
+    cut = np.r_[np.zeros(24, bool), np.ones(6, bool)]
+    with_flag = celltypes.classify(_somata(radius, soma_truncated=cut), params={"features": ["soma_radius_nm"]})
+    assert (with_flag["cell_type"].to_numpy()[:24] == truth).all()
+    assert len(with_flag) == 30 and with_flag["p_excitatory"].between(0, 1).all()  # cut ones are classified too
+    without = celltypes.classify(_somata(radius), params={"features": ["soma_radius_nm"]})
+    assert (without["cell_type"].to_numpy()[:24] == truth).mean() < 0.9
+
+
 # --- CLI, evaluation and report ------------------------------------------------------------------------------------
 
 FAST = {"like_to_like": {"bootstrap": 200, "shuffles": 200}}

@@ -416,3 +416,90 @@ def test_evaluate_cli_perfect_and_split_segmentation(tmp_path):
     assert cli.main(["evaluate", "skeletons", "--volume", str(root), "--params", spec, "--out", str(out)]) == 0
     mm = json.loads(out.read_text())["metrics"]
     assert mm["merges"] == 1 and mm["erl_nm"] < m["metrics"]["erl_nm"]
+
+
+# --- soma bodies (morphology's soma position, radius and volume) ---------------------------------------------------
+
+def _neuron_with_neurites(shape=(24, 160, 160), centre=(480.0, 640.0, 640.0), radius=250.0):
+    """A sphere (label 1) with three thick neurites leaving it, inside a volume of another label (2)."""
+    labels = np.full(shape, 2, np.uint64)
+    c = np.asarray(centre)
+    _paint_capsule(labels, 1, c, c, radius, VS)
+    for end in ([480, 640, 1270], [480, 50, 640], [900, 1100, 300]):
+        _paint_capsule(labels, 1, c, np.asarray(end, float), 70.0, VS)
+    return labels
+
+
+def test_soma_body_is_the_cell_body_without_its_neurites():
+    from connectomix.skeletonize.soma import soma_body
+
+    labels = _neuron_with_neurites()
+    centre_vox = np.array([480.0, 640.0, 640.0]) / VS
+    mask = labels == 1
+    # start from a point off the centre, as a skeleton's widest point can be
+    body = soma_body(mask, VS, centre_vox + [0, 3, -2], 250.0, 0.6)
+    assert np.linalg.norm((body["centroid"] - centre_vox) * VS) < 10  # nm
+    assert body["radius_nm"] == pytest.approx(250, rel=0.03)
+    sphere = 4 / 3 * np.pi * 250**3
+    assert mask.sum() * np.prod(VS) > 1.25 * sphere  # the neurites add a quarter ...
+    assert body["volume_nm3"] < 1.05 * sphere  # ... and are left out
+    assert body["inscribed_radius_nm"] == pytest.approx(250, abs=40)
+    assert not body["touches"].any()
+    assert soma_body(np.zeros_like(mask), VS, centre_vox, 250.0, 0.6) is None
+
+
+def test_soma_bodies_read_from_the_pyramid_with_offsets_and_flag_cut_somata(tmp_path):
+    from connectomix.skeletonize.soma import read_plan, soma_bodies
+
+    labels = _neuron_with_neurites(shape=(24, 256, 256))
+    _paint_capsule(labels, 3, np.array([100.0, 1700, 1700]), np.array([100.0, 1700, 1700]), 250.0, VS)  # cut by z=0
+    offset = (1000.0, -400.0, 80.0)
+    root = tmp_path / "volume.zarr"
+    io.write_full(root, "segmentation", labels, (8, 64, 64), VS, offset, is_label=True)
+    io.build_pyramid(root, "segmentation", 3, (1, 2, 2))
+    # voxels of at most 250 / 12 nm: level 1 (16 nm in-plane; z stays 40 nm); 250 / 8: level 2 with stride 1
+    assert read_plan(root, "segmentation", 250.0, 12)[0] == 1
+    level, stride = read_plan(root, "segmentation", 250.0, 6)
+    assert level == 2 and list(stride) == [1, 1, 1]
+    somata = pd.DataFrame({"id": np.array([1, 3], np.uint64), "soma_z_nm": [480.0 + 40, 100.0],
+                           "soma_y_nm": [640.0 - 24, 1700.0], "soma_x_nm": [640.0 + 16, 1700.0],
+                           "soma_radius_nm": [230.0, 200.0]})
+    for axis, shift in zip("zyx", offset):
+        somata[f"soma_{axis}_nm"] += shift
+    params = skparams.DEFAULTS["soma_body"]
+    bodies = soma_bodies(root, "segmentation", somata, params).set_index("id")
+    whole = bodies.loc[1]
+    centre = np.array([480.0, 640.0, 640.0]) + offset
+    assert np.linalg.norm(whole[["soma_z_nm", "soma_y_nm", "soma_x_nm"]].to_numpy(float) - centre) < 15
+    assert whole["soma_radius_nm"] == pytest.approx(250, rel=0.04) and not whole["soma_truncated"]
+    cut = bodies.loc[3]
+    assert cut["soma_truncated"] and cut["soma_radius_nm"] < 0.95 * 250  # 78 % of it is inside: a lower bound
+    assert cut["soma_volume_nm3"] == pytest.approx(4 / 3 * np.pi * cut["soma_radius_nm"] ** 3)
+
+
+def test_cli_morphology_measures_soma_bodies_on_the_volume(tmp_path):
+    from connectomix import cli
+
+    labels = _neuron_with_neurites()
+    root = _volume(tmp_path, labels)
+    spec = json.dumps(SMALL)
+    table = skeletons_to_table(core.skeletonize_whole(labels, VS, SMALL))
+    table.to_parquet(tmp_path / "skeletons.parquet")
+    out = {}
+    for name, extra in (("skeleton", []), ("body", ["--volume", str(root)])):
+        assert cli.main(["skeletonize", "morphology", "--skeletons", str(tmp_path / "skeletons.parquet"),
+                         "--params", spec, "--out", str(tmp_path / f"{name}.parquet"),
+                         "--summary", str(tmp_path / f"{name}.json")] + extra) == 0
+        morph = pd.read_parquet(tmp_path / f"{name}.parquet").set_index("id")
+        assert morph.loc[1, "has_soma"]
+        out[name] = morph.loc[1]
+    assert np.isnan(out["skeleton"]["soma_volume_nm3"])
+    assert out["skeleton"]["soma_radius_nm"] == out["skeleton"]["soma_inscribed_radius_nm"]
+    body = out["body"]
+    assert body["soma_radius_nm"] == pytest.approx(250, rel=0.03) and body["soma_volume_nm3"] > 0
+    assert body["soma_inscribed_radius_nm"] == out["skeleton"]["soma_inscribed_radius_nm"]
+    error = lambda row: np.linalg.norm(row[["soma_z_nm", "soma_y_nm", "soma_x_nm"]].to_numpy(float)  # noqa: E731
+                                       - [480.0, 640.0, 640.0])
+    assert error(body) < 10
+    summary = json.loads((tmp_path / "body.json").read_text())
+    assert summary["soma_bodies"] == summary["with_soma"] >= 1 and "segmentation" in summary["provenance"]["inputs"]

@@ -4,7 +4,9 @@ Outputs (``results/{dataset}/``):
 
 * ``neurons.parquet``: one row per segment (``segments.parquet`` ids, plus any synaptic partner missing there):
   ``id``, ``kind`` (``neuron`` when the segment has a soma in the volume, else ``orphan``: a fragment, kept and
-  counted), ``is_neuron``, ``soma_z_nm``, ``soma_y_nm``, ``soma_x_nm``, ``soma_radius_nm`` (NaN for orphans),
+  counted), ``is_neuron``, ``soma_z_nm``, ``soma_y_nm``, ``soma_x_nm``, ``soma_radius_nm``, ``soma_volume_nm3``
+  (NaN for orphans, and the volume also when the morphology measured no soma body), ``soma_truncated`` (the soma
+  body reaches the volume's edge: its size is a lower bound),
   ``soma_source`` (``morphology`` or ``distance_transform``), ``volume_voxels``, ``volume_nm3``, ``n_pre``
   (outgoing synapses), ``n_post`` (incoming), the numeric morphology features of ``morphology.parquet`` (prefixed
   ``morph_``) and ``cell_type`` (string, empty here; the analysis stage fills it).
@@ -100,6 +102,9 @@ def somata_from_morphology(morph):
         col = f"soma_{axis}_nm"
         out[col] = morph[col].to_numpy(float) if col in morph.columns else np.nan
     out["soma_radius_nm"] = morph["soma_radius_nm"].to_numpy(float) if "soma_radius_nm" in morph.columns else np.nan
+    for col in ("soma_volume_nm3", "soma_truncated"):
+        if col in morph.columns:
+            out[col] = morph[col].to_numpy()
     if "has_soma" in morph.columns:
         out["is_neuron"] = morph["has_soma"].fillna(False).to_numpy(bool)
     else:
@@ -121,8 +126,11 @@ def neuron_table(segments, synapses, somata, morph=None, voxel_size=(1, 1, 1), s
     is_neuron = soma["is_neuron"].reindex(ids).fillna(False).to_numpy(bool)
     out["kind"] = np.where(is_neuron, "neuron", "orphan")
     out["is_neuron"] = is_neuron
-    for col in ("soma_z_nm", "soma_y_nm", "soma_x_nm", "soma_radius_nm"):
-        out[col] = np.where(is_neuron, soma[col].reindex(ids).to_numpy(float), np.nan)
+    for col in ("soma_z_nm", "soma_y_nm", "soma_x_nm", "soma_radius_nm", "soma_volume_nm3"):
+        values = soma[col].reindex(ids).to_numpy(float) if col in soma else np.full(len(ids), np.nan)
+        out[col] = np.where(is_neuron, values, np.nan)
+    truncated = soma["soma_truncated"].reindex(ids) if "soma_truncated" in soma else pd.Series(False, index=ids)
+    out["soma_truncated"] = is_neuron & truncated.fillna(False).to_numpy(bool)
     out["soma_source"] = np.where(is_neuron, soma_source, "")
     vox = segments.set_index("id")["voxels"].reindex(ids) if segments is not None and "voxels" in segments else None
     out["volume_voxels"] = vox.fillna(0).to_numpy(np.int64) if vox is not None else 0

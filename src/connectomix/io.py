@@ -251,6 +251,22 @@ def read_meta(root: str | os.PathLike, name: str) -> VolumeMeta:
     )
 
 
+def level_transforms(root: str | os.PathLike, name: str) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
+    """Per pyramid level of a named array, its (z, y, x) voxel size and the position of voxel (0, 0, 0)'s
+    centre, nm, from the NGFF ``multiscales`` metadata (level 0 first)."""
+    group = zarr.open_group(str(Path(root) / name), mode="r", zarr_format=2)
+    ms = group.attrs.get("multiscales")
+    if not ms:
+        raise ValueError(f"{Path(root) / name} has no NGFF 'multiscales' metadata")
+    out = []
+    for entry in ms[0]["datasets"]:
+        transforms = {t["type"]: t for t in entry["coordinateTransformations"]}
+        scale = tuple(float(v) for v in transforms["scale"]["scale"][-3:])
+        shift = transforms.get("translation", {}).get("translation", [0.0, 0.0, 0.0])
+        out.append((scale, tuple(float(v) for v in shift[-3:])))
+    return out
+
+
 def update_attrs(root: str | os.PathLike, name: str, **fields) -> None:
     """Merge ``fields`` into the named array's ``connectomix`` attributes."""
     group = zarr.open_group(str(Path(root) / name), mode="a", zarr_format=2)

@@ -4,8 +4,11 @@ Neurons are the rows of ``neurons.parquet`` with ``is_neuron`` (when present) an
 numeric column of ``neurons.parquet`` (and of ``morphology.parquet``, joined on the id, unless ``neurons.parquet``
 already carries ``morph_*`` copies) except ids and positions, plus connectivity features from ``edges.parquet`` (synapses and partners, in and out); or an explicit
 list. Non-negative features are log1p-transformed, all are standardised (z-scores), reduced by PCA to at most
-``pca_components`` and clustered by a 2-component Gaussian mixture (full covariance, EM, best of ``n_init`` k-means++
-starts). No ground-truth label is used.
+``pca_components`` and clustered by a 2-component Gaussian mixture (tied or full covariance, EM, best of ``n_init``
+k-means++ starts). No ground-truth label is used.
+
+Neurons whose soma body reaches the volume's edge (``soma_truncated``) are classified by the mixture fitted on the
+others (their size is a lower bound), unless fewer than half (or 4) are left.
 
 Naming rule (documented, configurable): ``larger_soma`` (default) calls the component whose members have the larger
 median soma size (the first of ``size_features`` present) excitatory; ``larger_cluster`` calls the more populous
@@ -81,14 +84,29 @@ def prepare(features: pd.DataFrame, pca_components: int = 3) -> np.ndarray:
     return z @ vt[:k].T
 
 
-def gaussian_mixture(x: np.ndarray, k: int = 2, n_init: int = 10, max_iter: int = 200, seed: int = 0,
-                     reg: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """EM for a full-covariance Gaussian mixture; best log-likelihood of ``n_init`` k-means++ starts.
+def _log_joint(x: np.ndarray, weights, means, covs) -> np.ndarray:
+    from scipy.stats import multivariate_normal
 
-    Returns ``(labels, posteriors (n, k))``.
+    return np.column_stack([np.log(w) + multivariate_normal.logpdf(x, m, c, allow_singular=True)
+                            for w, m, c in zip(weights, means, covs)])
+
+
+def mixture_posteriors(x: np.ndarray, model: dict) -> np.ndarray:
+    """Posteriors (n, k) of rows ``x`` under a fitted mixture (``gaussian_mixture(..., return_model=True)``)."""
+    from scipy.special import logsumexp
+
+    logp = _log_joint(x, model["weights"], model["means"], model["covs"])
+    return np.exp(logp - logsumexp(logp, axis=1)[:, None])
+
+
+def gaussian_mixture(x: np.ndarray, k: int = 2, n_init: int = 10, max_iter: int = 200, seed: int = 0,
+                     reg: float = 1e-3, return_model: bool = False, covariance: str = "full"):
+    """EM for a Gaussian mixture; best log-likelihood of ``n_init`` k-means++ starts. ``covariance``: ``full``
+    (one covariance per component) or ``tied`` (one shared by all: linear boundaries, steadier on few neurons).
+
+    Returns ``(labels, posteriors (n, k))``, and the model (``weights``, ``means``, ``covs``) with ``return_model``.
     """
     from scipy.special import logsumexp
-    from scipy.stats import multivariate_normal
 
     rng = np.random.default_rng(seed)
     n, d = x.shape
@@ -106,8 +124,11 @@ def gaussian_mixture(x: np.ndarray, k: int = 2, n_init: int = 10, max_iter: int 
             nk = resp.sum(0) + 1e-10
             mu = resp.T @ x / nk[:, None]
             covs = [((resp[:, j, None] * (x - mu[j])).T @ (x - mu[j])) / nk[j] + reg * np.eye(d) for j in range(k)]
-            logp = np.column_stack([np.log(nk[j] / n) + multivariate_normal.logpdf(x, mu[j], covs[j], allow_singular=True)
-                                    for j in range(k)])
+            if covariance == "tied":
+                covs = [sum(c * w for c, w in zip(covs, nk)) / nk.sum()] * k
+            elif covariance != "full":
+                raise ValueError(f"celltypes: covariance must be 'full' or 'tied', got {covariance!r}")
+            logp = _log_joint(x, nk / n, mu, covs)
             norm = logsumexp(logp, axis=1)
             resp = np.exp(logp - norm[:, None])
             ll = norm.sum()
@@ -115,9 +136,20 @@ def gaussian_mixture(x: np.ndarray, k: int = 2, n_init: int = 10, max_iter: int 
                 break
             ll_old = ll
         if ll > best[0]:
-            best = (ll, resp)
+            best = (ll, resp, {"weights": nk / n, "means": mu, "covs": covs})
     resp = best[1]
+    if return_model:
+        return resp.argmax(1), resp, best[2]
     return resp.argmax(1), resp
+
+
+def _truncated(neurons: pd.DataFrame, ids) -> np.ndarray:
+    """Per id in ``ids``, whether its soma body reaches the volume's edge (``soma_truncated``; False without it)."""
+    if "soma_truncated" not in neurons:
+        return np.zeros(len(ids), bool)
+    flags = neurons.drop_duplicates(_id_column(neurons)).set_index(_id_column(neurons))["soma_truncated"]
+    flags.index = flags.index.astype(np.uint64)
+    return flags.reindex(np.asarray(ids, np.uint64)).fillna(False).to_numpy(bool)
 
 
 def classify(neurons: pd.DataFrame, morphology: pd.DataFrame | None = None, edges: pd.DataFrame | None = None,
@@ -128,13 +160,20 @@ def classify(neurons: pd.DataFrame, morphology: pd.DataFrame | None = None, edge
     ``size_features``, ``pca_components``, ``n_init``, ``seed``.
     """
     params = {"features": [], "naming": "larger_soma", "size_features": list(SIZE_FEATURES), "pca_components": 3,
-              "n_init": 10, "seed": 0, **(params or {})}
+              "n_init": 10, "seed": 0, "covariance": "tied", **(params or {})}
     feats = neuron_features(neurons, morphology, edges, params["features"] or None)
     if len(feats) < 2:  # nothing to cluster (e.g. no segment recognised as a neuron)
         return pd.DataFrame({"id": feats.index.to_numpy(np.uint64), "cell_type": pd.Series(dtype=object),
                              "cluster": pd.Series(dtype=np.int64), "p_excitatory": pd.Series(dtype=float)})
     x = prepare(feats, params["pca_components"])
-    labels, post = gaussian_mixture(x, 2, params["n_init"], seed=params["seed"])
+    # somata cut by the volume's edge have a censored size: they are classified, but do not shape the clusters
+    fit = ~_truncated(neurons, feats.index)
+    if fit.sum() < max(4, len(fit) // 2):
+        fit[:] = True
+    _, _, model = gaussian_mixture(x[fit], 2, params["n_init"], seed=params["seed"], return_model=True,
+                                   covariance=params["covariance"])
+    post = mixture_posteriors(x, model)
+    labels = post.argmax(1)
     if params["naming"] == "larger_cluster":
         exc = int(np.argmax(np.bincount(labels, minlength=2)))
     elif params["naming"] == "larger_soma":

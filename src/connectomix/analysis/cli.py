@@ -18,7 +18,8 @@ TABLES = ("cell_types", "tuning", "pairs", "like_to_like", "celltype_connectivit
 
 DEFAULTS = {
     "seed": 0,
-    "celltypes": {"features": [], "naming": "larger_soma", "size_features": None, "pca_components": 3, "n_init": 10},
+    "celltypes": {"features": [], "naming": "larger_soma", "size_features": None, "pca_components": 3, "n_init": 10,
+                  "covariance": "tied"},
     "tuning": {"split_half_repeats": 20},
     "like_to_like": {"min_confidence": 0.0, "min_reliability": None, "min_synapses": 1, "distance_bins": 4,
                      "signal_corr_bins": [-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0],

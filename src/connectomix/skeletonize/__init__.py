@@ -67,6 +67,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--synapses", default=None,
                    help="optional parquet of synapse sites (id, z_nm, y_nm, x_nm, kind pre|post) for the "
                         "polarity split (axon_dendrite.method = synapses)")
+    g.add_argument("--volume", default=None,
+                   help="the dataset's OME-Zarr (optional): measure each soma as a body on --array (soma_body)")
+    g.add_argument("--array", default="segmentation", help="label array of --volume (default segmentation)")
     g.add_argument("--out", required=True, help="morphology.parquet to write")
     g.add_argument("--summary", help="JSON summary with provenance to write (last)")
     g.set_defaults(func=_run_morphology)
@@ -163,7 +166,7 @@ def _run_morphology(args) -> int:
 
     from connectomix.blocks import atomic_write_json
     from connectomix.provenance import input_digests, record
-    from connectomix.skeletonize.morphology import morphology_table, table_to_trees
+    from connectomix.skeletonize.morphology import morphology_table, table_to_trees, with_soma_bodies
 
     params = resolve(json.loads(args.params))
     trees = table_to_trees(pd.read_parquet(args.skeletons))
@@ -172,6 +175,8 @@ def _run_morphology(args) -> int:
         syn = pd.read_parquet(args.synapses)
         synapses_by_id = {int(k): g for k, g in syn.groupby("id")}
     table = morphology_table(trees, params, synapses_by_id)
+    if args.volume:
+        table = with_soma_bodies(table, args.volume, args.array, params)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
     table.to_parquet(tmp, index=False)
@@ -179,8 +184,10 @@ def _run_morphology(args) -> int:
     if args.summary:
         atomic_write_json(args.summary, {
             "segments": len(table), "with_soma": int(table["has_soma"].sum()) if len(table) else 0,
+            "soma_bodies": int(table["soma_volume_nm3"].notna().sum()) if len(table) else 0,
             "provenance": record({"skeletonize": params},
-                                 input_digests(files={"skeletons": args.skeletons, "synapses": args.synapses})),
+                                 input_digests(args.volume, [args.array] if args.volume else [],
+                                               {"skeletons": args.skeletons, "synapses": args.synapses})),
         })
     print(f"morphology of {len(table)} segments ({int(table['has_soma'].sum()) if len(table) else 0} with a soma)")
     return 0

@@ -5,7 +5,9 @@
 ``z_nm``, ``y_nm``, ``x_nm`` (EM frame), ``radius_nm`` (distance to the boundary). The root of a segment's main
 component is its soma centre when it has one (else its widest vertex).
 
-``morphology.parquet`` (one row per segment): see ``MORPHOLOGY_COLUMNS``.
+``morphology.parquet`` (one row per segment): see ``MORPHOLOGY_COLUMNS``. Soma position and radius are the
+skeleton's widest point and its inscribed radius, or, when the segmentation is given (``with_soma_bodies``), the
+soma body's centroid and equivalent-sphere radius (``connectomix.skeletonize.soma``; ``soma_volume_nm3`` set).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ MORPHOLOGY_COLUMNS = [
     "id", "n_vertices", "n_components", "cable_length_nm", "branch_points", "tips", "mean_radius_nm",
     "max_radius_nm", "has_soma", "soma_z_nm", "soma_y_nm", "soma_x_nm", "soma_radius_nm", "extent_z_nm",
     "extent_y_nm", "extent_x_nm", "axon_cable_nm", "dendrite_cable_nm", "axon_dendrite_method",
+    "soma_inscribed_radius_nm", "soma_volume_nm3", "soma_truncated",
 ]
 
 
@@ -153,6 +156,9 @@ def morphology_row(label: int, skel: Skel, parent: np.ndarray, params: dict | No
         "axon_cable_nm": float(length[comp == AXON].sum()),
         "dendrite_cable_nm": float(length[comp == DENDRITE].sum()),
         "axon_dendrite_method": method,
+        "soma_inscribed_radius_nm": float(skel.radii[0]) if has_soma else np.nan,
+        "soma_volume_nm3": np.nan,
+        "soma_truncated": False,
     }
 
 
@@ -163,6 +169,21 @@ def morphology_table(trees: dict[int, tuple[Skel, np.ndarray]], params: dict | N
             for label, (skel, parent) in sorted(trees.items())]
     df = pd.DataFrame(rows, columns=MORPHOLOGY_COLUMNS)
     return df.astype({"id": "uint64"})
+
+
+def with_soma_bodies(table: pd.DataFrame, volume, array: str, params: dict | None = None) -> pd.DataFrame:
+    """``table`` (``morphology_table``) with each soma measured as a body on the label array ``array`` of
+    ``volume``: centroid, equivalent-sphere radius, volume and truncation (``connectomix.skeletonize.soma``)."""
+    from connectomix.skeletonize.soma import BODY_COLUMNS, soma_bodies
+
+    p = resolve(params)
+    table = table.copy()
+    somata = table.loc[table["has_soma"], ["id", "soma_z_nm", "soma_y_nm", "soma_x_nm", "soma_radius_nm"]]
+    bodies = soma_bodies(volume, array, somata, p["soma_body"]).set_index("id")
+    rows = table["id"].isin(bodies.index).to_numpy()
+    for col in BODY_COLUMNS:
+        table.loc[rows, col] = bodies.loc[table.loc[rows, "id"], col].to_numpy()
+    return table
 
 
 def iter_trees(table: pd.DataFrame, ids: Iterable[int] | None = None):

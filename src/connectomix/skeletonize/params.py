@@ -31,6 +31,11 @@ DEFAULTS: dict = {
         "method": "radius",
         "min_axon_cable_nm": 2000.0,
     },
+    "soma_body": {
+        "opening_fraction": 0.6,
+        "voxels_per_radius": 12.0,
+        "crop_radii": 2.0,
+    },
 }
 
 
