@@ -4,8 +4,10 @@
     python benchmarks/skeletonize_throughput.py --large 128 512 512 --workers 2 --halos
 
 Volumes: the phantom of `make demo` (config.yaml: seed 7, 48 x 320 x 320, its gt/labels); the large volume tiles
-those labels with fresh ids per copy (thousands of labels). Parameters: the `skeletonize:` defaults and the
-`blocks.shape` of config.yaml, i.e. what `make demo` runs. Both methods get the same number of processes
+those labels with fresh ids per copy (thousands of labels). Parameters: the `skeletonize:` defaults (soma
+detection thresholds for real somata: the phantom's are never detected) and the `blocks.shape` of config.yaml; one
+row also with config.yaml's `skeletonize:` section (somata detected at phantom scale), which is what `make demo`
+runs. Both methods get the same number of processes
 (kimimaro ``parallel`` vs a pool over blocks) and the same post-processing (soma collapse, joins, tree, ticks,
 smoothing: ``connectomix.skeletonize.core.finalize``), so they differ only by the blocking. Segments compared:
 those of at least ``min_segment_voxels`` voxels (the blockwise merge drops smaller ones).
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from connectomix.skeletonize import core
 from connectomix.skeletonize.params import DEFAULTS
@@ -44,8 +47,6 @@ def _phantom():
 def compare(labels, block_shape, workers, params=None, kind=None, repeat=1):
     """Time both methods (alternating, ``repeat`` times each, the fastest run of each counts: the CPUs are shared);
     per-segment cable agreement over the segments of at least min_segment_voxels."""
-    import fastremap
-
     params = dict(params or {})
     t_whole = t_block = float("inf")
     runs = []
@@ -61,17 +62,8 @@ def compare(labels, block_shape, workers, params=None, kind=None, repeat=1):
         if t_b < t_block:
             t_block, timings = t_b, t
         runs.append([round(t_w, 2), round(t_b, 2)])
-    ids, counts = fastremap.unique(labels, return_counts=True)
-    min_voxels = int({**DEFAULTS, **params}["min_segment_voxels"])
-    big = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= min_voxels}
-    whole = {k: s for k, s in whole.items() if k in big}
-    common = sorted(set(whole) & set(blockwise))
-    rel = np.array([blockwise[k].cable_length() / max(whole[k].cable_length(), 1e-9) - 1 for k in common])
-    cable_w = sum(whole[k].cable_length() for k in common)
-    cable_b = sum(blockwise[k].cable_length() for k in common)
-    worst = common[int(np.argmax(np.abs(rel)))] if len(rel) else None
     row = {
-        "shape": list(labels.shape), "labels": int(len(ids) - (ids[0] == 0)), "block_shape": list(block_shape),
+        "shape": list(labels.shape), "labels": int(labels_count(labels)), "block_shape": list(block_shape),
         "halo": list(params.get("halo", DEFAULTS["halo"])), "workers": workers,
         "whole_s": round(t_whole, 2), "blockwise_s": round(t_block, 2), "runs_whole_blockwise_s": runs,
         "blocks_s": round(timings["blocks_s"], 2), "merge_s": round(timings["merge_s"], 2),
@@ -79,17 +71,44 @@ def compare(labels, block_shape, workers, params=None, kind=None, repeat=1):
         "throughput_ratio": round(t_whole / t_block, 3),
         "mvoxel_per_s_whole": round(labels.size / 1e6 / t_whole, 3),
         "mvoxel_per_s_blockwise": round(labels.size / 1e6 / t_block, 3),
-        "segments_compared": len(common), "only_whole": len(set(whole) - set(blockwise)),
-        "only_blockwise": len(set(blockwise) - set(whole)),
+        **agreement(labels, whole, blockwise, params, kind),
+    }
+    return row
+
+
+def labels_count(labels) -> int:
+    import fastremap
+
+    ids = fastremap.unique(labels)
+    return len(ids) - int(ids[0] == 0)
+
+
+def agreement(labels, whole, other, params, kind=None) -> dict:
+    """Per-segment cable agreement of ``other`` with ``whole`` over the segments of at least min_segment_voxels."""
+    import fastremap
+
+    ids, counts = fastremap.unique(labels, return_counts=True)
+    min_voxels = int({**DEFAULTS, **params}["min_segment_voxels"])
+    big = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= min_voxels}
+    whole = {k: s for k, s in whole.items() if k in big}
+    other = {k: s for k, s in other.items() if k in big}
+    common = sorted(set(whole) & set(other))
+    rel = np.array([other[k].cable_length() / max(whole[k].cable_length(), 1e-9) - 1 for k in common])
+    cable_w = sum(whole[k].cable_length() for k in common)
+    cable_b = sum(other[k].cable_length() for k in common)
+    worst = common[int(np.argmax(np.abs(rel)))] if len(rel) else None
+    row = {
+        "segments_compared": len(common), "only_whole": len(set(whole) - set(other)),
+        "only_blockwise": len(set(other) - set(whole)),
         "total_cable_rel_diff": round(cable_b / cable_w - 1, 4) if cable_w else None,
         "segments_within_3pct": round(float(np.mean(np.abs(rel) < 0.03)), 3) if len(rel) else None,
         "median_abs_rel_diff": round(float(np.median(np.abs(rel))), 4) if len(rel) else None,
         "p95_abs_rel_diff": round(float(np.percentile(np.abs(rel), 95)), 4) if len(rel) else None,
         "worst_rel_diff": round(float(rel[common.index(worst)]), 4) if worst is not None else None,
         "worst_segment": f"{worst} ({kind.get(worst, '?')})" if worst is not None and kind else worst,
-        "segments_one_tree": round(float(np.mean([blockwise[k].is_tree() for k in common])), 3) if common else None,
+        "segments_one_tree": round(float(np.mean([other[k].is_tree() for k in common])), 3) if common else None,
         # a segment whose labels are pieces farther apart than join_distance_nm is a forest both ways
-        "segments_more_components_than_whole": int(sum(blockwise[k].n_components() > whole[k].n_components()
+        "segments_more_components_than_whole": int(sum(other[k].n_components() > whole[k].n_components()
                                                        for k in common)),
     }
     if kind and len(rel):
@@ -98,6 +117,22 @@ def compare(labels, block_shape, workers, params=None, kind=None, repeat=1):
             for k in sorted({kind.get(s, "?") for s in common})
         }
     return row
+
+
+def view_reference(labels, workers, kind=None) -> list[dict]:
+    """kimimaro's own dependence on the view: the whole volume against itself flipped in y and x, and with y and
+    x transposed. No blocking is involved, so this is the floor any blockwise agreement
+    with one whole-volume run can reach."""
+    whole = core.skeletonize_whole(labels, VS, {}, parallel=workers)
+    rows = []
+    # cable lengths do not change under these isometries (y and x voxels are equal), so vertices stay as they are
+    for name, view in (("flipped in y and x", labels[:, ::-1, ::-1]), ("y and x transposed", labels.transpose(0, 2, 1))):
+        other = core.skeletonize_whole(np.ascontiguousarray(view), VS, {}, parallel=workers)
+        rows.append({"volume": f"reference: whole volume vs itself {name} (no blocks)", "shape": list(labels.shape),
+                     "labels": labels_count(labels), "halo": "-", "n_blocks": "-", "workers": workers,
+                     "whole_s": "-", "blockwise_s": "-", "merge_s": "-", "throughput_ratio": "-",
+                     **agreement(labels, whole, other, {}, kind)})
+    return rows
 
 
 def main(argv=None) -> int:
@@ -114,9 +149,15 @@ def main(argv=None) -> int:
 
     rows = []
     labels, kind = _phantom()
-    rows.append({"volume": "phantom gt/labels (make demo)", **compare(labels, args.block, args.workers, kind=kind,
-                                                                         repeat=args.repeat)})
+    rows.append({"volume": "phantom gt/labels", **compare(labels, args.block, args.workers, kind=kind,
+                                                             repeat=args.repeat)})
     print(rows[-1], flush=True)
+    demo = yaml.safe_load((HERE.parent / "config.yaml").read_text())["skeletonize"]
+    rows.append({"volume": "phantom gt/labels, config.yaml skeletonize (make demo)",
+                 **compare(labels, args.block, args.workers, demo, kind=kind, repeat=args.repeat)})
+    print(rows[-1], flush=True)
+    rows += view_reference(labels, args.workers, kind)
+    print(rows[-2:], flush=True)
     halos = [] if args.halos is None else (args.halos or ["2,16,16", "8,64,64"])
     for h in halos:
         halo = [int(v) for v in h.split(",")]
@@ -142,8 +183,8 @@ def main(argv=None) -> int:
     md = ["# Skeletonize throughput: blockwise + merge vs whole-volume kimimaro", "",
           "Ratio = whole-volume time / blockwise time (goal >= 0.8). Cable agreement per segment (relative "
           "difference of blockwise-merged vs whole-volume cable), over segments of at least min_segment_voxels; "
-          "both post-processed alike (soma, joins, tree, ticks, smoothing). Default skeletonize parameters and "
-          f"blocks {args.block}; {args.workers} processes for each method; {os.cpu_count()} CPUs, shared with other "
+          "both post-processed alike (soma, joins, tree, ticks, smoothing). Default skeletonize parameters "
+          f"unless the row names config.yaml; blocks {args.block}; {args.workers} processes for each method; {os.cpu_count()} CPUs, shared with other "
           f"work, so each time is the fastest of {args.repeat} alternating runs.", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]

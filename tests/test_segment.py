@@ -297,3 +297,28 @@ def test_lut_digests_change_only_for_blocks_whose_rows_change():
     segments[3] = base[1] + 2  # block x2's fragment now joins another segment
     b = stitch.lut_digests(fragments, segments)
     assert {k for k in a if a[k] != b[k]} == {"z0_y0_x2"}
+
+
+def test_per_section_fragments_read_only_their_blocks_sections(tmp_path, voronoi):
+    """Per-section ('2d') watershed fragments are computed on the write ROI's sections only (the z halo holds
+    other sections, which they never look at): the same fragments and face views as on the whole read ROI."""
+    from connectomix.segment.fragments import block_fragments
+
+    root, affs = _volume(tmp_path, voronoi)
+    s = stitch.setup(root, tmp_path / "w", {}, (8, 48, 48), CHUNKS)
+    assert s["mode"] == "2d" and s["halo"][0] > 0
+    grid = stitch.grid_of(s)
+    for block in grid:
+        read = stitch.fragments_read_roi(block, "2d", "watershed")
+        assert read.shape[0] == block.write.shape[0] < block.read.shape[0]
+        assert read.shape[1:] == block.read.shape[1:]
+        assert stitch.fragments_read_roi(block, "2d", "mutex") == block.read
+        assert stitch.fragments_read_roi(block, "3d", "watershed") == block.read
+        stitch.fragments_block(tmp_path / "w", block.id)
+        full = block_fragments(affs[(slice(None),) + block.read.slices], s["offsets"], s["voxel_size"], s["params"],
+                               "2d", block.write_in_read, block.index)
+        written = np.asarray(io.open_array(root, "fragments")[block.write.slices])
+        assert np.array_equal(written, full[0])
+        with np.load(tmp_path / "w" / "faces" / f"{block.id}.npz") as views:
+            for name, view in full[2].items():  # z views of the full read ROI hold no fragment of the write ROI
+                assert np.array_equal(views[name], view) if name in views else not view.any()

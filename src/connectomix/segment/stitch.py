@@ -112,14 +112,25 @@ def _read_affs(volume, roi: Roi, channels=None) -> np.ndarray:
     return data if channels is None else np.ascontiguousarray(data[channels])
 
 
+def fragments_read_roi(block: Block, mode: str, method: str) -> Roi:
+    """The ROI a block's fragments are computed on: its read ROI, but only the write ROI's sections for per-section
+    watershed fragments ('2d' mode), which look at no other section (their labels in the write ROI are the same
+    either way; mutex fragments are not: their small-fragment filter merges across sections)."""
+    if mode != "2d" or method != "watershed":
+        return block.read
+    z0, z1 = block.write.offset[0], block.write.end[0]
+    return Roi((z0,) + block.read.offset[1:], (z1 - z0,) + block.read.shape[1:])
+
+
 def fragments_block(work_dir, block_id: str) -> dict:
     """Watershed fragments of one block: read ROI in, write ROI out (ids unique by block); writes its marker."""
     start = time.perf_counter()
     s = load_setup(work_dir)
     block = grid_of(s).block(block_id)
-    affs = _read_affs(s["volume"], block.read)
+    read = fragments_read_roi(block, s["mode"], s["params"]["fragments"]["method"])
+    affs = _read_affs(s["volume"], read)
     labels, count, views = block_fragments(affs, s["offsets"], s["voxel_size"], s["params"], s["mode"],
-                                           block.write_in_read, block.index)
+                                           block.write.relative_to(read), block.index)
     io.open_array(s["volume"], FRAGMENTS, mode="r+")[block.write.slices] = labels
     faces = Path(work_dir) / "faces" / f"{block.id}.npz"
     faces.parent.mkdir(parents=True, exist_ok=True)

@@ -95,11 +95,14 @@ def degrade(affs: np.ndarray, seed: int = 0, blur=(0.0, 1.0, 1.0), noise: float 
 
 def write_test_volume(root, affs_u8: np.ndarray, voxel_size=(40, 8, 8), chunks=(8, 32, 32), offsets=NN_OFFSETS,
                       gt: np.ndarray | None = None) -> None:
-    """Write ``affinities`` (and ``gt/labels``) into an OME-Zarr the way the predict stage / phantom do."""
+    """Write ``affinities`` (and ``gt/labels``) into an OME-Zarr the way the predict stage / phantom do, content
+    checksums included (readers record them instead of hashing the arrays again)."""
     from connectomix import io
+    from connectomix.provenance import DIGEST_ATTR, data_digest
 
     names = [f"aff_{'_'.join(str(v) for v in o)}" for o in offsets]
     io.write_full(root, "affinities", affs_u8, (len(offsets),) + tuple(chunks), voxel_size, channels=names,
-                  attrs={"offsets": [list(o) for o in offsets], "scale": 1 / 255})
+                  attrs={"offsets": [list(o) for o in offsets], "scale": 1 / 255, DIGEST_ATTR: data_digest(affs_u8)})
     if gt is not None:
-        io.write_full(root, "gt/labels", gt.astype(np.uint64), chunks, voxel_size, is_label=True)
+        gt = gt.astype(np.uint64)
+        io.write_full(root, "gt/labels", gt, chunks, voxel_size, is_label=True, attrs={DIGEST_ATTR: data_digest(gt)})
