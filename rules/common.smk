@@ -199,6 +199,29 @@ def check_growth(name):
 
 
 _LUT_DIGESTS = {}
+_SOMATA = {}
+
+
+def somata_digest(wc):
+    """Param of skeletonize_block: a digest of the somata (skeletonize/somata.parquet, a checkpoint's output)
+    whose cleared sphere reaches the batch's read ROI; once the checkpoint ran, the blocks whose somata changed
+    rerun (a soma far away does not touch a block)."""
+    from connectomix.skeletonize.soma import somata_meeting
+
+    path = Path(f"{RESULTS}/{wc.dataset}/skeletonize/somata.parquet")
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return "none"
+    key = (stat.st_mtime_ns, stat.st_size)
+    cached = _SOMATA.get(str(path))
+    if cached is None or cached[0] != key:
+        import pandas as pd
+
+        cached = _SOMATA[str(path)] = (key, pd.read_parquet(path))
+    roi = block_grid(wc.dataset, CFG["skeletonize"]["halo"]).brick_read_roi(*parse_batch_id(wc.batch))
+    rows = somata_meeting(cached[1], roi.offset, roi.shape, dataset_cfg(wc.dataset)["voxel_size"])
+    return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:32]
 
 
 def lut_digest(wc):

@@ -1,4 +1,5 @@
-# skeletonize: blockwise kimimaro on `segmentation` (one job per batch of blocks, pieces cropped to each block's
+# skeletonize: the somata of `segmentation`, once (a checkpoint) -> blockwise kimimaro on `segmentation`, each
+# block clearing the somata's spheres (one job per batch of blocks, pieces cropped to each block's
 # write ROI) -> one merge job (pieces fused at block faces into one tree per segment: skeletons.parquet) ->
 # morphology.parquet.
 # Evaluation (phantoms): ERL and split/merge counts of the segmentation along ground-truth skeletons.
@@ -15,6 +16,29 @@ FINAL_TARGETS["skeletonize"] = lambda name: [
 EVAL_TARGETS["skeletons"] = lambda name: [f"{RESULTS}/{name}/eval/skeletons.json"] if is_phantom(name) else []
 
 
+# A checkpoint: which skeleton blocks must rerun depends on the somata it finds (params.somata of the blocks).
+checkpoint skeletonize_somata:
+    input:
+        # the segmentation with its pyramid (segment_finish builds it)
+        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
+    output:
+        somata=f"{RESULTS}/{{dataset}}/skeletonize/somata.parquet",
+    params:
+        volume=volume_of,
+        spec=json_arg(SKELETONIZE),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/skeletonize/somata.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=CFG["resources"]["min_mem_mb"],
+        runtime=CFG["resources"]["min_runtime_min"],
+    shell:
+        "python -m connectomix skeletonize somata --volume {params.volume} --array segmentation "
+        "--params {params.spec} --out {output.somata} > {log} 2>&1"
+
+
 rule skeletonize_block:
     input:
         # the relabel batches whose segmentation its blocks read (not segments.parquet, which every extension of
@@ -23,11 +47,14 @@ rule skeletonize_block:
         # behind the agglomeration checkpoint, so that these jobs are planned again once it ran: before, every
         # relabel job counts as rerunning (its lookup-table rows are not known yet)
         agglomerate=setup_of("segment_agglomerate"),
+        # ancient: a block reruns when the somata reaching it change (params.somata), not for any soma
+        somata=setup_of("skeletonize_somata"),
     output:
         marker=f"{RESULTS}/{{dataset}}/blocks/skeletonize/batches/{{batch}}.json",
     params:
         identity=dataset_identity,
         roi=batch_roi(SKELETONIZE["halo"]),
+        somata=somata_digest,
         volume=volume_of,
         spec=json_arg(SKELETONIZE),
         block_shape=zyx(CFG["blocks"]["shape"]),
@@ -48,6 +75,7 @@ rule skeletonize_block:
         "python -m connectomix skeletonize block --volume {params.volume} --array segmentation "
         "--blocks {params.blocks} --block-shape {params.block_shape} --chunk-shape {params.chunks} "
         "--params {params.spec} --pieces-dir {params.pieces} --marker-dir {params.markers} --threads {threads} "
+        "--somata {input.somata} "
         "> {log} 2>&1 && echo {params.record} > {output.marker}"
 
 
@@ -55,6 +83,7 @@ rule skeletonize_merge:
     input:
         segments=f"{RESULTS}/{{dataset}}/segments.parquet",
         markers=batch_markers("skeletonize"),
+        somata=f"{RESULTS}/{{dataset}}/skeletonize/somata.parquet",
     output:
         skeletons=f"{RESULTS}/{{dataset}}/skeletons.parquet",
         summary=f"{RESULTS}/{{dataset}}/skeletonize/merge.json",
@@ -74,7 +103,8 @@ rule skeletonize_merge:
     shell:
         "python -m connectomix skeletonize merge --volume {params.volume} --array segmentation "
         "--block-shape {params.block_shape} --pieces-dir {params.pieces} --params {params.spec} "
-        "--segments {input.segments} --out {output.skeletons} --summary {output.summary} > {log} 2>&1"
+        "--segments {input.segments} --somata {input.somata} --out {output.skeletons} --summary {output.summary} "
+        "> {log} 2>&1"
 
 
 rule skeletonize_morphology:

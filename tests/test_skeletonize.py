@@ -504,3 +504,91 @@ def test_cli_morphology_measures_soma_bodies_on_the_volume(tmp_path):
     assert error(body) < 10
     summary = json.loads((tmp_path / "body.json").read_text())
     assert summary["soma_bodies"] == summary["with_soma"] >= 1 and "segmentation" in summary["provenance"]["inputs"]
+
+
+# --- somata found once for the volume, cleared alike in every block -------------------------------------------------
+
+PHANTOM_SOMATA = {"teasar": {"soma_detection_threshold": 100, "soma_acceptance_threshold": 120,
+                             "soma_invalidation_const": 0}}  # this phantom's somata (radius ~120-170 nm) are found
+
+
+def test_find_mask_and_attach_somata():
+    labels = _neuron_with_neurites()
+    somata = core.find_somata(labels, VS, SMALL)
+    assert set(somata) == {1, 2}  # the neuron, and the surrounding label (wide everywhere)
+    centre, distance = somata[1]
+    assert np.linalg.norm((np.asarray(centre) - np.array([480.0, 640.0, 640.0]) / VS) * VS) <= 8
+    assert distance == pytest.approx(250, abs=10)
+    owned = np.zeros(labels.shape, bool)
+    owned[:, :, :60] = True  # only maxima in these voxels count
+    assert 1 not in core.find_somata(labels, VS, SMALL, maxima_in=owned)
+    # the sphere is cleared of the neuron only; the neurites outside it stay
+    radius = core.soma_sphere_radius(distance, SMALL)
+    teasar = core.resolve(SMALL)["teasar"]
+    assert radius == pytest.approx(distance * teasar["soma_invalidation_scale"] + teasar["soma_invalidation_const"])
+    masked = core.mask_somata(labels, (0, 0, 0), VS, {1: somata[1]}, SMALL)
+    grid = np.stack(np.meshgrid(*[np.arange(n) * v for n, v in zip(labels.shape, VS)], indexing="ij"), -1)
+    inside = np.linalg.norm(grid - np.asarray(centre) * VS, axis=-1) <= radius
+    assert not (masked[inside] == 1).any() and (masked[~inside] == labels[~inside]).all()
+    assert (masked[inside & (labels == 2)] == 2).all() and (masked == 1).sum() > 0
+    # block coordinates: the same sphere cut out of a crop; a crop it does not reach is returned as it is
+    crop = labels[8:, 60:, 60:]
+    assert np.array_equal(core.mask_somata(crop, (8, 60, 60), VS, {1: somata[1]}, SMALL), masked[8:, 60:, 60:])
+    far = labels[:, :10, :10]
+    assert core.mask_somata(far, (0, 0, 0), VS, {1: somata[1]}, SMALL) is far
+    # each neurite starting at the sphere is joined to the centre once; a piece farther out is not
+    stub = core.Skel(np.array([[0, 0, 300.0], [0, 0, 500], [0, 0, 900], [0, 0, 1100]]), np.array([[0, 1], [2, 3]]),
+                     np.ones(4, np.float32))
+    out = core.attach_soma(stub, np.zeros(3), 250.0, 290.0, 80.0)
+    assert len(out) == 5 and out.radii[-1] == 250 and {tuple(e) for e in out.edges[2:]} == {(4, 0)}
+
+
+def test_blockwise_somata_are_the_whole_volumes(phantom_skeletons):
+    """A soma cut by block faces is the same soma in every block: blockwise and whole-volume skeletons put it at
+    the same place with the same radius, and its neurites (traced from the cleared sphere outwards) agree."""
+    ph, labels, *_ = phantom_skeletons
+    kind = dict(zip(ph.objects["id"].astype(int), ph.objects["kind"]))
+    somata = core.find_somata(labels, VS, PHANTOM_SOMATA)
+    neurons = [k for k in somata if kind[k] == "neuron"]
+    assert len(neurons) >= 4
+    whole = core.skeletonize_whole(labels, VS, PHANTOM_SOMATA)
+    blockwise = core.skeletonize_blockwise(labels, VS, PHANTOM_BLOCKS, PHANTOM_SOMATA)
+    grid = BlockGrid(labels.shape, PHANTOM_BLOCKS, skparams.DEFAULTS["halo"])
+    cut = [k for k in neurons if len({b.id for b in grid if (labels[b.write.slices] == k).any()}) > 1]
+    assert len(cut) >= 3  # most neurons span several blocks
+    p = core.resolve(PHANTOM_SOMATA)
+    rel = []
+    for k in neurons:
+        w, b = whole[k], blockwise[k]
+        sw, sb = core.soma_sphere(w, p), core.soma_sphere(b, p)
+        assert sw is not None and sb is not None and sw[1] == sb[1]
+        assert np.allclose(w.vertices[sw[0]], b.vertices[sb[0]]) and w.radii[sw[0]] == b.radii[sb[0]]
+        assert w.is_tree() and b.is_tree()
+        rel.append(b.cable_length() / w.cable_length() - 1)
+    rel = np.abs(rel)
+    assert np.median(rel) < 0.01 and rel.max() < 0.1, rel
+
+
+def test_somata_of_a_volume_blockwise_on_its_pyramid(tmp_path, phantom_skeletons):
+    from connectomix.skeletonize.soma import find_somata_in_volume, read_plan, somata_dict, somata_meeting
+
+    _, labels, *_ = phantom_skeletons
+    root = tmp_path / "volume.zarr"
+    io.write_full(root, "segmentation", labels, (8, 64, 64), VS, is_label=True)
+    io.build_pyramid(root, "segmentation", 3, (1, 2, 2))
+    level, stride = read_plan(root, "segmentation", 120.0, 4.0)
+    assert level == 1 and list(stride) == [1, 1, 1]  # 40 x 16 x 16 nm: at most 30 nm in-plane
+    one = find_somata_in_volume(root, "segmentation", PHANTOM_SOMATA)
+    many = find_somata_in_volume(root, "segmentation", PHANTOM_SOMATA, block_voxels=16)  # 2 x 4 x 4 blocks
+    pd.testing.assert_frame_equal(one, many)
+    full = core.find_somata(labels, VS, PHANTOM_SOMATA)
+    found = somata_dict(one)
+    assert set(found) - set(full) <= set() and len(set(full) - set(found)) <= 1  # coarser voxels, same somata
+    for k in set(found) & set(full):
+        assert np.linalg.norm((np.subtract(found[k][0], full[k][0])) * VS) < 60
+        assert found[k][1] == pytest.approx(full[k][1], abs=30)
+    assert np.allclose(one["sphere_nm"], [core.soma_sphere_radius(d, PHANTOM_SOMATA) for d in one["distance_nm"]])
+    k = int(one["id"].iloc[0])
+    centre = one[["z", "y", "x"]].to_numpy()[0]
+    assert k in somata_meeting(one, centre, (1, 1, 1), VS)["id"].tolist()
+    assert k not in somata_meeting(one, centre + 40, (1, 1, 1), VS)["id"].tolist()

@@ -322,7 +322,7 @@ class FitResult:
     matrix: np.ndarray
     method: str
     n_inliers: int
-    sigma_um: float  # robust per-axis residual scale of the inlier pairs
+    sigma_um: float  # robust per-axis residual scale of the inlier pairs, corrected for the fitted parameters
     info: dict = field(default_factory=dict)
 
 
@@ -490,7 +490,10 @@ def estimate_transform(
         info["ransac_inliers"] = n_inl
     matrix, pairs = icp_refine(em_nm, rois_um, matrix, gate, icp["max_iterations"], icp["trim_sigmas"])
     d = np.linalg.norm(apply_affine(matrix, em_nm[pairs[:, 1]]) - rois_um[pairs[:, 0]], axis=1)
-    return FitResult(matrix, method if landmarks is None else "landmarks+icp", len(pairs), _sigma(d), info)
+    # the affine was fitted to these pairs (4 parameters per axis), so their residuals understate the noise
+    dof = len(pairs) / (len(pairs) - 4) if len(pairs) > 8 else 1.0
+    return FitResult(matrix, method if landmarks is None else "landmarks+icp", len(pairs), _sigma(d) * np.sqrt(dof),
+                     info)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ STEPS: tuple[Step, ...] = (
     Step("segment", "agglomerate", "segment_agglomerate", "dataset"),
     Step("segment", "relabel", "segment_relabel", "block"),
     Step("segment", "finish", "segment_finish", "dataset"),
+    Step("skeletonize", "somata", "skeletonize_somata", "dataset"),
     Step("skeletonize", "block", "skeletonize_block", "block"),
     Step("skeletonize", "merge", "skeletonize_merge", "dataset"),
     Step("skeletonize", "morphology", "skeletonize_morphology", "dataset"),

@@ -2,6 +2,9 @@
 
 Actions (each one Snakemake job kind):
 
+* ``somata``: find the somata of a label array once for the whole volume (``soma.find_somata_in_volume``):
+  ``somata.parquet``, read by every block (each clears the somata's spheres before tracing) and by the merge
+  (which joins each soma's neurites to its centre).
 * ``block``: skeletonize one block of a label array (read ROI = write ROI + halo), crop to the write ROI,
   save the pieces (``.npz``) and the block marker.
 * ``merge``: fuse every segment's pieces into one tree (see ``connectomix.skeletonize.core``) and write
@@ -31,6 +34,13 @@ def _zyx(text):
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
 
+    so = sub.add_parser("somata", help="find the somata of a label array (once per volume, before the blocks)")
+    so.add_argument("--volume", required=True, help="the dataset's OME-Zarr (volume.zarr)")
+    so.add_argument("--array", default="segmentation", help="label array in the volume (default segmentation)")
+    so.add_argument("--params", default="{}", help="`skeletonize:` config section as JSON (defaults filled)")
+    so.add_argument("--out", required=True, help="somata.parquet to write")
+    so.set_defaults(func=_run_somata)
+
     b = sub.add_parser("block", help="skeletonize blocks (one after another), each cropped to its write ROI")
     b.add_argument("--volume", required=True, help="the dataset's OME-Zarr (volume.zarr)")
     b.add_argument("--array", default="segmentation", help="label array in the volume (default segmentation)")
@@ -46,6 +56,7 @@ def add_arguments(parser) -> None:
     b.add_argument("--pieces-dir", help="folder for <block>.npz pieces (any number of blocks)")
     b.add_argument("--marker-dir", help="folder for <block>.json markers, each written last (any number of blocks)")
     b.add_argument("--threads", type=int, default=1, help="kimimaro processes (default 1)")
+    b.add_argument("--somata", default=None, help="somata.parquet (`skeletonize somata`); without it, no soma")
     b.set_defaults(func=_run_block)
 
     m = sub.add_parser("merge", help="merge block pieces into one tree per segment")
@@ -57,6 +68,7 @@ def add_arguments(parser) -> None:
     m.add_argument("--params", default="{}", help="`skeletonize:` config section as JSON")
     m.add_argument("--segments", default=None,
                    help="segments.parquet (optional): only its ids are kept when it has an `id` column")
+    m.add_argument("--somata", default=None, help="somata.parquet the blocks used (`skeletonize somata`)")
     m.add_argument("--out", required=True, help="skeletons.parquet to write")
     m.add_argument("--summary", required=True, help="JSON summary (counts, timings, provenance)")
     m.set_defaults(func=_run_merge)
@@ -87,6 +99,28 @@ def _grid(volume, array, block_shape, halo, chunk_shape=None):
     return BlockGrid(meta.spatial_shape, block_shape, halo, chunk_shape), meta
 
 
+def _read_somata(path) -> dict:
+    import pandas as pd
+
+    from connectomix.skeletonize.soma import somata_dict
+
+    return somata_dict(pd.read_parquet(path)) if path else {}
+
+
+def _run_somata(args) -> int:
+    from connectomix.skeletonize.soma import find_somata_in_volume
+
+    params = resolve(json.loads(args.params))
+    table = find_somata_in_volume(args.volume, args.array, params)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(out)
+    print(f"{len(table)} somata")
+    return 0
+
+
 def _run_block(args) -> int:
     from connectomix.blocks import write_marker
     from connectomix.io import open_array
@@ -101,13 +135,15 @@ def _run_block(args) -> int:
     grid, meta = _grid(args.volume, args.array, args.block_shape, params["halo"], args.chunk_shape)
     blocks = [grid.block(b) for b in args.blocks]  # every id checked before any work
     source = open_array(args.volume, args.array)
+    somata = _read_somata(args.somata)
     for block in blocks:
         pieces_path = args.pieces if single else Path(args.pieces_dir) / f"{block.id}.npz"
         marker_path = args.marker if single else Path(args.marker_dir) / f"{block.id}.json"
         start = time.perf_counter()
         labels = np.asarray(source[block.read.slices])
         t_read = time.perf_counter() - start
-        pieces, counts = skeletonize_block(labels, block, meta.voxel_size, params, meta.offset_nm, args.threads)
+        pieces, counts = skeletonize_block(labels, block, meta.voxel_size, params, meta.offset_nm, args.threads,
+                                           somata)
         save_pieces(pieces_path, pieces, counts)
         write_marker(marker_path, block, pieces=len(pieces), vertices=int(sum(len(p) for p in pieces.values())),
                      labels=len(counts), read_s=round(t_read, 3), total_s=round(time.perf_counter() - start, 3))
@@ -142,7 +178,10 @@ def _run_merge(args) -> int:
             keep = set(int(i) for i in seg["id"])
             by_label = {k: v for k, v in by_label.items() if k in keep}
     stats: dict = {}
-    skels = merge_all(by_label, counts, params, stats)
+    from connectomix.skeletonize.core import somata_nm
+
+    somata = somata_nm(_read_somata(args.somata), meta.voxel_size, meta.offset_nm, params)
+    skels = merge_all(by_label, counts, params, stats, somata)
     table = skeletons_to_table(skels)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
@@ -154,8 +193,10 @@ def _run_merge(args) -> int:
         "cable_length_nm": float(sum(s.cable_length() for s in skels.values())),
         "segments_not_one_tree": len(not_trees), **stats,
         "merge_s": round(time.perf_counter() - start, 3),
+        "somata": len(somata),
         "provenance": record({"skeletonize": params},
-                             input_digests(args.volume, [args.array], {"segments": args.segments})),
+                             input_digests(args.volume, [args.array], {"segments": args.segments,
+                                                                       "somata": args.somata})),
     })
     print(f"{len(skels)} skeletons, {len(table)} vertices ({len(not_trees)} not a single tree)")
     return 0

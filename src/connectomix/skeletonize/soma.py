@@ -126,3 +126,71 @@ def soma_bodies(volume, array: str, somata: pd.DataFrame, params: dict) -> pd.Da
         out["soma_volume_nm3"].append(body["volume_nm3"])
         out["soma_truncated"].append(bool((body["touches"] & at_edge).any()))
     return pd.DataFrame(out).astype({"id": np.uint64, "soma_truncated": bool})
+
+
+# --- somata for the skeletons: found once per volume, before the blocks --------------------------------------------
+
+SOMATA_COLUMNS = ["id", "z", "y", "x", "distance_nm", "sphere_nm"]
+
+
+def find_somata_in_volume(volume, array: str, params: dict | None = None, block_voxels: int = 128) -> pd.DataFrame:
+    """``core.find_somata`` on a label array of an OME-Zarr, blockwise on a coarse pyramid level: the coarsest
+    level (and stride) with voxels of at most a quarter of ``teasar.soma_acceptance_threshold`` on every axis,
+    in blocks of ``block_voxels`` such voxels with a halo of four acceptance radii (a boundary distance is exact
+    up to the halo). Returns the ``SOMATA_COLUMNS`` table: the centre as a level-0 voxel, its boundary distance and
+    the sphere cleared around it (nm)."""
+    from connectomix import io
+    from connectomix.blocks import BlockGrid
+    from connectomix.skeletonize.core import find_somata, resolve, soma_sphere_radius
+
+    p = resolve(params)
+    accept = float(p["teasar"]["soma_acceptance_threshold"])
+    level, stride = read_plan(volume, array, accept, 4.0)
+    transforms = io.level_transforms(volume, array)
+    scale, shift = (np.asarray(v) for v in transforms[level])
+    base_scale, base_shift = (np.asarray(v) for v in transforms[0])
+    source = io.open_array(volume, array, level)
+    vs = scale * stride
+    shape = tuple(int(-(-n // s)) for n, s in zip(source.shape[-3:], stride))  # the strided level's shape
+    halo = tuple(int(np.ceil(4 * accept / v)) for v in vs)
+    grid = BlockGrid(shape, (block_voxels,) * 3, halo)
+    best: dict[int, tuple[float, tuple]] = {}
+    for block in grid:
+        read = tuple(slice(a * s, b * s, s) for a, b, s in zip(block.read.offset, block.read.end, stride))
+        labels = np.asarray(source[read])
+        owned = np.zeros(labels.shape, bool)
+        owned[block.write_in_read] = True
+        for label, (voxel, distance) in find_somata(labels, vs, p, maxima_in=owned).items():
+            position = tuple(int(v) + o for v, o in zip(voxel, block.read.offset))
+            # the largest distance, then the first in C order, as one pass over the whole level would pick
+            if label not in best or distance > best[label][0] or (distance == best[label][0] and position < best[label][1]):
+                best[label] = (distance, position)
+    rows = {c: [] for c in SOMATA_COLUMNS}
+    for label in sorted(best):
+        distance, position = best[label]
+        nm = shift + np.asarray(position) * vs
+        voxel = np.rint((nm - base_shift) / base_scale).astype(int)
+        for name, value in zip(("z", "y", "x"), voxel):
+            rows[name].append(int(value))
+        rows["id"].append(label)
+        rows["distance_nm"].append(distance)
+        rows["sphere_nm"].append(soma_sphere_radius(distance, p))
+    return pd.DataFrame(rows).astype({"id": np.uint64, "z": np.int64, "y": np.int64, "x": np.int64,
+                                      "distance_nm": np.float64, "sphere_nm": np.float64})
+
+
+def somata_dict(table: pd.DataFrame) -> dict:
+    """``{label: ((z, y, x) level-0 voxel, boundary distance nm)}`` (``core.find_somata``'s form) from a table."""
+    return {int(r.id): ((int(r.z), int(r.y), int(r.x)), float(r.distance_nm)) for r in table.itertuples(index=False)}
+
+
+def somata_meeting(table: pd.DataFrame, offset, shape, voxel_size) -> pd.DataFrame:
+    """The rows whose cleared sphere reaches the box ``offset`` + ``shape`` (level-0 voxels)."""
+    if not len(table):
+        return table
+    vs = np.asarray(voxel_size, np.float64)
+    centre = table[["z", "y", "x"]].to_numpy(np.float64)
+    reach = table["sphere_nm"].to_numpy()[:, None] / vs
+    lo, hi = np.asarray(offset, np.float64), np.asarray(offset, np.float64) + np.asarray(shape, np.float64) - 1
+    meets = np.all((centre + reach >= lo) & (centre - reach <= hi), axis=1)
+    return table[meets]
