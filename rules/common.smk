@@ -198,29 +198,37 @@ def check_growth(name):
         raise ValueError(f"dataset {name}: {error}") from None
 
 
-_LUT_DIGESTS = {}
-_SOMATA = {}
+_CACHED = {}
+
+
+def _load_cached(path, load):
+    """``load(path)``, read again only when the file changed (size, mtime): digest params are asked for once per
+    job, and planning time matters at 10^4+ blocks; None when the file does not exist (yet)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    key = (stat.st_mtime_ns, stat.st_size)
+    cached = _CACHED.get(str(path))
+    if cached is None or cached[0] != key:
+        cached = _CACHED[str(path)] = (key, load(path))
+    return cached[1]
 
 
 def somata_digest(wc):
     """Param of skeletonize_block: a digest of the somata (skeletonize/somata.parquet, a checkpoint's output)
     whose cleared sphere reaches the batch's read ROI; once the checkpoint ran, the blocks whose somata changed
     rerun (a soma far away does not touch a block)."""
+    import pandas as pd
+
     from connectomix.skeletonize.soma import somata_meeting
 
-    path = Path(f"{RESULTS}/{wc.dataset}/skeletonize/somata.parquet")
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
+    somata = _load_cached(f"{RESULTS}/{wc.dataset}/skeletonize/somata.parquet", pd.read_parquet)
+    if somata is None:
         return "none"
-    key = (stat.st_mtime_ns, stat.st_size)
-    cached = _SOMATA.get(str(path))
-    if cached is None or cached[0] != key:
-        import pandas as pd
-
-        cached = _SOMATA[str(path)] = (key, pd.read_parquet(path))
     roi = block_grid(wc.dataset, CFG["skeletonize"]["halo"]).brick_read_roi(*parse_batch_id(wc.batch))
-    rows = somata_meeting(cached[1], roi.offset, roi.shape, dataset_cfg(wc.dataset)["voxel_size"])
+    rows = somata_meeting(somata, roi.offset, roi.shape, dataset_cfg(wc.dataset)["voxel_size"])
     return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:32]
 
 
@@ -228,18 +236,12 @@ def lut_digest(wc):
     """Param of segment_relabel: a digest of the lookup-table rows of its blocks' fragments, from
     segment/lut_digests.json. segment_agglomerate (a checkpoint) writes that file; once it ran, Snakemake re-plans
     the relabel jobs and reruns those whose digest changed (and those whose fragments were recomputed)."""
-    path = Path(f"{RESULTS}/{wc.dataset}/segment/lut_digests.json")
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
+    digests = _load_cached(f"{RESULTS}/{wc.dataset}/segment/lut_digests.json", lambda p: json.loads(p.read_text()))
+    if digests is None:
         return "none"
-    key = (stat.st_mtime_ns, stat.st_size)
-    cached = _LUT_DIGESTS.get(str(path))
-    if cached is None or cached[0] != key:
-        cached = _LUT_DIGESTS[str(path)] = (key, json.loads(path.read_text()))
     digest = hashlib.sha256()
     for block in _batch_blocks(wc.dataset, wc.batch):
-        digest.update(f"{block}:{cached[1].get(block, '')};".encode())
+        digest.update(f"{block}:{digests.get(block, '')};".encode())
     return digest.hexdigest()[:32]
 
 

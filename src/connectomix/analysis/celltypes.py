@@ -92,7 +92,7 @@ def _log_joint(x: np.ndarray, weights, means, covs) -> np.ndarray:
 
 
 def mixture_posteriors(x: np.ndarray, model: dict) -> np.ndarray:
-    """Posteriors (n, k) of rows ``x`` under a fitted mixture (``gaussian_mixture(..., return_model=True)``)."""
+    """Posteriors (n, k) of rows ``x`` under a fitted mixture (the model ``gaussian_mixture`` returns)."""
     from scipy.special import logsumexp
 
     logp = _log_joint(x, model["weights"], model["means"], model["covs"])
@@ -100,11 +100,11 @@ def mixture_posteriors(x: np.ndarray, model: dict) -> np.ndarray:
 
 
 def gaussian_mixture(x: np.ndarray, k: int = 2, n_init: int = 10, max_iter: int = 200, seed: int = 0,
-                     reg: float = 1e-3, return_model: bool = False, covariance: str = "full"):
+                     reg: float = 1e-3, covariance: str = "full"):
     """EM for a Gaussian mixture; best log-likelihood of ``n_init`` k-means++ starts. ``covariance``: ``full``
     (one covariance per component) or ``tied`` (one shared by all: linear boundaries, steadier on few neurons).
 
-    Returns ``(labels, posteriors (n, k))``, and the model (``weights``, ``means``, ``covs``) with ``return_model``.
+    Returns ``(labels, posteriors (n, k), model)``, the model as ``weights``, ``means``, ``covs``.
     """
     from scipy.special import logsumexp
 
@@ -112,7 +112,7 @@ def gaussian_mixture(x: np.ndarray, k: int = 2, n_init: int = 10, max_iter: int 
     n, d = x.shape
     if n < k:
         raise ValueError(f"celltypes: {n} neurons cannot form {k} clusters")
-    best = (-np.inf, None)
+    best = (-np.inf, None, None)
     for _ in range(n_init):
         centres = [x[rng.integers(n)]]
         for _c in range(1, k):  # k-means++ seeding
@@ -137,10 +137,7 @@ def gaussian_mixture(x: np.ndarray, k: int = 2, n_init: int = 10, max_iter: int 
             ll_old = ll
         if ll > best[0]:
             best = (ll, resp, {"weights": nk / n, "means": mu, "covs": covs})
-    resp = best[1]
-    if return_model:
-        return resp.argmax(1), resp, best[2]
-    return resp.argmax(1), resp
+    return best[1].argmax(1), best[1], best[2]
 
 
 def _truncated(neurons: pd.DataFrame, ids) -> np.ndarray:
@@ -170,8 +167,7 @@ def classify(neurons: pd.DataFrame, morphology: pd.DataFrame | None = None, edge
     fit = ~_truncated(neurons, feats.index)
     if fit.sum() < max(4, len(fit) // 2):
         fit[:] = True
-    _, _, model = gaussian_mixture(x[fit], 2, params["n_init"], seed=params["seed"], return_model=True,
-                                   covariance=params["covariance"])
+    _, _, model = gaussian_mixture(x[fit], 2, params["n_init"], seed=params["seed"], covariance=params["covariance"])
     post = mixture_posteriors(x, model)
     labels = post.argmax(1)
     if params["naming"] == "larger_cluster":

@@ -22,7 +22,7 @@ import numpy as np
 
 from connectomix.skeletonize.core import (  # noqa: F401  (public API)
     Skel, finalize, kimimaro_skeletons, load_pieces, merge_all, merge_pieces, save_pieces, skeletonize_block,
-    skeletonize_blockwise, skeletonize_whole, to_tree,
+    skeletonize_blockwise, skeletonize_whole, somata_nm, to_tree,
 )
 from connectomix.skeletonize.params import DEFAULTS, resolve  # noqa: F401
 
@@ -178,8 +178,6 @@ def _run_merge(args) -> int:
             keep = set(int(i) for i in seg["id"])
             by_label = {k: v for k, v in by_label.items() if k in keep}
     stats: dict = {}
-    from connectomix.skeletonize.core import somata_nm
-
     somata = somata_nm(_read_somata(args.somata), meta.voxel_size, meta.offset_nm, params)
     skels = merge_all(by_label, counts, params, stats, somata)
     table = skeletons_to_table(skels)
