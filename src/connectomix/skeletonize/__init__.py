@@ -143,7 +143,7 @@ def _run_block(args) -> int:
         labels = np.asarray(source[block.read.slices])
         t_read = time.perf_counter() - start
         pieces, counts = skeletonize_block(labels, block, meta.voxel_size, params, meta.offset_nm, args.threads,
-                                           somata)
+                                           somata, volume_shape=grid.volume_shape)
         save_pieces(pieces_path, pieces, counts)
         write_marker(marker_path, block, pieces=len(pieces), vertices=int(sum(len(p) for p in pieces.values())),
                      labels=len(counts), read_s=round(t_read, 3), total_s=round(time.perf_counter() - start, 3))

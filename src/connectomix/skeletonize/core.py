@@ -97,8 +97,15 @@ def kimimaro_skeletons(
     params: dict | None = None,
     parallel: int = 1,
     object_ids: Iterable[int] | None = None,
+    origin: Sequence[int] = (0, 0, 0),
+    volume_shape: Sequence[int] | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """kimimaro on a (z, y, x) label array: ``{label: (vertices in voxels (z, y, x), edges, radii nm)}``.
+
+    The array may be a block's read ROI (its voxel 0 at the global voxel ``origin`` of a volume of
+    ``volume_shape``; default: the array is the whole volume). Components of ``dust_threshold`` voxels or fewer are
+    dropped as kimimaro drops them in the whole volume; in a block, by ``clear_dust``: a small piece cut off by a
+    face inside the volume is traced, since it may belong to a large component.
 
     ``fix_borders`` is off, for blocks and for the whole volume alike: its border targets (and the root it takes
     among them) sit on the array's faces, so a block would aim branches at the faces of its read ROI (and at its
@@ -113,6 +120,10 @@ def kimimaro_skeletons(
     ids = None if object_ids is None else [int(i) for i in object_ids]
     if labels.size == 0 or ids == [] or not labels.any():
         return {}
+    dust = int(p["dust_threshold"])
+    volume_shape = labels.shape if volume_shape is None else volume_shape
+    if any(o > 0 or o + n < v for o, n, v in zip(origin, labels.shape, volume_shape)):  # a face inside the volume
+        labels, dust = clear_dust(labels, origin, volume_shape, dust, ids), 0
     labels_xyz = np.asarray(labels).T  # a view: Fortran-ordered (x, y, z), what kimimaro wants
     anisotropy = tuple(float(v) for v in voxel_size)[::-1]
     teasar = dict(p["teasar"])
@@ -124,7 +135,7 @@ def kimimaro_skeletons(
         teasar_params=teasar,
         object_ids=ids,
         anisotropy=anisotropy,
-        dust_threshold=int(p["dust_threshold"]),
+        dust_threshold=dust,
         fix_branching=bool(p["fix_branching"]),
         fix_borders=False,
         progress=False,
@@ -140,6 +151,37 @@ def kimimaro_skeletons(
             continue
         vox = np.rint(s.vertices.astype(np.float64) / aniso)[:, ::-1]  # voxel centres, (z, y, x)
         out[int(label)] = densify(vox, np.asarray(s.edges, np.int64), np.asarray(s.radius, np.float32))
+    return out
+
+
+def clear_dust(labels: np.ndarray, origin: Sequence[int], volume_shape: Sequence[int], threshold: int,
+               object_ids: Iterable[int] | None = None) -> np.ndarray:
+    """``labels`` with every 26-connected component of ``threshold`` voxels or fewer cleared (kimimaro's
+    ``dust_threshold``), except components touching a face of the array that lies inside the volume: the array is
+    a block's read ROI there, and the component may go on beyond it. ``object_ids``: only their components count
+    (the others are not traced). Returns ``labels`` itself when nothing is cleared."""
+    import cc3d
+    import fastremap
+
+    if threshold <= 0 or labels.size == 0:
+        return labels
+    traced = labels if object_ids is None else fastremap.mask_except(labels, list(object_ids), in_place=False)
+    cc = cc3d.connected_components(traced, connectivity=26)
+    ids, counts = fastremap.unique(cc, return_counts=True)
+    small = ids[(counts <= threshold) & (ids != 0)]
+    if not len(small):
+        return labels
+    cut = set()
+    for axis in range(3):
+        if origin[axis] > 0:
+            cut.update(fastremap.unique(np.take(cc, 0, axis)).tolist())
+        if origin[axis] + labels.shape[axis] < volume_shape[axis]:
+            cut.update(fastremap.unique(np.take(cc, -1, axis)).tolist())
+    dust = [int(i) for i in small if int(i) not in cut]
+    if not dust:
+        return labels
+    out = labels.copy()
+    out[fastremap.mask_except(cc, dust) != 0] = 0
     return out
 
 
@@ -359,8 +401,11 @@ def skeletonize_block(
     offset_nm: Sequence[float] = (0, 0, 0),
     parallel: int = 1,
     somata: dict | None = None,
+    *,
+    volume_shape: Sequence[int],
 ) -> tuple[dict[int, Skel], dict[int, int]]:
-    """Skeletonize one block: kimimaro on its read ROI, pieces cropped to its write ROI.
+    """Skeletonize one block: kimimaro on its read ROI, pieces cropped to its write ROI. ``volume_shape``: the
+    grid's (a piece cut off by a read-ROI face inside the volume is never dust: ``clear_dust``).
 
     Only labels present in the write ROI are traced (the others could only give pieces outside it). ``somata``
     (``find_somata`` of the whole volume, global voxels) are cleared from the read ROI first (``mask_somata``).
@@ -376,7 +421,8 @@ def skeletonize_block(
     pieces = {}
     read_offset = np.asarray(block.read.offset, np.float64)
     labels_read = mask_somata(labels_read, block.read.offset, voxel_size, somata or {}, params)
-    traced = kimimaro_skeletons(labels_read, voxel_size, params, parallel, object_ids=sorted(voxel_counts))
+    traced = kimimaro_skeletons(labels_read, voxel_size, params, parallel, object_ids=sorted(voxel_counts),
+                                origin=block.read.offset, volume_shape=volume_shape)
     for label, (vox, edges, radii) in traced.items():
         piece = crop_to_roi(vox + read_offset, edges, radii, block.write, voxel_size, offset_nm)
         if len(piece):
@@ -822,14 +868,14 @@ def skeletonize_blockwise(
 
         blocks = list(grid)
         with ProcessPoolExecutor(parallel) as pool:
-            results = pool.map(_block_job, [(labels[b.read.slices], b, tuple(voxel_size), p, tuple(offset_nm), somata)
-                                            for b in blocks])
+            results = pool.map(_block_job, [(labels[b.read.slices], b, tuple(voxel_size), p, tuple(offset_nm), somata,
+                                             labels.shape) for b in blocks])
             for pieces, block_counts in results:
                 _collect(pieces, block_counts, by_label, counts)
     else:
         for block in grid:
             pieces, block_counts = skeletonize_block(labels[block.read.slices], block, voxel_size, p, offset_nm,
-                                                     somata=somata)
+                                                     somata=somata, volume_shape=labels.shape)
             _collect(pieces, block_counts, by_label, counts)
     t1 = time.perf_counter()
     out = merge_all(by_label, counts, p, somata=somata_nm(somata, voxel_size, offset_nm, p))
@@ -839,8 +885,8 @@ def skeletonize_blockwise(
 
 
 def _block_job(args):
-    labels, block, voxel_size, p, offset_nm, somata = args
-    return skeletonize_block(labels, block, voxel_size, p, offset_nm, somata=somata)
+    labels, block, voxel_size, p, offset_nm, somata, volume_shape = args
+    return skeletonize_block(labels, block, voxel_size, p, offset_nm, somata=somata, volume_shape=volume_shape)
 
 
 def _collect(pieces, block_counts, by_label, counts):
