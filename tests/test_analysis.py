@@ -201,6 +201,11 @@ def test_celltypes_somata_cut_by_the_volume_edge_do_not_shape_the_classes():
     assert len(with_flag) == 30 and with_flag["p_excitatory"].between(0, 1).all()  # cut ones are classified too
     without = celltypes.classify(_somata(radius), params={"features": ["soma_radius_nm"]})
     assert (without["cell_type"].to_numpy()[:24] == truth).mean() < 0.9
+    # most somata cut (as on the phantoms, where false somata at the edge are many): the uncut still decide
+    many_cut = np.r_[radius[:24:2], rng.uniform(100, 170, 18)]
+    cut = np.r_[np.zeros(12, bool), np.ones(18, bool)]
+    out = celltypes.classify(_somata(many_cut, soma_truncated=cut), params={"features": ["soma_radius_nm"]})
+    assert (out["cell_type"].to_numpy()[:12] == truth[::2]).all()
 
 
 # --- CLI, evaluation and report ------------------------------------------------------------------------------------

@@ -472,6 +472,29 @@ def test_soma_body_is_the_cell_body_without_its_neurites():
     assert soma_body(np.zeros_like(mask), VS, centre_vox, 250.0, 0.6) is None
 
 
+def test_soma_body_opens_harder_when_a_merged_neighbour_pulls_its_centroid():
+    """A segmentation merge: a neighbouring cell (r 200 nm) joined to the soma (r 250 nm) by a neck of radius 165 nm,
+    wider than the 0.6 x 250 nm opening ball. Opened once, the body holds both and its centroid sits ~150 nm
+    towards the neighbour; with max_centroid_shift it is opened again, harder, and is the soma alone."""
+    from connectomix.skeletonize.soma import soma_body
+
+    labels = np.full((24, 160, 160), 2, np.uint64)
+    c, n = np.array([480.0, 640.0, 640.0]), np.array([480.0, 640.0, 1070.0])
+    _paint_capsule(labels, 1, c, c, 250.0, VS)
+    _paint_capsule(labels, 1, n, n, 200.0, VS)
+    _paint_capsule(labels, 1, c, n, 165.0, VS)
+    mask, centre_vox = labels == 1, c / VS
+    once = soma_body(mask, VS, centre_vox, 250.0, 0.6, max_centroid_shift=None)
+    assert np.linalg.norm((once["centroid"] - centre_vox) * VS) > 100
+    body = soma_body(mask, VS, centre_vox, 250.0, 0.6, max_centroid_shift=0.5)
+    assert np.linalg.norm((body["centroid"] - centre_vox) * VS) < 15
+    assert body["radius_nm"] == pytest.approx(250, rel=0.05)
+    # a round soma with thin neurites is opened once: the same body either way
+    plain = _neuron_with_neurites() == 1
+    assert soma_body(plain, VS, centre_vox, 250.0, 0.6, 0.5)["volume_nm3"] == \
+        soma_body(plain, VS, centre_vox, 250.0, 0.6, None)["volume_nm3"]
+
+
 def test_soma_bodies_read_from_the_pyramid_with_offsets_and_flag_cut_somata(tmp_path):
     from connectomix.skeletonize.soma import read_plan, soma_bodies
 

@@ -33,6 +33,7 @@ DEFAULTS: dict = {
     },
     "soma_body": {
         "opening_fraction": 0.6,
+        "max_centroid_shift": 0.5,
         "voxels_per_radius": 12.0,
         "crop_radii": 2.0,
     },

@@ -8,6 +8,12 @@ volume (as the radius of a sphere of the same volume) are far steadier than the 
 the centroid lies 5 nm from the true soma centre (median; the widest point 17 nm) and the radius correlates 0.99
 with the true one.
 
+A cell body is round: its centroid lies near its widest point. A body whose centroid lies farther than
+``max_centroid_shift`` inscribed radii from it holds a neighbour that the segmentation merged in through a neck
+wider than the opening ball; it is opened again with a ball 0.1 inscribed radii larger (up to 0.95) until the
+centroid stays near. On nine phantoms this took the worst centroid error from 263 to 53 nm and the spread of
+measured / true radius from 3.2 % to 1.3 %.
+
 Crops are read from the coarsest pyramid level (and stride) whose voxels are no larger than
 ``inscribed radius / voxels_per_radius`` on any axis (one choice per dataset, from the median soma, so every soma
 is measured alike); a volume whose pyramid is too shallow for its somata is read at a fine level, which is slow.
@@ -21,11 +27,13 @@ import pandas as pd
 BODY_COLUMNS = ["soma_z_nm", "soma_y_nm", "soma_x_nm", "soma_radius_nm", "soma_volume_nm3", "soma_truncated"]
 
 
-def soma_body(mask: np.ndarray, voxel_size, centre, radius_nm: float, opening_fraction: float) -> dict | None:
+def soma_body(mask: np.ndarray, voxel_size, centre, radius_nm: float, opening_fraction: float,
+              max_centroid_shift: float | None = None) -> dict | None:
     """The soma body of a binary ``mask`` (one segment in a crop, voxel size ``voxel_size`` nm).
 
     ``centre`` (voxel index, float) and ``radius_nm`` locate the skeleton's soma: the widest point within
-    ``radius_nm`` of the centre is the body's seed. Returns ``centroid`` (voxel index, float), ``volume_nm3``,
+    ``radius_nm`` of the centre is the body's seed. ``max_centroid_shift`` (inscribed radii; None: off): open
+    harder while the body's centroid lies farther than that from the seed (see the module docstring). Returns ``centroid`` (voxel index, float), ``volume_nm3``,
     ``radius_nm`` (of the sphere of that volume), ``inscribed_radius_nm`` and ``touches`` (a bool per crop face,
     z-low, z-high, y-low, ... : the body reaches that face), or None when the mask is empty near the centre."""
     import cc3d
@@ -42,12 +50,19 @@ def soma_body(mask: np.ndarray, voxel_size, centre, radius_nm: float, opening_fr
     inscribed = float(dist[seed])
     if inscribed <= 0:
         return None
-    rho = opening_fraction * inscribed
-    core = dist >= rho
-    to_core = edt.edt(~core, anisotropy=tuple(vs), black_border=False)
-    body = mask & (core | (to_core <= rho))
-    components = cc3d.connected_components(body, connectivity=26)
-    body = components == components[seed]
+    fraction = opening_fraction
+    while True:
+        rho = fraction * inscribed
+        core = dist >= rho
+        to_core = edt.edt(~core, anisotropy=tuple(vs), black_border=False)
+        body = mask & (core | (to_core <= rho))
+        components = cc3d.connected_components(body, connectivity=26)
+        body = components == components[seed]
+        centroid = np.array([idx.mean() for idx in np.nonzero(body)])
+        shift = float(np.linalg.norm((centroid - np.asarray(seed)) * vs))
+        if max_centroid_shift is None or shift <= max_centroid_shift * inscribed or fraction >= 0.95:
+            break
+        fraction = min(fraction + 0.1, 0.95)
     count = int(body.sum())
     volume = count * float(vs.prod())
     touches = []
@@ -55,7 +70,7 @@ def soma_body(mask: np.ndarray, voxel_size, centre, radius_nm: float, opening_fr
         for index in (0, mask.shape[axis] - 1):
             touches.append(bool(np.take(body, index, axis=axis).any()))
     return {
-        "centroid": np.array([idx.mean() for idx in np.nonzero(body)]),
+        "centroid": centroid,
         "volume_nm3": volume,
         "radius_nm": float((3 * volume / (4 * np.pi)) ** (1 / 3)),
         "inscribed_radius_nm": inscribed,
@@ -87,8 +102,8 @@ def soma_bodies(volume, array: str, somata: pd.DataFrame, params: dict) -> pd.Da
     Returns one row per soma: ``id``, ``soma_z_nm``, ``soma_y_nm``, ``soma_x_nm`` (the body's centroid),
     ``soma_radius_nm`` (radius of the sphere of the body's volume), ``soma_volume_nm3`` and ``soma_truncated``
     (the body reaches the volume's edge: its volume is a lower bound). ``params``: ``opening_fraction``,
-    ``voxels_per_radius``, ``crop_radii`` (crop half-size in inscribed radii; doubled once when the body reaches
-    a crop face inside the volume)."""
+    ``max_centroid_shift``, ``voxels_per_radius``, ``crop_radii`` (crop half-size in inscribed radii; doubled once
+    when the body reaches a crop face inside the volume)."""
     from connectomix import io
 
     out = {c: [] for c in ["id"] + BODY_COLUMNS}
@@ -109,7 +124,8 @@ def soma_bodies(volume, array: str, somata: pd.DataFrame, params: dict) -> pd.Da
             lo = np.maximum(np.floor(centre).astype(int) - half, 0)
             hi = np.minimum(np.floor(centre).astype(int) + half + 1, shape)
             crop = np.asarray(source[tuple(slice(a, b, s) for a, b, s in zip(lo, hi, stride))])
-            body = soma_body(crop == row.id, vs, (centre - lo) / stride, radius, params["opening_fraction"])
+            body = soma_body(crop == row.id, vs, (centre - lo) / stride, radius, params["opening_fraction"],
+                             params["max_centroid_shift"])
             if body is None:
                 break
             at_edge = np.array([[a == 0, b == n] for a, b, n in zip(lo, hi, shape)]).ravel()
