@@ -33,9 +33,11 @@ def soma_body(mask: np.ndarray, voxel_size, centre, radius_nm: float, opening_fr
 
     ``centre`` (voxel index, float) and ``radius_nm`` locate the skeleton's soma: the widest point within
     ``radius_nm`` of the centre is the body's seed. ``max_centroid_shift`` (inscribed radii; None: off): open
-    harder while the body's centroid lies farther than that from the seed (see the module docstring). Returns ``centroid`` (voxel index, float), ``volume_nm3``,
-    ``radius_nm`` (of the sphere of that volume), ``inscribed_radius_nm`` and ``touches`` (a bool per crop face,
-    z-low, z-high, y-low, ... : the body reaches that face), or None when the mask is empty near the centre."""
+    harder while the body's centroid lies farther than that from the seed (see the module docstring).
+
+    Returns ``centroid`` (voxel index, float), ``volume_nm3``, ``radius_nm`` (of the sphere of that volume),
+    ``inscribed_radius_nm`` and ``touches`` (a bool per crop face, z-low, z-high, y-low, ... : the body reaches that
+    face), or None when the mask is empty near the centre."""
     import cc3d
     import edt
 
