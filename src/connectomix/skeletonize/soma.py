@@ -172,20 +172,20 @@ def find_somata_in_volume(volume, array: str, params: dict | None = None, block_
     shape = tuple(int(-(-n // s)) for n, s in zip(source.shape[-3:], stride))  # the strided level's shape
     halo = tuple(int(np.ceil(4 * accept / v)) for v in vs)
     grid = BlockGrid(shape, (block_voxels,) * 3, halo)
-    best: dict[int, tuple[float, tuple]] = {}
+    best: dict[int, tuple[float, tuple]] = {}  # label -> (-distance, position): the smallest wins
     for block in grid:
         read = tuple(slice(a * s, b * s, s) for a, b, s in zip(block.read.offset, block.read.end, stride))
         labels = np.asarray(source[read])
         owned = np.zeros(labels.shape, bool)
         owned[block.write_in_read] = True
         for label, (voxel, distance) in find_somata(labels, vs, p, maxima_in=owned).items():
-            position = tuple(int(v) + o for v, o in zip(voxel, block.read.offset))
             # the largest distance, then the first in C order, as one pass over the whole level would pick
-            if label not in best or distance > best[label][0] or (distance == best[label][0] and position < best[label][1]):
-                best[label] = (distance, position)
+            key = (-distance, tuple(int(v) + o for v, o in zip(voxel, block.read.offset)))
+            if label not in best or key < best[label]:
+                best[label] = key
     rows = {c: [] for c in SOMATA_COLUMNS}
     for label in sorted(best):
-        distance, position = best[label]
+        distance, position = -best[label][0], best[label][1]
         nm = shift + np.asarray(position) * vs
         voxel = np.rint((nm - base_shift) / base_scale).astype(int)
         for name, value in zip(("z", "y", "x"), voxel):
