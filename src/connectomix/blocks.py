@@ -333,6 +333,16 @@ class BlockBatches:
         return out
 
 
+def atomic_write_parquet(table, path: str | os.PathLike) -> None:
+    """Write a pandas table to ``path`` (Parquet, no index) via ``.{name}.tmp`` in the same folder and a rename:
+    a killed job leaves the old file or none, never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
 def atomic_write_json(path: str | os.PathLike, payload: dict) -> None:
     """Write JSON to ``path`` via a temp file in the same folder and an atomic rename.
 

@@ -229,7 +229,7 @@ def build(synapses_path, out_dir, segments_path=None, morphology_path=None, volu
     import pandas as pd
 
     from connectomix import io, provenance
-    from connectomix.blocks import atomic_write_json
+    from connectomix.blocks import atomic_write_json, atomic_write_parquet
 
     params = resolve(params)
     out_dir = Path(out_dir)
@@ -253,10 +253,7 @@ def build(synapses_path, out_dir, segments_path=None, morphology_path=None, volu
     ids = neurons.loc[neurons["is_neuron"], "id"].to_numpy(np.uint64)
     matrix = connectivity_matrix(edges, ids)
     for table, fname in ((neurons, "neurons.parquet"), (edges, "edges.parquet"), (edges_all, "edges_all.parquet")):
-        tmp = out_dir / f".{fname}.tmp"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        table.to_parquet(tmp, index=False)
-        tmp.replace(out_dir / fname)
+        atomic_write_parquet(table, out_dir / fname)
     save_matrix(out_dir / "connectome" / "connectivity.npz", matrix, ids)
     plot_matrix(out_dir / "connectome" / "connectivity.png", matrix, ids, title=name)
     summary = {

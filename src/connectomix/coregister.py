@@ -625,7 +625,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from connectomix import provenance
-    from connectomix.blocks import atomic_write_json
+    from connectomix.blocks import atomic_write_json, atomic_write_parquet
 
     params = merged_params(json.loads(args.params))
     landmarks = json.loads(args.landmarks) or None
@@ -639,11 +639,7 @@ def run(args) -> int:
         fit, gate = FitResult(np.full((4, 4), np.nan), "none: too few somata", 0, float("nan")), float("nan")
     else:
         matches, fit, gate = coregister(rois, somata, params, landmarks)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    matches.to_parquet(tmp, index=False)
-    tmp.replace(out)
+    atomic_write_parquet(matches, args.out)
     n_matched = int((matches["neuron_id"] > 0).sum())
     atomic_write_json(args.transform, {
         "matrix": fit.matrix.tolist(),

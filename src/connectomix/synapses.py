@@ -246,17 +246,10 @@ def _grid(s: dict, halo=(0, 0, 0)):
     return BlockGrid(s["shape"], s["block_shape"], halo, s["chunk_shape"])
 
 
-def _write_parquet(df, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
 def cleft_block(work_dir, block_id: str) -> dict:
     """Step 2 for one block: threshold, label, write ``cleft_fragments``, statistics, marker (last)."""
     from connectomix import io
-    from connectomix.blocks import write_marker
+    from connectomix.blocks import atomic_write_parquet, write_marker
 
     start = time.perf_counter()
     s = load_setup(work_dir)
@@ -271,7 +264,7 @@ def cleft_block(work_dir, block_id: str) -> dict:
     prob = _probability(cleft_read[block.write_in_read])
     labels, stats = label_block(mask, prob, block.write.offset, params, _inner_faces(grid, block))
     io.open_array(s["volume"], FRAGMENTS, mode="r+")[block.write.slices] = labels
-    _write_parquet(stats, Path(work_dir) / "stats" / f"{block.id}.parquet")
+    atomic_write_parquet(stats, Path(work_dir) / "stats" / f"{block.id}.parquet")
     fields = {"pieces": int(len(stats)), "voxels": int(stats["voxels"].sum()),
               "seconds": round(time.perf_counter() - start, 3)}
     write_marker(Path(s["marker_dir"]) / f"{block.id}.json", block, **fields)
@@ -646,7 +639,7 @@ def stitch(work_dir, out_synapses, out_clefts=None, summary_out=None) -> dict:
     import pandas as pd
 
     from connectomix import io, provenance
-    from connectomix.blocks import atomic_write_json
+    from connectomix.blocks import atomic_write_json, atomic_write_parquet
 
     start = time.perf_counter()
     s = load_setup(work_dir)
@@ -695,9 +688,9 @@ def stitch(work_dir, out_synapses, out_clefts=None, summary_out=None) -> dict:
     clefts["size_nm2"] = clefts["id"].map(area).fillna(0.0).to_numpy(float)
     assigned = assign_partners(clefts, pair_stats, params, combine_interfaces(faces) if faces else None)
     table = synapse_table(assigned, vs, off)
-    _write_parquet(table, Path(out_synapses))
+    atomic_write_parquet(table, Path(out_synapses))
     if out_clefts:
-        _write_parquet(assigned, Path(out_clefts))
+        atomic_write_parquet(assigned, Path(out_clefts))
     counts = assigned["status"].value_counts().to_dict()
     summary = {
         "stage": STAGE, "clefts": int(len(assigned)), "synapses": int(len(table)),

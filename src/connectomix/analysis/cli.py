@@ -49,12 +49,6 @@ def versions() -> dict:
     return out
 
 
-def _write_parquet(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--neurons", required=True, help="neurons.parquet (id, soma_*_nm, morphology features)")
     parser.add_argument("--edges", required=True, help="edges.parquet (pre, post, n_synapses)")
@@ -72,7 +66,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from connectomix import provenance
     from connectomix.analysis import celltypes, figures, like_to_like, tuning
-    from connectomix.blocks import atomic_write_json
+    from connectomix.blocks import atomic_write_json, atomic_write_parquet
     from connectomix.coregister import apply_affine, load_functional, neuron_rows, read_table
 
     params = merged_params(json.loads(args.params))
@@ -105,7 +99,7 @@ def run(args) -> int:
 
     tun_out = tun.merge(matches[["roi_id", "neuron_id"]], on="roi_id", how="left")
     for name, table in zip(TABLES, (types, tun_out, pairs, binned, ct_conn, dist_conn)):
-        _write_parquet(table, out / f"{name}.parquet")
+        atomic_write_parquet(table, out / f"{name}.parquet")
 
     for x in ("signal_corr", "ori_diff"):
         path = out / "figures" / f"like_to_like_{FIGURE_NAMES[x]}.png"

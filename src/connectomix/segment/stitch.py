@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from connectomix import io, provenance
-from connectomix.blocks import Block, BlockGrid, Roi, atomic_write_json, read_marker, write_marker
+from connectomix.blocks import Block, BlockGrid, Roi, atomic_write_json, atomic_write_parquet, read_marker, write_marker
 from connectomix.segment import params as seg_params
 from connectomix.segment.agglomerate import agglomerate as run_agglomeration
 from connectomix.segment.agglomerate import apply_lut, lookup_table
@@ -314,11 +314,7 @@ def relabel_block(work_dir, block_id: str, lut=None) -> dict:
     seg = apply_lut(frags, fragments, segments)
     io.open_array(s["volume"], SEGMENTATION, mode="r+")[block.write.slices] = seg
     stats = segment_stats(seg, block.write.offset)
-    path = Path(work_dir) / "stats" / f"{block.id}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.parquet")
-    stats.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    atomic_write_parquet(stats, Path(work_dir) / "stats" / f"{block.id}.parquet")
     fields = {"segments": int(len(stats)), "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(),
               "sha256": {SEGMENTATION: provenance.data_digest(seg)}}
     write_marker(_marker(s, "segment_relabel", block), block, **fields)
@@ -366,11 +362,7 @@ def finish(work_dir, segments_out, summary_out=None, pyramid_levels: int = 1, py
     # inputs are recorded here, not at setup: the affinities are complete (and checksummed) only now
     prov = provenance.record(s["params"], {"affinities": provenance.array_digest(s["volume"], AFFINITIES)})
     io.update_attrs(s["volume"], SEGMENTATION, provenance=prov)
-    segments_out = Path(segments_out)
-    segments_out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = segments_out.with_suffix(".tmp.parquet")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(segments_out)
+    atomic_write_parquet(table, segments_out)
     levels = io.build_pyramid(s["volume"], SEGMENTATION, pyramid_levels, pyramid_factor) if pyramid_levels > 1 else 1
     agg_path = Path(work_dir) / "agglomerate.json"
     summary = {

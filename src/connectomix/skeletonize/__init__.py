@@ -108,15 +108,12 @@ def _read_somata(path) -> dict:
 
 
 def _run_somata(args) -> int:
+    from connectomix.blocks import atomic_write_parquet
     from connectomix.skeletonize.soma import find_somata_in_volume
 
     params = resolve(json.loads(args.params))
     table = find_somata_in_volume(args.volume, args.array, params)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(out)
+    atomic_write_parquet(table, args.out)
     print(f"{len(table)} somata")
     return 0
 
@@ -154,7 +151,7 @@ def _run_block(args) -> int:
 def _run_merge(args) -> int:
     import pandas as pd
 
-    from connectomix.blocks import atomic_write_json
+    from connectomix.blocks import atomic_write_json, atomic_write_parquet
     from connectomix.provenance import input_digests, record
     from connectomix.skeletonize.morphology import skeletons_to_table
 
@@ -181,10 +178,7 @@ def _run_merge(args) -> int:
     somata = somata_nm(_read_somata(args.somata), meta.voxel_size, meta.offset_nm, params)
     skels = merge_all(by_label, counts, params, stats, somata)
     table = skeletons_to_table(skels)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(args.out)
+    atomic_write_parquet(table, args.out)
     not_trees = [k for k, s in skels.items() if s.n_components() != 1]
     atomic_write_json(args.summary, {
         "segments": len(skels), "vertices": len(table), "blocks": len(grid),
@@ -203,7 +197,7 @@ def _run_merge(args) -> int:
 def _run_morphology(args) -> int:
     import pandas as pd
 
-    from connectomix.blocks import atomic_write_json
+    from connectomix.blocks import atomic_write_json, atomic_write_parquet
     from connectomix.provenance import input_digests, record
     from connectomix.skeletonize.morphology import morphology_table, table_to_trees, with_soma_bodies
 
@@ -216,10 +210,7 @@ def _run_morphology(args) -> int:
     table = morphology_table(trees, params, synapses_by_id)
     if args.volume:
         table = with_soma_bodies(table, args.volume, args.array, params)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(args.out)
+    atomic_write_parquet(table, args.out)
     if args.summary:
         atomic_write_json(args.summary, {
             "segments": len(table), "with_soma": int(table["has_soma"].sum()) if len(table) else 0,
