@@ -8,7 +8,8 @@ from skimage.metrics import adapted_rand_error, variation_of_information
 
 from connectomix.evaluate import merge, write_stage_metrics
 from connectomix.evaluate.segmentation import (
-    adapted_rand, contingency, metrics, per_section, plot_sweep, threshold_sweep, voi, worst_objects,
+    adapted_rand, contingency, fragment_bound, metrics, per_section, plot_sweep, threshold_sweep, voi,
+    worst_objects,
 )
 from connectomix.segment.agglomerate import apply_lut, hierarchical, lookup_table
 
@@ -36,6 +37,25 @@ def test_metrics_equal_scikit_image(seed, ignore):
     m2 = metrics(seg + np.uint64(1), gt, ignore=())
     s2, g2 = variation_of_information(seg + np.uint64(1), gt)
     assert (m2["voi_split"], m2["voi_merge"]) == pytest.approx((s2, g2))
+
+
+def test_fragment_bound_is_the_majority_overlap_agglomeration():
+    gt = np.zeros((2, 12, 12), np.uint64)
+    gt[:, :, :6], gt[:, :, 6:] = 1, 2
+    gt[:, :, 6] = 0  # an ignored border column
+    frags = np.arange(1, 2 * 12 * 12 + 1, dtype=np.uint64).reshape(gt.shape)  # one fragment per voxel
+    assert voi(fragment_bound(contingency(gt, frags))) == (0.0, 0.0)  # over-segmented only: no error left
+    frags = np.where(gt == 2, 20, 10).astype(np.uint64)
+    frags[:, :, 6:8] = 10  # fragment 10 takes two columns of object 2 (the ignored one does not count)
+    frags[:, 0, 3:] = 30  # fragment 30: 3 voxels of object 1 and 5 of object 2 per section (and 1 ignored)
+    best = np.select([frags == 10, frags == 20, frags == 30], [1, 2, 2]).astype(np.uint64)
+    expected = variation_of_information(gt, best, ignore_labels=(0,))
+    assert voi(fragment_bound(contingency(gt, frags))) == pytest.approx(expected, abs=1e-12)
+    assert expected[0] > 0 and expected[1] > 0
+    # a tie goes to the lower ground-truth id
+    gt2 = np.array([[[1, 1, 2, 2]]], np.uint64)
+    table = fragment_bound(contingency(gt2, np.ones_like(gt2)))
+    assert set(table.seg.tolist()) == {1}
 
 
 def test_contingency_slabs_equal_whole_and_large_ids():

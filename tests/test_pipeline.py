@@ -50,6 +50,8 @@ def test_pipeline_metrics_are_measured_against_ground_truth(pipeline_run):
     # a real segmentation of real predictions beats the trivial one that puts every voxel in one segment
     voi = metrics["segmentation.voi_split"] + metrics["segmentation.voi_merge"]
     assert voi < _entropy_bits(out), (voi, _entropy_bits(out))
+    # the fragments' best agglomeration (majority overlap) bounds what the agglomeration reached
+    assert 0 < metrics["segmentation.fragment_bound_voi"] <= voi
     segments = pd.read_parquet(out / "segments.parquet")
     assert len(segments) > 10
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from connectomix import cli, io
-from connectomix.evaluate.segmentation import metrics
+from connectomix.evaluate.segmentation import contingency, fragment_bound, metrics, voi
 from connectomix.segment import params as seg_params
 from connectomix.segment import stitch, synthetic as syn
 from connectomix.segment.agglomerate import apply_lut, hierarchical, lookup_table
@@ -259,6 +259,11 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert cli.main(["evaluate", "merge", str(out), "--out", str(tmp_path / "eval" / "metrics.json")]) == 0
     merged = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"segmentation.voi_split", "segmentation.voi_merge", "segmentation.arand"} <= set(merged)
+    # the fragments' own error: their majority-overlap agglomeration, never above what agglomeration reached here
+    frags = np.asarray(io.open_array(root, "fragments")[...])
+    bound = voi(fragment_bound(contingency(gt, frags)))
+    assert merged["segmentation.fragment_bound_voi"] == pytest.approx(sum(bound))
+    assert 0 < sum(bound) <= merged["segmentation.voi_split"] + merged["segmentation.voi_merge"]
     # a missing step is one clear error
     capsys.readouterr()
     assert cli.main(["segment", "agglomerate", "--work-dir", str(tmp_path / "nowhere")]) == 1

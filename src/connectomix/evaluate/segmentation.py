@@ -1,5 +1,6 @@
 """Segmentation accuracy: variation of information (split, merge), adapted Rand error, worst objects, and the
-VOI-versus-threshold curve of the agglomeration.
+VOI-versus-threshold curve of the agglomeration, and the VOI of the fragments' best agglomeration by majority
+overlap (``fragment_bound``), which tells the error of the fragments from that of the agglomeration.
 
 Metrics come from a sparse contingency table (pairs of labels and their voxel counts, ``np.unique`` on label
 pairs), accumulated slab by slab, so volumes need not fit in memory twice. Voxels whose ground truth is in
@@ -128,6 +129,18 @@ def worst_objects(table: Contingency, k: int = 10) -> dict:
     return {"splits": splits, "merges": merges}
 
 
+def fragment_bound(table: Contingency) -> Contingency:
+    """The table of the best agglomeration a fragmentation allows, by majority overlap (as gala's
+    ``best_possible_segmentation``): every fragment joins the ground-truth object holding most of its evaluated
+    voxels (ties: the lowest id). ``table``: ground truth x fragments. Its VOI separates the error the fragments
+    carry (voxels on the wrong side of a fragment border) from the error of the agglomeration's decisions."""
+    if len(table.count) == 0:
+        return table
+    order = np.lexsort((table.gt, -table.count, table.seg))  # per fragment: the largest overlap first
+    first = order[np.r_[True, table.seg[order][1:] != table.seg[order][:-1]]]
+    return table.map_seg(table.seg[first], table.gt[first])
+
+
 def metrics(gt, seg, ignore=(0,)) -> dict:
     """``voi_split``, ``voi_merge``, ``voi`` (their sum), ``arand``, precision and recall of ``seg`` against ``gt``."""
     table = contingency(gt, seg, ignore)
@@ -152,14 +165,16 @@ def per_section(labels: np.ndarray) -> np.ndarray:
 
 
 def threshold_sweep(gt, fragments, nodes: np.ndarray, merges: np.ndarray, thresholds, ignore=(0,),
-                    sections: bool = False) -> list[dict]:
+                    sections: bool = False, base: Contingency | None = None) -> list[dict]:
     """VOI and ARAND at each agglomeration threshold, from the fragments and the merge history (one contingency
     table of ground truth x fragments, relabelled per threshold: no volume is rewritten). ``sections``: 2D
     evaluation against per-section ground truth (``per_section(gt)``): each threshold's segmentation is relabelled
-    and split per section, so a merge across sections is no error."""
+    and split per section, so a merge across sections is no error. ``base``: the ground truth x fragments table,
+    when already computed."""
     from connectomix.segment.agglomerate import apply_lut, lookup_table
 
-    base = None if sections else contingency(gt, fragments, ignore)
+    if base is None and not sections:
+        base = contingency(gt, fragments, ignore)
     rows = []
     for t in sorted(float(x) for x in thresholds):
         frag, seg = lookup_table(nodes, merges, t)
@@ -174,8 +189,10 @@ def threshold_sweep(gt, fragments, nodes: np.ndarray, merges: np.ndarray, thresh
     return rows
 
 
-def plot_sweep(rows: list[dict], path, chosen: float | None = None, title: str = "") -> None:
-    """PNG of VOI split, merge and sum (bits) and adapted Rand error against the agglomeration threshold."""
+def plot_sweep(rows: list[dict], path, chosen: float | None = None, title: str = "",
+               bound: float | None = None) -> None:
+    """PNG of VOI split, merge and sum (bits) and adapted Rand error against the agglomeration threshold;
+    ``bound``: the VOI of the fragments' best agglomeration (``fragment_bound``), drawn as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,6 +208,8 @@ def plot_sweep(rows: list[dict], path, chosen: float | None = None, title: str =
     ax2 = ax.twinx()
     ax2.plot(t, [r["arand"] for r in rows], "r:", label="adapted Rand error")
     ax2.set_ylabel("adapted Rand error (0-1)", color="r")
+    if bound is not None:
+        ax.axhline(bound, color="k", ls=":", lw=1, label=f"best agglomeration of the fragments {bound:.2f}")
     if chosen is not None:
         ax.axvline(chosen, color="grey", ls="--", lw=1, label=f"configured threshold {chosen:g}")
     lines = ax.get_legend_handles_labels()
@@ -280,6 +299,10 @@ def evaluate(volume, work_dir, out, gt_array=None, gt_file=None, gt_key=None, gt
     result = {"voi_split": split, "voi_merge": merge, "voi": split + merge, "arand": are,
               "rand_precision": precision, "rand_recall": recall,
               "segments": int(len(np.unique(seg))) - int((seg == 0).any())}
+    frag_table = contingency(gt, per_section(frags) if sections else frags, ignore)
+    b_split, b_merge = voi(fragment_bound(frag_table))
+    result["fragment_bound"] = {"voi_split": b_split, "voi_merge": b_merge, "voi": b_split + b_merge,
+                                "fragments": int(len(np.unique(frag_table.seg)))}
     sweep = []
     params = setup_record["params"]
     thresholds = thresholds or params["evaluation"]["thresholds"]
@@ -289,9 +312,10 @@ def evaluate(volume, work_dir, out, gt_array=None, gt_file=None, gt_key=None, gt
 
         rag = Rag.from_npz(work_dir / "graph.npz")
         nodes, merges = agglomerate_graph(rag, params, threshold=max(thresholds) + 1e-9)
-        sweep = threshold_sweep(gt, frags, nodes, merges, thresholds, ignore, sections)
+        sweep = threshold_sweep(gt, frags, nodes, merges, thresholds, ignore, sections,
+                                None if sections else frag_table)
     if plot:  # the workflow expects the figure: without a sweep (mutex: no merge threshold) it says so
-        plot_sweep(sweep, plot, params["agglomerate"]["threshold"] if sweep else None,
+        plot_sweep(sweep, plot, params["agglomerate"]["threshold"] if sweep else None, bound=b_split + b_merge,
                    title=f"{dataset} segmentation" + ("" if sweep else f": no threshold sweep for "
                                                       f"{params['agglomerate']['method']} agglomeration"))
     extra = {
@@ -305,9 +329,14 @@ def evaluate(volume, work_dir, out, gt_array=None, gt_file=None, gt_key=None, gt
         "threshold": params["agglomerate"]["threshold"],
         "method": params["agglomerate"]["method"],
         "info": {"voi_unit": "bits", "voi_split": "H(segmentation | ground truth)",
-                 "voi_merge": "H(ground truth | segmentation)"},
+                 "voi_merge": "H(ground truth | segmentation)",
+                 "fragment_bound": "VOI of the fragments agglomerated by majority overlap (each joins the "
+                                   "ground-truth object holding most of its voxels): the error the fragments "
+                                   "leave to any agglomeration"},
     }
-    write_stage_metrics(out, "segmentation", {k: result[k] for k in ("voi_split", "voi_merge", "voi", "arand")},
+    stage = {k: result[k] for k in ("voi_split", "voi_merge", "voi", "arand")}
+    stage["fragment_bound_voi"] = b_split + b_merge
+    write_stage_metrics(out, "segmentation", stage,
                         **extra, details=result)
     return {**result, **extra}
 
