@@ -10,7 +10,7 @@ from connectomix import io
 from connectomix.blocks import BlockGrid, read_marker
 from connectomix.skeletonize import core, params as skparams
 from connectomix.skeletonize.morphology import (
-    AXON, DENDRITE, SOMA, compartments, morphology_table, skeletons_to_table, table_to_trees,
+    AXON, DENDRITE, SOMA, compartments, morphology_table, skeletons_to_table, soma_ids, table_to_trees,
 )
 from connectomix.skeletonize.synthetic import _paint_capsule, synthetic_neurons
 
@@ -558,6 +558,50 @@ PHANTOM_SOMATA = {"teasar": {"soma_detection_threshold": 100, "soma_acceptance_t
                              "soma_invalidation_const": 0}}  # this phantom's somata (radius ~120-170 nm) are found
 
 
+def _ball_and_tubes():
+    """A ball (1), a tube a little wider than the ball (2) and a thick tube (3), and the acceptance threshold T
+    that puts the ball's largest boundary distance at 0.97 T; with the distances found."""
+    labels = np.zeros((24, 224, 256), np.uint64)
+    _paint_capsule(labels, 1, np.array([480.0, 300, 300]), np.array([480.0, 300, 300]), 200, VS)
+    _paint_capsule(labels, 2, np.array([480.0, 800, 200]), np.array([480.0, 800, 1800]), 225, VS)
+    _paint_capsule(labels, 3, np.array([480.0, 1400, 200]), np.array([480.0, 1400, 1800]), 330, VS)
+    off = {"soma_shape": {"test_from": 1.0, "test_to": 1.0}}
+    distance = {k: d for k, (_, d) in core.find_somata(labels, VS, {**off, "teasar": {
+        "soma_acceptance_threshold": 50}}).items()}
+    return labels, distance[1] / 0.97, distance
+
+
+def test_somata_near_the_threshold_count_only_when_round():
+    labels, threshold, distance = _ball_and_tubes()
+    assert threshold < distance[2] <= 1.2 * threshold < distance[3]  # the thin tube lies in the tested band
+    p = {"teasar": {"soma_acceptance_threshold": threshold}}
+    import edt
+
+    dbf = edt.edt(labels, anisotropy=VS, black_border=False)
+    shape = core.elongation(labels, dbf, VS, core.find_somata(labels, VS, {**p, "soma_shape": {"test_from": 0.5,
+                                                                                               "test_to": 1.0}}))
+    assert shape[1] < 0.5 and shape[2] > 2  # a ball's ridge is a blob at its centre; a tube's runs along it
+    assert set(core.find_somata(labels, VS, p)) == {1, 3}  # the ball below T is round, the tube above is not
+    off = {**p, "soma_shape": {"test_from": 1.0, "test_to": 1.0}}
+    assert set(core.find_somata(labels, VS, off)) == {2, 3}  # T alone
+
+
+def test_the_soma_decision_travels_with_the_skeletons():
+    """A segment has a soma when find_somata says so, whatever its radius: skeletons.parquet marks the soma
+    node and morphology (and the SWC compartments) follow the mark, not the radius rule."""
+    labels, threshold, _ = _ball_and_tubes()
+    p = {"teasar": {"soma_acceptance_threshold": threshold, "soma_invalidation_const": 0}, "tick_threshold_nm": 0}
+    somata = core.find_somata(labels, VS, p)
+    table = skeletons_to_table(core.skeletonize_whole(labels, VS, p), soma_ids=somata)
+    marked = table[table["soma"]]
+    assert sorted(marked["id"].tolist()) == [1, 3] and (marked["node"] == 0).all()
+    morph = morphology_table(table_to_trees(table), p, soma_ids=soma_ids(table)).set_index("id")
+    assert morph["has_soma"].to_dict() == {1: True, 2: False, 3: True}
+    assert morph.loc[1, "soma_radius_nm"] < threshold  # below T, and a soma all the same
+    legacy = morphology_table(table_to_trees(table.drop(columns="soma")), p).set_index("id")
+    assert legacy["has_soma"].to_dict() == {1: False, 2: True, 3: True}  # without the mark: the radius rule
+
+
 def test_find_mask_and_attach_somata():
     labels = _neuron_with_neurites()
     somata = core.find_somata(labels, VS, SMALL)
@@ -606,13 +650,37 @@ def test_blockwise_somata_are_the_whole_volumes(phantom_skeletons):
     rel = []
     for k in neurons:
         w, b = whole[k], blockwise[k]
-        sw, sb = core.soma_sphere(w, p), core.soma_sphere(b, p)
+        sw, sb = core.soma_sphere(w, p, True), core.soma_sphere(b, p, True)
         assert sw is not None and sb is not None and sw[1] == sb[1]
         assert np.allclose(w.vertices[sw[0]], b.vertices[sb[0]]) and w.radii[sw[0]] == b.radii[sb[0]]
         assert w.is_tree() and b.is_tree()
         rel.append(b.cable_length() / w.cable_length() - 1)
     rel = np.abs(rel)
     assert np.median(rel) < 0.01 and rel.max() < 0.1, rel
+
+
+def test_the_shape_test_judges_a_segment_at_its_widest_point_in_every_block(tmp_path):
+    """Blockwise, a segment is judged where it is widest over all blocks, as on the whole volume: a round blob
+    (in the tested band) joined by a long thin neck to a wider tube (in the band, not round) is no soma, though the
+    blocks that see only the blob would call it one."""
+    from connectomix.skeletonize.soma import find_somata_in_volume
+
+    _, threshold, distance = _ball_and_tubes()
+    labels = np.zeros((24, 96, 384), np.uint64)
+    for a, b, r in (((480, 300, 300), (480, 300, 300), 200), ((480, 300, 300), (480, 300, 1900), 40),
+                    ((480, 300, 1900), (480, 300, 2900), 225)):
+        _paint_capsule(labels, 5, np.array(a, float), np.array(b, float), r, VS)
+    root = tmp_path / "volume.zarr"
+    io.write_full(root, "segmentation", labels, (8, 64, 64), VS, is_label=True)
+    io.build_pyramid(root, "segmentation", 3, (1, 2, 2))
+    p = {"teasar": {"soma_acceptance_threshold": threshold}}
+    whole = find_somata_in_volume(root, "segmentation", p)
+    blocks = find_somata_in_volume(root, "segmentation", p, block_voxels=8)  # blob and tube in far apart blocks
+    pd.testing.assert_frame_equal(whole, blocks)
+    assert len(whole) == 0
+    blob = labels.copy()
+    blob[:, :, 130:] = 0  # the blob alone is a soma
+    assert set(core.find_somata(blob, VS, p)) == {5}
 
 
 def test_somata_of_a_volume_blockwise_on_its_pyramid(tmp_path, phantom_skeletons):

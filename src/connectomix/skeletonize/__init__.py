@@ -177,7 +177,7 @@ def _run_merge(args) -> int:
     stats: dict = {}
     somata = somata_nm(_read_somata(args.somata), meta.voxel_size, meta.offset_nm, params)
     skels = merge_all(by_label, counts, params, stats, somata)
-    table = skeletons_to_table(skels)
+    table = skeletons_to_table(skels, soma_ids=somata)
     atomic_write_parquet(table, args.out)
     not_trees = [k for k, s in skels.items() if s.n_components() != 1]
     atomic_write_json(args.summary, {
@@ -199,15 +199,16 @@ def _run_morphology(args) -> int:
 
     from connectomix.blocks import atomic_write_json, atomic_write_parquet
     from connectomix.provenance import input_digests, record
-    from connectomix.skeletonize.morphology import morphology_table, table_to_trees, with_soma_bodies
+    from connectomix.skeletonize.morphology import morphology_table, soma_ids, table_to_trees, with_soma_bodies
 
     params = resolve(json.loads(args.params))
-    trees = table_to_trees(pd.read_parquet(args.skeletons))
+    skeletons = pd.read_parquet(args.skeletons)
+    trees = table_to_trees(skeletons)
     synapses_by_id = None
     if args.synapses:
         syn = pd.read_parquet(args.synapses)
         synapses_by_id = {int(k): g for k, g in syn.groupby("id")}
-    table = morphology_table(trees, params, synapses_by_id)
+    table = morphology_table(trees, params, synapses_by_id, soma_ids(skeletons))
     if args.volume:
         table = with_soma_bodies(table, args.volume, args.array, params)
     atomic_write_parquet(table, args.out)

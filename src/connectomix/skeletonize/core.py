@@ -237,7 +237,7 @@ def skeletonize_whole(
         soma = soma_of(somata, label, voxel_size, offset_nm, p)
         if soma is not None:
             skel = attach_soma(skel, *soma)
-        out[label] = finalize(skel, p) if postprocess else skel
+        out[label] = finalize(skel, p, is_soma=soma is not None) if postprocess else skel
     return out
 
 
@@ -247,15 +247,31 @@ def skeletonize_whole(
 def find_somata(labels: np.ndarray, voxel_size: Sequence[float], params: dict | None = None,
                 maxima_in: np.ndarray | None = None) -> dict:
     """Segments with a soma: those whose largest boundary distance (nm, the volume's faces are no boundary, as in
-    kimimaro) exceeds ``teasar.soma_acceptance_threshold``. Returns ``{label: ((z, y, x) voxel of that maximum,
-    the distance)}``; the voxel is the first maximum in C order (among the voxels of ``maxima_in`` when given)."""
+    kimimaro) exceeds ``teasar.soma_acceptance_threshold`` T, where distances between ``soma_shape.test_from`` and
+    ``test_to`` x T count only for a round body (``elongation``; a thick neurite near T is a tube). Returns
+    ``{label: ((z, y, x) voxel of that maximum, the distance)}``; the voxel is the first maximum in C order (among
+    the voxels of ``maxima_in`` when given)."""
+    return {label: (voxel, distance)
+            for label, (voxel, distance, round_) in soma_candidates(labels, voxel_size, params, maxima_in).items()
+            if round_}
+
+
+def soma_candidates(labels: np.ndarray, voxel_size: Sequence[float], params: dict | None = None,
+                    maxima_in: np.ndarray | None = None) -> dict:
+    """``{label: (voxel, distance, round)}`` for every segment whose largest boundary distance (among the voxels
+    of ``maxima_in``) exceeds ``soma_shape.test_from`` x T: ``find_somata`` keeps those whose ``round`` is True
+    (above ``test_to`` x T always). Blockwise callers keep each label's largest distance over the blocks with its
+    verdict, so that a segment is judged by its widest point, as on the whole volume."""
     import edt
 
     p = resolve(params)
     if labels.size == 0:
         return {}
+    accept = float(p["teasar"]["soma_acceptance_threshold"])
+    shape = p["soma_shape"]
+    test_from, test_to = (accept * min(float(shape["test_from"]), 1.0), accept * max(float(shape["test_to"]), 1.0))
     dbf = edt.edt(np.ascontiguousarray(labels), anisotropy=tuple(float(v) for v in voxel_size), black_border=False)
-    above = dbf > float(p["teasar"]["soma_acceptance_threshold"])
+    above = dbf > test_from
     if maxima_in is not None:
         above &= maxima_in
     where = np.flatnonzero(above.ravel())
@@ -265,8 +281,43 @@ def find_somata(labels: np.ndarray, voxel_size: Sequence[float], params: dict | 
     dist = dbf.ravel()[where]
     order = np.lexsort((where, -dist, lab))  # per label: the largest distance first, then the lowest index
     first = order[np.r_[True, lab[order][1:] != lab[order][:-1]]]
-    return {int(lab[i]): (tuple(int(v) for v in np.unravel_index(where[i], labels.shape)), float(dist[i]))
-            for i in first if lab[i] != 0}
+    found = {int(lab[i]): (tuple(int(v) for v in np.unravel_index(where[i], labels.shape)), float(dist[i]))
+             for i in first if lab[i] != 0}
+    tested = {label: peak for label, peak in found.items() if peak[1] <= test_to}
+    shapes = elongation(labels, dbf, voxel_size, tested, float(shape["ridge_fraction"]))
+    limit = float(shape["max_elongation"])
+    return {label: (voxel, distance, label not in tested or shapes[label] <= limit)
+            for label, (voxel, distance) in found.items()}
+
+
+def elongation(labels: np.ndarray, dbf: np.ndarray, voxel_size: Sequence[float], peaks: dict,
+               ridge_fraction: float = 0.8) -> dict:
+    """Per label of ``peaks`` (``{label: (peak voxel, its boundary distance d)}``): the farthest distance (nm) from
+    the peak of the label's voxels whose boundary distance ``dbf`` exceeds ``ridge_fraction`` x d, over d. A ball's
+    ridge is a small blob around its centre (about 0.2-0.6 on the phantoms' somata); a tube's runs along its axis
+    (1 and more)."""
+    if not peaks:
+        return {}
+    floor = ridge_fraction * min(d for _, d in peaks.values())
+    cand = dbf > floor
+    where = np.flatnonzero(cand.ravel())
+    lab = labels.ravel()[where]
+    ids = np.asarray(sorted(peaks), dtype=labels.dtype)
+    keep = np.isin(lab, ids)
+    where, lab = where[keep], lab[keep]
+    vs = np.asarray(voxel_size, np.float64)
+    out = {}
+    order = np.argsort(lab, kind="stable")
+    where, lab = where[order], lab[order]
+    bounds = np.searchsorted(lab, ids), np.searchsorted(lab, ids, side="right")
+    for label, lo, hi in zip(ids.tolist(), *bounds):
+        peak, d = peaks[int(label)]
+        members = where[lo:hi]
+        members = members[dbf.ravel()[members] > ridge_fraction * d]
+        pos = np.column_stack(np.unravel_index(members, labels.shape)).astype(np.float64)
+        reach = np.sqrt((((pos - np.asarray(peak, np.float64)) * vs) ** 2).sum(1)).max() if len(pos) else 0.0
+        out[int(label)] = float(reach / d)
+    return out
 
 
 def soma_sphere_radius(distance: float, params: dict | None = None) -> float:
@@ -595,7 +646,7 @@ def merge_pieces(pieces: Iterable[Skel], params: dict | None = None, stats: dict
     p = resolve(params)
     skel = concat(pieces)
     if len(skel) == 0:
-        return skel if soma is None else finalize(attach_soma(skel, *soma), p, stats)
+        return skel if soma is None else finalize(attach_soma(skel, *soma), p, stats, is_soma=True)
     mapping, fused = _fuse_faces(skel, float(p["face_match_distance_nm"]))
     # Fused pairs share a vertex at their midpoint.
     keep = np.flatnonzero(mapping == np.arange(len(skel)))
@@ -619,18 +670,18 @@ def merge_pieces(pieces: Iterable[Skel], params: dict | None = None, stats: dict
     skel = Skel(verts, edges, rad)
     if soma is not None:
         skel = attach_soma(skel, *soma)
-    merged = finalize(skel, p, stats)
+    merged = finalize(skel, p, stats, is_soma=soma is not None)
     if stats is not None:
         stats.update(face_pairs_fused=fused, duplicates_removed=dup)
     return merged
 
 
-def finalize(skel: Skel, params: dict | None = None, stats: dict | None = None) -> Skel:
+def finalize(skel: Skel, params: dict | None = None, stats: dict | None = None, is_soma: bool | None = None) -> Skel:
     """Collapse the soma, join close components (``join_distance_nm``), break cycles (minimum spanning tree),
     remove ticks shorter than ``tick_threshold_nm`` (``remove_ticks``), smooth paths (``smooth``). Applied alike
-    to merged and whole-volume skeletons."""
+    to merged and whole-volume skeletons. ``is_soma``: whether the segment has a soma (``soma_sphere``)."""
     p = resolve(params)
-    skel, soma = collapse_soma(skel, p)
+    skel, soma = collapse_soma(skel, p, is_soma)
     joins, n_joins = _join_components(skel, float(p["join_distance_nm"]))
     edges, n_cut = _spanning_tree(skel.vertices, np.concatenate([skel.edges, joins]))
     skel = Skel(skel.vertices, edges, skel.radii)
@@ -643,27 +694,29 @@ def finalize(skel: Skel, params: dict | None = None, stats: dict | None = None) 
     return skel
 
 
-def soma_sphere(skel: Skel, params: dict | None = None) -> tuple[int, float] | None:
-    """The soma of a skeleton as kimimaro defines it: the widest vertex when its radius exceeds
-    ``teasar.soma_acceptance_threshold``; the sphere kimimaro clears around it has radius
-    ``radius * soma_invalidation_scale + soma_invalidation_const``. Returns ``(vertex, sphere radius)`` or None."""
+def soma_sphere(skel: Skel, params: dict | None = None, is_soma: bool | None = None) -> tuple[int, float] | None:
+    """The soma of a skeleton as kimimaro defines it: the widest vertex, when the segment has a soma; the sphere
+    kimimaro clears around it has radius ``radius * soma_invalidation_scale + soma_invalidation_const``. Returns
+    ``(vertex, sphere radius)`` or None. ``is_soma``: whether the segment has one (``find_somata``'s decision,
+    which may weigh the shape); None: when the widest radius exceeds ``teasar.soma_acceptance_threshold``."""
     p = resolve(params)
-    if len(skel) == 0:
+    if len(skel) == 0 or is_soma is False:
         return None
     centre = int(np.argmax(skel.radii))
     r = float(skel.radii[centre])
     t = p["teasar"]
-    if r <= float(t["soma_acceptance_threshold"]):
+    if is_soma is None and r <= float(t["soma_acceptance_threshold"]):
         return None
     return centre, r * float(t["soma_invalidation_scale"]) + float(t["soma_invalidation_const"])
 
 
-def collapse_soma(skel: Skel, params: dict | None = None) -> tuple[Skel, tuple[int, float] | None]:
+def collapse_soma(skel: Skel, params: dict | None = None,
+                  is_soma: bool | None = None) -> tuple[Skel, tuple[int, float] | None]:
     """Replace whatever runs inside the soma sphere by straight edges from the soma centre to each place a
     neurite leaves the sphere, as kimimaro's soma mode does. Paths through a soma are arbitrary (any route
     through a blob is as central as any other), so without this the cable inside a soma depends on where
-    blocks cut it; with it, merged and whole-volume skeletons agree."""
-    soma = soma_sphere(skel, params)
+    blocks cut it; with it, merged and whole-volume skeletons agree. ``is_soma``: as for ``soma_sphere``."""
+    soma = soma_sphere(skel, params, is_soma)
     if soma is None:
         return skel, None
     centre, radius = soma

@@ -2,8 +2,9 @@
 
 ``skeletons.parquet`` (one row per vertex, a rooted tree per segment, parents before children):
 ``id`` (uint64 segment), ``node`` (int32, 0.. within the segment), ``parent`` (int32, -1 at a root),
-``z_nm``, ``y_nm``, ``x_nm`` (EM frame), ``radius_nm`` (distance to the boundary). The root of a segment's main
-component is its soma centre when it has one (else its widest vertex).
+``z_nm``, ``y_nm``, ``x_nm`` (EM frame), ``radius_nm`` (distance to the boundary), ``soma`` (bool: the node is the
+segment's soma centre). The root of a segment's main component is its soma centre when it has one (else its widest
+vertex). Tables written before the ``soma`` column existed are read with the radius rule (``soma_sphere``).
 
 ``morphology.parquet`` (one row per segment): see ``MORPHOLOGY_COLUMNS``. Soma position and radius are the
 skeleton's widest point and its inscribed radius, or, when the segmentation is given (``with_soma_bodies``), the
@@ -31,9 +32,12 @@ MORPHOLOGY_COLUMNS = [
 ]
 
 
-def skeletons_to_table(skels: dict[int, Skel]) -> pd.DataFrame:
-    """Rooted trees of every segment as one vertex table (the ``skeletons.parquet`` layout)."""
+def skeletons_to_table(skels: dict[int, Skel], soma_ids: Iterable[int] | None = None) -> pd.DataFrame:
+    """Rooted trees of every segment as one vertex table (the ``skeletons.parquet`` layout). ``soma_ids``: the
+    segments with a soma (``find_somata``), marked in the ``soma`` column; None: no column (readers then take
+    ``soma_sphere``'s radius rule)."""
     frames = []
+    marked = set() if soma_ids is None else {int(i) for i in soma_ids}
     for label in sorted(skels):
         tree, parent = to_tree(skels[label])
         frames.append(pd.DataFrame({
@@ -42,12 +46,22 @@ def skeletons_to_table(skels: dict[int, Skel]) -> pd.DataFrame:
             "parent": parent.astype(np.int32),
             "z_nm": tree.vertices[:, 0], "y_nm": tree.vertices[:, 1], "x_nm": tree.vertices[:, 2],
             "radius_nm": tree.radii.astype(np.float32),
+            "soma": (np.arange(len(tree)) == 0) & (int(label) in marked),
         }))
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in [
+        table = pd.DataFrame({c: pd.Series(dtype=t) for c, t in [
             ("id", "uint64"), ("node", "int32"), ("parent", "int32"), ("z_nm", "float64"), ("y_nm", "float64"),
-            ("x_nm", "float64"), ("radius_nm", "float32")]})
-    return pd.concat(frames, ignore_index=True)
+            ("x_nm", "float64"), ("radius_nm", "float32"), ("soma", "bool")]})
+    else:
+        table = pd.concat(frames, ignore_index=True)
+    return table if soma_ids is not None else table.drop(columns="soma")
+
+
+def soma_ids(table: pd.DataFrame) -> set[int] | None:
+    """The segments of a ``skeletons.parquet`` table with a soma; None for a table without the ``soma`` column."""
+    if "soma" not in table.columns:
+        return None
+    return {int(i) for i in table.loc[table["soma"].to_numpy(bool), "id"]}
 
 
 def table_to_trees(table: pd.DataFrame) -> dict[int, tuple[Skel, np.ndarray]]:
@@ -81,10 +95,12 @@ def compartments(
     parent: np.ndarray,
     params: dict | None = None,
     synapses: pd.DataFrame | None = None,
+    is_soma: bool | None = None,
 ) -> tuple[np.ndarray, str]:
     """Per-vertex compartment (SOMA, AXON, DENDRITE, UNDEFINED) and the method used.
 
-    Needs a soma at the root (vertex 0, see ``soma_sphere``); otherwise everything is UNDEFINED. Each neurite
+    Needs a soma at the root (vertex 0, see ``soma_sphere``, which ``is_soma`` decides when given); otherwise
+    everything is UNDEFINED. Each neurite
     leaving the soma (a child subtree of the root) is one unit. ``axon_dendrite.method``:
 
     * ``radius`` (geometric): the axon is the thinnest neurite (mean radius) among those with at least
@@ -96,7 +112,7 @@ def compartments(
     p = resolve(params)
     method = p["axon_dendrite"]["method"]
     comp = np.full(len(skel), UNDEFINED, np.int8)
-    soma = soma_sphere(skel, p)
+    soma = soma_sphere(skel, p, is_soma)
     if soma is None or soma[0] != 0 or len(skel) < 2:
         return comp, "none"
     comp[0] = SOMA
@@ -130,13 +146,13 @@ def compartments(
 
 
 def morphology_row(label: int, skel: Skel, parent: np.ndarray, params: dict | None = None,
-                   synapses: pd.DataFrame | None = None) -> dict:
-    """One segment's morphology (lengths and positions in nm)."""
+                   synapses: pd.DataFrame | None = None, is_soma: bool | None = None) -> dict:
+    """One segment's morphology (lengths and positions in nm); ``is_soma`` as for ``compartments``."""
     p = resolve(params)
     deg = skel.degrees()
-    soma = soma_sphere(skel, p)
+    soma = soma_sphere(skel, p, is_soma)
     has_soma = soma is not None and soma[0] == 0
-    comp, method = compartments(skel, parent, p, synapses)
+    comp, method = compartments(skel, parent, p, synapses, is_soma)
     length = np.zeros(len(skel))
     hp = parent >= 0
     length[hp] = np.linalg.norm(skel.vertices[hp] - skel.vertices[parent[hp]], axis=1)
@@ -163,9 +179,12 @@ def morphology_row(label: int, skel: Skel, parent: np.ndarray, params: dict | No
 
 
 def morphology_table(trees: dict[int, tuple[Skel, np.ndarray]], params: dict | None = None,
-                     synapses_by_id: dict[int, pd.DataFrame] | None = None) -> pd.DataFrame:
-    """``morphology.parquet`` from ``table_to_trees`` output; ``synapses_by_id`` feeds the polarity split."""
-    rows = [morphology_row(label, skel, parent, params, (synapses_by_id or {}).get(label))
+                     synapses_by_id: dict[int, pd.DataFrame] | None = None,
+                     soma_ids: set[int] | None = None) -> pd.DataFrame:
+    """``morphology.parquet`` from ``table_to_trees`` output; ``synapses_by_id`` feeds the polarity split;
+    ``soma_ids`` (``soma_ids`` of the table) the segments with a soma (None: the radius rule)."""
+    rows = [morphology_row(label, skel, parent, params, (synapses_by_id or {}).get(label),
+                           None if soma_ids is None else label in soma_ids)
             for label, (skel, parent) in sorted(trees.items())]
     df = pd.DataFrame(rows, columns=MORPHOLOGY_COLUMNS)
     return df.astype({"id": "uint64"})

@@ -31,6 +31,12 @@ DEFAULTS: dict = {
         "method": "radius",
         "min_axon_cable_nm": 2000.0,
     },
+    "soma_shape": {
+        "test_from": 0.93,
+        "test_to": 1.2,
+        "ridge_fraction": 0.8,
+        "max_elongation": 0.9,
+    },
     "soma_body": {
         "opening_fraction": 0.6,
         "max_centroid_shift": 0.5,

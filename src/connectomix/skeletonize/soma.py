@@ -154,12 +154,13 @@ SOMATA_COLUMNS = ["id", "z", "y", "x", "distance_nm", "sphere_nm"]
 def find_somata_in_volume(volume, array: str, params: dict | None = None, block_voxels: int = 128) -> pd.DataFrame:
     """``core.find_somata`` on a label array of an OME-Zarr, blockwise on a coarse pyramid level: the coarsest
     level (and stride) with voxels of at most a quarter of ``teasar.soma_acceptance_threshold`` on every axis,
-    in blocks of ``block_voxels`` such voxels with a halo of four acceptance radii (a boundary distance is exact
-    up to the halo). Returns the ``SOMATA_COLUMNS`` table: the centre as a level-0 voxel, its boundary distance and
-    the sphere cleared around it (nm)."""
+    in blocks of ``block_voxels`` such voxels with a halo of four acceptance radii, or more when the shape test
+    (``core.soma_candidates``) reads farther (a boundary distance is exact up to the halo). Returns the
+    ``SOMATA_COLUMNS`` table: the centre as a level-0 voxel, its boundary distance and the sphere cleared around
+    it (nm)."""
     from connectomix import io
     from connectomix.blocks import BlockGrid
-    from connectomix.skeletonize.core import find_somata, resolve, soma_sphere_radius
+    from connectomix.skeletonize.core import resolve, soma_candidates, soma_sphere_radius
 
     p = resolve(params)
     accept = float(p["teasar"]["soma_acceptance_threshold"])
@@ -170,21 +171,24 @@ def find_somata_in_volume(volume, array: str, params: dict | None = None, block_
     source = io.open_array(volume, array, level)
     vs = scale * stride
     shape = tuple(int(-(-n // s)) for n, s in zip(source.shape[-3:], stride))  # the strided level's shape
-    halo = tuple(int(np.ceil(4 * accept / v)) for v in vs)
+    test = p["soma_shape"]  # the shape test reads a ridge up to (1 + max_elongation) x test_to x T from a peak
+    reach = max(4.0, (1.0 + float(test["max_elongation"])) * max(float(test["test_to"]), 1.0))
+    halo = tuple(int(np.ceil(reach * accept / v)) for v in vs)
     grid = BlockGrid(shape, (block_voxels,) * 3, halo)
     best: dict[int, tuple[float, tuple]] = {}  # label -> (-distance, position): the smallest wins
+    round_at: dict[int, bool] = {}  # label -> the shape verdict at that widest point
     for block in grid:
         read = tuple(slice(a * s, b * s, s) for a, b, s in zip(block.read.offset, block.read.end, stride))
         labels = np.asarray(source[read])
         owned = np.zeros(labels.shape, bool)
         owned[block.write_in_read] = True
-        for label, (voxel, distance) in find_somata(labels, vs, p, maxima_in=owned).items():
+        for label, (voxel, distance, round_) in soma_candidates(labels, vs, p, maxima_in=owned).items():
             # the largest distance, then the first in C order, as one pass over the whole level would pick
             key = (-distance, tuple(int(v) + o for v, o in zip(voxel, block.read.offset)))
             if label not in best or key < best[label]:
-                best[label] = key
+                best[label], round_at[label] = key, round_
     rows = {c: [] for c in SOMATA_COLUMNS}
-    for label in sorted(best):
+    for label in sorted(label for label in best if round_at[label]):
         distance, position = -best[label][0], best[label][1]
         nm = shift + np.asarray(position) * vs
         voxel = np.rint((nm - base_shift) / base_scale).astype(int)
