@@ -30,14 +30,12 @@ def to_swc(label: int, skel, parent: np.ndarray, compartment: np.ndarray) -> str
 
 def write_swc_dir(table, out_dir: str | Path, params: dict | None = None) -> int:
     """One ``{id}.swc`` per segment of a skeletons table; returns the number written."""
-    from connectomix.skeletonize.morphology import compartments, iter_trees, soma_ids
+    from connectomix.skeletonize.morphology import iter_compartments
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = 0
-    somata = soma_ids(table)
-    for label, skel, parent in iter_trees(table):
-        comp, _ = compartments(skel, parent, params, is_soma=None if somata is None else label in somata)
+    for label, skel, parent, comp in iter_compartments(table, params):
         tmp = out_dir / f".{label}.swc.tmp"
         tmp.write_text(to_swc(label, skel, parent, comp))
         tmp.replace(out_dir / f"{label}.swc")
@@ -50,7 +48,7 @@ def write_precomputed(table, segmentation_dir: str | Path, params: dict | None =
     ``segmentation_dir`` (its info must exist); returns the number written."""
     from cloudvolume import CloudVolume, Skeleton
 
-    from connectomix.skeletonize.morphology import compartments, iter_trees, soma_ids
+    from connectomix.skeletonize.morphology import iter_compartments
 
     seg_dir = Path(segmentation_dir).resolve()
     if not (seg_dir / "info").exists():
@@ -71,9 +69,7 @@ def write_precomputed(table, segmentation_dir: str | Path, params: dict | None =
     }
     vol.skeleton.meta.commit_info()
     skels = []
-    somata = soma_ids(table)
-    for label, skel, parent in iter_trees(table):
-        comp, _ = compartments(skel, parent, params, is_soma=None if somata is None else label in somata)
+    for label, skel, parent, comp in iter_compartments(table, params):
         child = np.flatnonzero(parent >= 0)
         skels.append(Skeleton(
             skel.vertices[:, ::-1].astype(np.float32), np.stack([child, parent[child]], axis=1).astype(np.uint32),

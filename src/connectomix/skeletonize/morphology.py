@@ -100,8 +100,8 @@ def compartments(
     """Per-vertex compartment (SOMA, AXON, DENDRITE, UNDEFINED) and the method used.
 
     Needs a soma at the root (vertex 0, see ``soma_sphere``, which ``is_soma`` decides when given); otherwise
-    everything is UNDEFINED. Each neurite
-    leaving the soma (a child subtree of the root) is one unit. ``axon_dendrite.method``:
+    everything is UNDEFINED. Each neurite leaving the soma (a child subtree of the root) is one unit.
+    ``axon_dendrite.method``:
 
     * ``radius`` (geometric): the axon is the thinnest neurite (mean radius) among those with at least
       ``min_axon_cable_nm`` of cable, when there are two or more neurites; the others are dendrites.
@@ -203,6 +203,15 @@ def with_soma_bodies(table: pd.DataFrame, volume, array: str, params: dict | Non
     for col in BODY_COLUMNS:
         table.loc[rows, col] = bodies.loc[table.loc[rows, "id"], col].to_numpy()
     return table
+
+
+def iter_compartments(table: pd.DataFrame, params: dict | None = None):
+    """Yield ``(id, skel, parent, compartment)`` for every segment of a skeletons table, the soma decision taken
+    from its ``soma`` column (the radius rule for a table without one)."""
+    somata = soma_ids(table)
+    for label, skel, parent in iter_trees(table):
+        comp, _ = compartments(skel, parent, params, is_soma=None if somata is None else label in somata)
+        yield label, skel, parent, comp
 
 
 def iter_trees(table: pd.DataFrame, ids: Iterable[int] | None = None):

@@ -175,8 +175,8 @@ def find_somata_in_volume(volume, array: str, params: dict | None = None, block_
     reach = max(4.0, (1.0 + float(test["max_elongation"])) * max(float(test["test_to"]), 1.0))
     halo = tuple(int(np.ceil(reach * accept / v)) for v in vs)
     grid = BlockGrid(shape, (block_voxels,) * 3, halo)
-    best: dict[int, tuple[float, tuple]] = {}  # label -> (-distance, position): the smallest wins
-    round_at: dict[int, bool] = {}  # label -> the shape verdict at that widest point
+    # label -> ((-distance, position): the smallest wins, the shape verdict at that widest point)
+    best: dict[int, tuple[tuple[float, tuple], bool]] = {}
     for block in grid:
         read = tuple(slice(a * s, b * s, s) for a, b, s in zip(block.read.offset, block.read.end, stride))
         labels = np.asarray(source[read])
@@ -185,11 +185,13 @@ def find_somata_in_volume(volume, array: str, params: dict | None = None, block_
         for label, (voxel, distance, round_) in soma_candidates(labels, vs, p, maxima_in=owned).items():
             # the largest distance, then the first in C order, as one pass over the whole level would pick
             key = (-distance, tuple(int(v) + o for v, o in zip(voxel, block.read.offset)))
-            if label not in best or key < best[label]:
-                best[label], round_at[label] = key, round_
+            if label not in best or key < best[label][0]:
+                best[label] = (key, round_)
     rows = {c: [] for c in SOMATA_COLUMNS}
-    for label in sorted(label for label in best if round_at[label]):
-        distance, position = -best[label][0], best[label][1]
+    for label, ((neg_distance, position), round_) in sorted(best.items()):
+        if not round_:
+            continue
+        distance = -neg_distance
         nm = shift + np.asarray(position) * vs
         voxel = np.rint((nm - base_shift) / base_scale).astype(int)
         for name, value in zip(("z", "y", "x"), voxel):
