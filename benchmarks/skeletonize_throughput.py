@@ -1,16 +1,17 @@
 """Throughput of blockwise kimimaro + merge vs plain kimimaro on the whole volume (same labels, same run).
 
-    python benchmarks/skeletonize_throughput.py                  # phantom (+ halo sweep) and large (256 x 512 x 512)
+    python benchmarks/skeletonize_throughput.py                  # phantom and large (256 x 512 x 512), two block shapes
     python benchmarks/skeletonize_throughput.py --large 128 512 512 --workers 2 --halos
 
 Volumes: the phantom of `make demo` (config.yaml: seed 7, 48 x 320 x 320, its gt/labels); the large volume tiles
-those labels with fresh ids per copy (thousands of labels). Parameters: the `skeletonize:` defaults (soma
-detection thresholds for real somata: the phantom's are never detected) and the `blocks.shape` of config.yaml; one
-row also with config.yaml's `skeletonize:` section (somata detected at phantom scale), which is what `make demo`
-runs. Both methods get the same number of processes
-(kimimaro ``parallel`` vs a pool over blocks) and the same post-processing (soma collapse, joins, tree, ticks,
-smoothing: ``connectomix.skeletonize.core.finalize``), so they differ only by the blocking. Segments compared:
-those of at least ``min_segment_voxels`` voxels (the blockwise merge drops smaller ones).
+those labels with fresh ids per copy (thousands of labels), and is run with config.yaml's blocks and with larger
+ones (``--large-blocks``): the halo's share of the work shrinks as blocks grow. Parameters: the `skeletonize:`
+defaults (soma detection thresholds for real somata: the phantom's are never detected) and the `blocks.shape` of
+config.yaml; one row also with config.yaml's `skeletonize:` section (somata detected at phantom scale), which is
+what `make demo` runs. Both methods get the same number of processes (kimimaro ``parallel`` vs a pool over blocks)
+and the same post-processing (soma collapse, joins, tree, ticks, smoothing: ``connectomix.skeletonize.core.finalize``),
+so they differ only by the blocking. Segments compared: those of at least ``min_segment_voxels`` voxels (the
+blockwise merge drops smaller ones).
 Writes results/skeletonize_throughput.json and .md. Ratio = whole-volume time / blockwise time (>1: faster).
 """
 
@@ -67,13 +68,23 @@ def compare(labels, block_shape, workers, params=None, kind=None, repeat=1):
         "halo": list(params.get("halo", DEFAULTS["halo"])), "workers": workers,
         "whole_s": round(t_whole, 2), "blockwise_s": round(t_block, 2), "runs_whole_blockwise_s": runs,
         "blocks_s": round(timings["blocks_s"], 2), "merge_s": round(timings["merge_s"], 2),
-        "n_blocks": timings["n_blocks"],
+        "n_blocks": timings["n_blocks"], "read_per_write_voxel": _read_per_write(labels.shape, block_shape, params),
         "throughput_ratio": round(t_whole / t_block, 3),
         "mvoxel_per_s_whole": round(labels.size / 1e6 / t_whole, 3),
         "mvoxel_per_s_blockwise": round(labels.size / 1e6 / t_block, 3),
         **agreement(labels, whole, blockwise, params, kind),
     }
     return row
+
+
+def _read_per_write(shape, block_shape, params) -> float:
+    """Voxels read per voxel owned, over the grid's blocks (the halo's overhead; read ROIs are clipped to the
+    volume)."""
+    from connectomix.blocks import BlockGrid
+
+    grid = BlockGrid(shape, block_shape, params.get("halo", DEFAULTS["halo"]))
+    read = sum(int(np.prod(b.read.shape)) for b in grid)
+    return round(read / int(np.prod(shape)), 2)
 
 
 def labels_count(labels) -> int:
@@ -143,6 +154,9 @@ def main(argv=None) -> int:
     ap.add_argument("--halos", nargs="*", default=None, metavar="Z,Y,X",
                     help="extra phantom rows with these halos (bare --halos: 2,16,16 and 8,64,64)")
     ap.add_argument("--repeat", type=int, default=2, help="timed runs of each method, alternating (default 2)")
+    ap.add_argument("--large-blocks", nargs="*", default=["48,256,256"], metavar="Z,Y,X",
+                    help="extra large-volume rows with these block shapes (default 48,256,256: blocks sized for a "
+                         "volume this large; config.yaml's are sized for the 48 x 320 x 320 demo)")
     ap.add_argument("--skip-large", action="store_true")
     args = ap.parse_args(argv)
     import kimimaro  # noqa: F401  (imported before the clocks start: the first method would pay for it)
@@ -172,29 +186,42 @@ def main(argv=None) -> int:
         rows.append({"volume": "large: tiled phantom gt/labels",
                      **compare(large, args.block, args.workers, kind=large_kind, repeat=args.repeat)})
         print(rows[-1], flush=True)
+        for b in args.large_blocks:
+            block = [int(v) for v in b.split(",")]
+            rows.append({"volume": f"large: tiled phantom gt/labels, blocks {block}",
+                         **compare(large, block, args.workers, kind=large_kind, repeat=args.repeat)})
+            print(rows[-1], flush=True)
     out = {"machine": platform.node(), "cpus": os.cpu_count(), "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
-           "params": DEFAULTS, "phantom": PHANTOM, "rows": rows}
+           "params": DEFAULTS, "phantom": PHANTOM, "block": list(args.block), "rows": rows}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "skeletonize_throughput.json").write_text(json.dumps(out, indent=1))
-    cols = ["volume", "shape", "labels", "halo", "n_blocks", "workers", "whole_s", "blockwise_s", "merge_s",
-            "throughput_ratio", "segments_compared", "total_cable_rel_diff", "segments_within_3pct",
-            "median_abs_rel_diff", "p95_abs_rel_diff", "worst_rel_diff", "worst_segment", "segments_one_tree",
-            "segments_more_components_than_whole"]
+    (HERE / "results" / "skeletonize_throughput.md").write_text(markdown(out, args.workers, args.repeat))
+    print(markdown(out, args.workers, args.repeat))
+    return 0
+
+
+def markdown(out: dict, workers: int, repeat: int) -> str:
+    """The results table (``out``: what the JSON holds)."""
+    rows = out["rows"]
+    cols = ["volume", "shape", "labels", "block_shape", "halo", "read_per_write_voxel", "n_blocks", "workers",
+            "whole_s", "blockwise_s", "merge_s", "throughput_ratio", "segments_compared", "total_cable_rel_diff",
+            "segments_within_3pct", "median_abs_rel_diff", "p95_abs_rel_diff", "worst_rel_diff", "worst_segment",
+            "segments_one_tree", "segments_more_components_than_whole"]
     md = ["# Skeletonize throughput: blockwise + merge vs whole-volume kimimaro", "",
           "Ratio = whole-volume time / blockwise time (goal >= 0.8). Cable agreement per segment (relative "
           "difference of blockwise-merged vs whole-volume cable), over segments of at least min_segment_voxels; "
           "both post-processed alike (soma, joins, tree, ticks, smoothing). Default skeletonize parameters "
-          f"unless the row names config.yaml; blocks {args.block}; {args.workers} processes for each method; {os.cpu_count()} CPUs, shared with other "
-          f"work, so each time is the fastest of {args.repeat} alternating runs.", "",
+          f"unless the row names config.yaml; blocks {out['block']} (config.yaml's) unless the row names others; "
+          "read_per_write_voxel: voxels read per voxel owned, over the blocks (the halo's cost); "
+          f"{workers} processes for each method; {out['cpus']} CPUs, shared with other "
+          f"work, so each time is the fastest of {repeat} alternating runs.", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    md += ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in rows]
     kinds = [r for r in rows if "within_3pct_by_kind" in r]
     if kinds:
         md += ["", "Segments within 3 % by kind: " + "; ".join(
             f"{r['volume']}: " + ", ".join(f"{k} {v}" for k, v in r["within_3pct_by_kind"].items()) for r in kinds)]
-    (HERE / "results" / "skeletonize_throughput.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
-    return 0
+    return "\n".join(md) + "\n"
 
 
 if __name__ == "__main__":

@@ -529,7 +529,10 @@ def derive_rates(bench_dir: Path, defaults: dict) -> dict:
     path = bench_dir / "skeletonize_throughput.json"
     if path.exists():
         data = json.loads(path.read_text())
-        row = max(data["rows"], key=lambda r: math.prod(r["shape"]))
+        largest = max(math.prod(r["shape"]) for r in data["rows"])
+        # the largest volume, at the benchmark's default (config.yaml's) block shape when it has several
+        rows = [r for r in data["rows"] if math.prod(r["shape"]) == largest]
+        row = next((r for r in rows if r.get("block_shape") == data.get("block")), rows[0])
         voxels = math.prod(row["shape"])
         workers = int(row.get("workers") or 1)
         out["skeletonize.block"] = {
