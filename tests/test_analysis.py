@@ -97,6 +97,7 @@ def test_shuffle_null_is_flat_and_a_real_effect_stands_out():
     assert res["null_flat"]
     assert abs(res["null_mean"]) < 0.25 * res["slope"]
     assert res["slope"] > res["null_ci_high"] and res["p_value"] < 0.01
+    assert res["n_pairs"] == 60 * 59 and res["n_connected"] == int(y.sum()) > 0
     band = res["binned"]
     # The null curve is flat: every bin's null mean is within 0.03 of the overall connection rate.
     assert np.abs(band["null_mean"] - y[~np.eye(60, dtype=bool)].mean()).max() < 0.03
@@ -250,6 +251,8 @@ def test_analysis_cli_tables_figures_and_validation_on_synthetic_phantom(tmp_pat
     assert ltl["gt_ci_low"] <= ltl["slope"] <= ltl["gt_ci_high"] and ltl["within_gt_ci"] == 1
     assert ltl["gt_ci_low"] > 0  # the phantom's like-to-like effect is detected in the ground truth
     assert ltl["null_flat"] == 1 and ltl["gt_null_flat"] == 1
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    assert ltl["n_connected_pairs"] == int(pairs["connected"].sum()) > 0 and ltl["gt_n_connected_pairs"] > 0
 
 
 TINY_SNAKEFILE = """

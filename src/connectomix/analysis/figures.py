@@ -54,7 +54,8 @@ def like_to_like(binned: pd.DataFrame, summary: dict, x: str, path: str | Path, 
         ax.set_xlabel(label)
         ax.set_ylabel(ylabel)
         ax.set_title(f"slope {s['slope']:.3g} [{s['ci_low']:.3g}, {s['ci_high']:.3g}]\n"
-                     f"n = {s['n_neurons']} neurons, {s['n_pairs']} pairs", fontsize=9)
+                     f"n = {s['n_neurons']} neurons, {s['n_pairs']} pairs ({s['n_connected']} connected)",
+                     fontsize=9)
         ax.legend(fontsize=7)
     save(fig, path)
 

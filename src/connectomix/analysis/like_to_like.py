@@ -83,8 +83,9 @@ def analyse(x: np.ndarray, y: np.ndarray, dist_bin: np.ndarray, ids: np.ndarray,
 
     Returns ``slope``, ``ci_low``, ``ci_high`` (95 %), ``null_mean``, ``null_sd``, ``null_ci_low``/``high``,
     ``p_value`` (two-sided, vs the shuffle null), ``null_flat`` (the null mean is within 3 standard errors of 0),
-    ``n_neurons``, ``n_pairs`` and ``binned``: a table per ``x`` bin (``n``, distance-adjusted ``mean`` with
-    bootstrap ``ci_low``/``ci_high`` and the null's 2.5-97.5 % band).
+    ``n_neurons``, ``n_pairs``, ``n_connected`` (pairs with ``y`` > 0: what the slope's power rests on) and
+    ``binned``: a table per ``x`` bin (``n``, distance-adjusted ``mean`` with bootstrap ``ci_low``/``ci_high`` and
+    the null's 2.5-97.5 % band).
     """
     rng = np.random.default_rng(seed)
     n = len(ids)
@@ -138,6 +139,7 @@ def analyse(x: np.ndarray, y: np.ndarray, dist_bin: np.ndarray, ids: np.ndarray,
         "null_flat": bool(len(null_f) > 1 and abs(null_mean) <= 3 * null_sd / np.sqrt(len(null_f))),
         "n_neurons": int(n),
         "n_pairs": int(valid.sum()),
+        "n_connected": int((y[r, c] > 0).sum()),
         "binned": binned,
     }
 

@@ -60,7 +60,8 @@ def like_to_like_metrics(recon: dict, gt: dict) -> dict:
         # the reconstruction had too few matched neurons for the analysis: NaN metrics, not a crash
         return {"slope": float("nan"), "gt_slope": g["slope"], "gt_ci_low": g["ci_low"], "gt_ci_high": g["ci_high"],
                 "within_gt_ci": 0, "null_flat": 0, "gt_null_flat": int(g["null_flat"]),
-                "n_neurons": recon.get("n_units", 0), "gt_n_neurons": g["n_neurons"]}
+                "n_neurons": recon.get("n_units", 0), "gt_n_neurons": g["n_neurons"],
+                "gt_n_connected_pairs": g["n_connected"]}
     r, ro = recon["analyses"]["connection_vs_signal_corr"], recon["analyses"]["connection_vs_ori_diff"]
     return {
         "slope": r["slope"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
@@ -72,6 +73,8 @@ def like_to_like_metrics(recon: dict, gt: dict) -> dict:
         "ori_slope": ro["slope"], "gt_ori_slope": go["slope"], "gt_ori_ci_low": go["ci_low"],
         "gt_ori_ci_high": go["ci_high"],
         "n_neurons": r["n_neurons"], "gt_n_neurons": g["n_neurons"],
+        # connected pairs among the matched neurons: with a handful, no slope can be told from the null
+        "n_connected_pairs": r["n_connected"], "gt_n_connected_pairs": g["n_connected"],
     }
 
 
