@@ -12,7 +12,7 @@ from connectomix.segment import params as seg_params
 from connectomix.segment import stitch, synthetic as syn
 from connectomix.segment.agglomerate import apply_lut, hierarchical, lookup_table
 from connectomix.segment.fragments import block_of_fragment, fragment_id_base
-from connectomix.segment.rag import Rag, merge_rags, volume_rag
+from connectomix.segment.rag import Rag, contract, merge_rags, volume_rag
 
 VOXEL = (40, 8, 8)
 SHAPE = (16, 96, 96)
@@ -118,6 +118,15 @@ def test_block_rags_merge_to_the_volume_rag(tmp_path, voronoi):
         assert (block_of_fragment(ids[ids > 0]) == np.array(b.index)).all()
     markers = list((tmp_path / "blocks" / "segment_fragments").glob("*.json"))
     assert len(markers) == 8
+    # contracting without histograms (for a mean agglomeration) pools counts and sums exactly as with them
+    source = np.unique(merged.same_v)[::2]
+    target = np.full(len(source), merged.u.min(), np.uint64)
+    full, lean = contract(merged, source, target), contract(merged, source, target, histograms=False)
+    assert len(full) < len(merged) and len(full.hist_edge) > 0 and len(lean.hist_edge) == 0
+    for field in ("u", "v", "count", "total"):
+        assert np.array_equal(getattr(full, field), getattr(lean, field)), field
+    for a, b in zip(hierarchical(full, 0.5), hierarchical(lean, 0.5)):
+        assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("mode", ["2d", "3d"])

@@ -146,8 +146,10 @@ def block_rag(fragments: np.ndarray, affs: np.ndarray, pad) -> Rag:
     return _pairs_to_rag(np.concatenate(us), np.concatenate(vs), np.concatenate(values))
 
 
-def merge_rags(rags: list[Rag]) -> Rag:
-    """One graph from block tables: edges with the same (u, v) are summed (counts, sums, histograms)."""
+def merge_rags(rags: list[Rag], histograms: bool = True) -> Rag:
+    """One graph from block tables: edges with the same (u, v) are summed (counts, sums, histograms). Without
+    ``histograms`` the result has none (a mean-affinity agglomeration needs only counts and sums; pooling the
+    histograms is most of the work)."""
     same_u = np.concatenate([np.zeros(0, np.uint64)] + [r.same_u for r in rags]).astype(np.uint64)
     same_v = np.concatenate([np.zeros(0, np.uint64)] + [r.same_v for r in rags]).astype(np.uint64)
     rags = [r for r in rags if len(r)]
@@ -163,6 +165,10 @@ def merge_rags(rags: list[Rag]) -> Rag:
     keys, edge = np.unique(key, return_inverse=True)
     count = np.bincount(edge, weights=np.concatenate([r.count for r in rags]).astype(np.float64))
     total = np.bincount(edge, weights=np.concatenate([r.total for r in rags]).astype(np.float64))
+    if not histograms:
+        empty = Rag.empty()
+        return Rag(nodes[keys // n].astype(np.uint64), nodes[keys % n].astype(np.uint64), count.astype(np.uint64),
+                   total.astype(np.uint64), empty.hist_edge, empty.hist_bin, empty.hist_count, same_u, same_v)
     # histogram rows: re-point each block's local edge index to the merged edge index
     starts = np.cumsum([0] + [len(r) for r in rags[:-1]])
     hedge = np.concatenate([edge[s + r.hist_edge] for s, r in zip(starts, rags)]).astype(np.int64)
@@ -211,9 +217,9 @@ def majority_pairs(own: np.ndarray, view: np.ndarray) -> tuple[np.ndarray, np.nd
     return o_ids[oi[ok]].astype(np.uint64), v_ids[vi[ok]].astype(np.uint64)
 
 
-def contract(rag: Rag, source: np.ndarray, target: np.ndarray) -> Rag:
+def contract(rag: Rag, source: np.ndarray, target: np.ndarray, histograms: bool = True) -> Rag:
     """The RAG with fragment ids ``source`` (sorted) replaced by ``target``; contacts inside a node are dropped
-    and parallel edges pooled."""
+    and parallel edges pooled (their histograms too, unless ``histograms`` is false: then the result has none)."""
     if len(source) == 0 or len(rag) == 0:
         return rag
 
@@ -232,4 +238,4 @@ def contract(rag: Rag, source: np.ndarray, target: np.ndarray) -> Rag:
     hkeep = keep[rag.hist_edge]
     sub = Rag(lo[keep], hi[keep], rag.count[keep], rag.total[keep], index[rag.hist_edge[hkeep]],
               rag.hist_bin[hkeep], rag.hist_count[hkeep])
-    return merge_rags([sub])
+    return merge_rags([sub], histograms)

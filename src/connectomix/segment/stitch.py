@@ -263,7 +263,8 @@ def agglomerate_graph(rag: Rag, params: dict, threshold: float | None = None) ->
     forced = np.zeros(len(rag.same_u), dtype=[("a", np.uint64), ("b", np.uint64), ("score", np.float64)])
     forced["a"], forced["b"], forced["score"] = rag.same_u, rag.same_v, -1.0
     source, target = lookup_table(nodes, forced)
-    _, merges = run_agglomeration(contract(rag, source, target), params)
+    quantiles = params["agglomerate"]["method"] == "quantile"  # the only method that reads the histograms
+    _, merges = run_agglomeration(contract(rag, source, target, histograms=quantiles), params)
     return nodes, np.concatenate([forced, merges])
 
 
