@@ -5,7 +5,8 @@ synthetic volume tiled 2 x 2 x 2 (8x the voxels, same block shape): a block job'
 volume.
 
 One command: ``python benchmarks/segment_throughput.py`` -> benchmarks/results/segment_throughput.{json,md}.
-Input: gala-fibsem test affinities from test-p1 when ../shared/data exists, and a synthetic 32x256x256 volume.
+Input: gala-fibsem test affinities from test-p1 when ../shared/data exists, a synthetic 32x256x256 volume, and
+the same tiled 2 x 2 x 2 with config.yaml's block and chunk shapes (the row `plan` takes its rates from).
 """
 
 from __future__ import annotations
@@ -30,17 +31,21 @@ OUT = Path(__file__).resolve().parent / "results"
 
 
 def volumes():
+    """name -> (affinities, voxel size, block shape, chunk shape)."""
     out = {}
     shape = (32, 256, 256)
     gt = syn.voronoi_labels(shape, 150, seed=21, anisotropy=(40, 8, 8))
-    out["synthetic-32x256x256"] = (syn.degrade(syn.affinities_from_labels(gt), seed=22), (40, 8, 8), (16, 128, 128))
+    affs = syn.degrade(syn.affinities_from_labels(gt), seed=22)
+    out["synthetic-32x256x256"] = (affs, (40, 8, 8), (16, 128, 128), (8, 32, 32))
+    # 8x the voxels, with config.yaml's block and chunk shapes (the ones `plan` scales up)
+    out["synthetic-32x256x256 tiled 2 x 2 x 2"] = (np.tile(affs, (1, 2, 2, 2)), (40, 8, 8), (24, 192, 192), (8, 64, 64))
     gala = SHARED / "gala-fibsem" / "test-p1.lzf.h5"
     if gala.exists():
         import h5py
 
         with h5py.File(gala) as f:
             p1 = np.asarray(f["stack"]).astype(np.float32)
-        out["gala-test-p1"] = (affinities_from_boundary(p1), (10, 10, 10), (24, 64, 64))
+        out["gala-test-p1"] = (affinities_from_boundary(p1), (10, 10, 10), (24, 64, 64), (8, 32, 32))
     return out
 
 
@@ -72,12 +77,12 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-blocks", type=int, default=3, help="blocks per step measured in subprocesses")
     args = parser.parse_args(argv)
     rows = []
-    for name, (affs, voxel, block) in volumes().items():
+    for name, (affs, voxel, block, chunks) in volumes().items():
         tmp = Path(tempfile.mkdtemp(prefix="cmx_tp_"))
         root = tmp / "volume.zarr"
-        syn.write_test_volume(root, affs, voxel, (8, 32, 32))
+        syn.write_test_volume(root, affs, voxel, chunks)
         t = time.perf_counter()
-        summary = stitch.segment_volume(root, tmp / "segment", {}, block, (8, 32, 32))
+        summary = stitch.segment_volume(root, tmp / "segment", {}, block, chunks)
         ours = time.perf_counter() - t
         f32 = affs.astype(np.float32) / 255
         t = time.perf_counter()
@@ -85,6 +90,7 @@ def main(argv=None) -> int:
         theirs = time.perf_counter() - t
         vox = int(np.prod(affs.shape[1:]))
         row = {"dataset": name, "voxels": vox, "blocks": summary["blocks"], "block_shape": list(block),
+               "chunk_shape": list(chunks),
                "connectomix_seconds": ours, "connectomix_voxels_per_s": vox / ours,
                "waterz_seconds": theirs, "waterz_voxels_per_s": vox / theirs, "ratio_vs_waterz": theirs / ours,
                "step_seconds": summary["timings"], "peak_rss_mb": block_job_memory(root, tmp / "segment",
@@ -97,13 +103,17 @@ def main(argv=None) -> int:
              "`python benchmarks/segment_throughput.py`. connectomix = whole stage blockwise (setup, fragments, RAG, "
              "agglomerate, relabel, segments.parquet); waterz = zwatershed + agglomeration on the whole volume "
              "in memory (threshold 0.5). Peak RSS per block job from separate CLI processes (MB).\n",
-             "| dataset | voxels | blocks | connectomix vox/s | waterz vox/s | waterz/connectomix time ratio | "
+             "| dataset | voxels | blocks | block / chunk shape | connectomix vox/s | waterz vox/s | "
+             "waterz/connectomix time ratio | seconds fragments / rag / agglomerate / relabel / finish | "
              "peak RSS fragments / rag / relabel (MB) | import baseline (MB) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r["peak_rss_mb"]
-        lines.append(f"| {r['dataset']} | {r['voxels']} | {r['blocks']} | {r['connectomix_voxels_per_s']:.3g} | "
-                     f"{r['waterz_voxels_per_s']:.3g} | {r['ratio_vs_waterz']:.3f} | {p['segment_fragments']:.0f} / "
+        steps = " / ".join(f"{r['step_seconds'][k]:.2f}" for k in ("fragments", "rag", "agglomerate", "relabel",
+                                                                       "finish"))
+        lines.append(f"| {r['dataset']} | {r['voxels']} | {r['blocks']} | {r['block_shape']} / {r['chunk_shape']} | "
+                     f"{r['connectomix_voxels_per_s']:.3g} | {r['waterz_voxels_per_s']:.3g} | "
+                     f"{r['ratio_vs_waterz']:.3f} | {steps} | {p['segment_fragments']:.0f} / "
                      f"{p['segment_rag']:.0f} / {p['segment_relabel']:.0f} | {p['import_baseline']:.0f} |")
     scaling = memory_scaling(args.memory_blocks)
     (out / "segment_throughput.json").write_text(json.dumps({"rows": rows, "block_memory_scaling": scaling},
@@ -122,7 +132,7 @@ def main(argv=None) -> int:
 
 def memory_scaling(n_blocks: int) -> list:
     """Peak RSS per block job for the synthetic volume and for it tiled 2 x 2 x 2 (same block shape)."""
-    affs, voxel, block = volumes()["synthetic-32x256x256"]
+    affs, voxel, block, _ = volumes()["synthetic-32x256x256"]
     out = []
     for tiles in (1, 2):
         tiled = np.tile(affs, (1, tiles, tiles, tiles))
