@@ -57,6 +57,28 @@ def test_hours_and_storage_scale_linearly_with_voxels():
     assert a["predict.block"]["cpu_core_hours"] == pytest.approx(240 * 1920 * 1920 / rate / 3600)
 
 
+def test_skeleton_blocks_are_planned_by_the_voxels_they_read():
+    """The skeletonize block rate was measured at the benchmark's blocks and halo; a plan with other blocks scales
+    it by the voxels read per voxel owned (the halo's share), which the block time follows."""
+    entry = plan.load_rates()["steps"]["skeletonize.block"]
+    assert entry["read_per_write_voxel"] > 1 and len(entry["halo"]) == 3
+    assert plan.read_per_write((24, 192, 192), (4, 32, 32)) == pytest.approx(32 * 256 * 256 / (24 * 192 * 192))
+    shape = (240, 1920, 1920)
+    rows = {b: _by_key(plan.make_plan(shape, VOXEL, block_shape=b)) for b in ((24, 192, 192), (48, 256, 256))}
+    small, large = (rows[b]["skeletonize.block"] for b in rows)
+    expected = {b: plan.read_per_write(b, entry["halo"]) / entry["read_per_write_voxel"] for b in rows}
+    assert small["halo_scale"] == pytest.approx(expected[(24, 192, 192)])
+    assert small["cpu_core_hours"] == pytest.approx(
+        240 * 1920 * 1920 * expected[(24, 192, 192)] / entry["cpu_voxels_per_core_second"] / 3600)
+    assert large["cpu_core_hours"] / small["cpu_core_hours"] == pytest.approx(
+        expected[(48, 256, 256)] / expected[(24, 192, 192)])
+    assert large["cpu_core_hours"] < small["cpu_core_hours"]
+    # steps measured without a halo ratio are planned by voxels owned, whatever the blocks
+    assert rows[(24, 192, 192)]["segment.rag"]["halo_scale"] is None
+    rag = [rows[b]["segment.rag"]["cpu_core_hours"] for b in rows]
+    assert rag[0] == rag[1]
+
+
 def test_storage_counts_dtype_channels_and_pyramid():
     result = plan.make_plan((24, 192, 192), VOXEL)
     arrays = {a["array"]: a for a in result["storage"]}

@@ -155,6 +155,12 @@ def _pyramid_factor(levels: int, factor) -> float:
     return sum(per_level**i for i in range(levels))
 
 
+def read_per_write(block_shape, halo) -> float:
+    """Voxels a block reads (its write ROI grown by ``halo`` on every side) per voxel it owns, in a volume large
+    against its blocks (read ROIs clipped at the volume's faces are neglected)."""
+    return math.prod((b + 2 * h) / b for b, h in zip(block_shape, halo))
+
+
 def make_plan(
     shape,
     voxel_size,
@@ -193,6 +199,10 @@ def make_plan(
         entry = rates["steps"][step.key]
         jobs = n_batches if step.scope == "block" else 1
         cpu_rate = entry["cpu_voxels_per_core_second"]
+        halo_scale = None
+        if cpu_rate and entry.get("read_per_write_voxel") and entry.get("halo"):
+            halo_scale = read_per_write(block_shape, entry["halo"]) / entry["read_per_write_voxel"]
+            cpu_rate = cpu_rate / halo_scale
         gpu_rate = entry.get("gpu_voxels_per_second")
         row = {
             "stage": step.stage,
@@ -208,6 +218,7 @@ def make_plan(
             "reason": None if cpu_rate else entry.get("reason"),
             "uses_gpu": bool(entry.get("uses_gpu")),
             "gpu_reason": None if gpu_rate else entry.get("gpu_reason"),
+            "halo_scale": halo_scale,
         }
         low_high = entry.get("cpu_range")
         if cpu_rate and low_high:
@@ -387,6 +398,9 @@ def render(plan: dict) -> str:
             why = f"{r['source']} (range {_hours(lo)}-{_hours(hi)} core-h)"
         else:
             why = r["source"] if r["cpu_core_hours"] is not None else f"not measured: {r['reason']}"
+        if r.get("halo_scale"):
+            why += (f" (x{r['halo_scale']:.2f} for the halo: voxels read per voxel owned, these blocks vs the "
+                    "benchmark's)")
         gpu = _hours(r["gpu_hours"]) if r["gpu_hours"] is not None else ("n/a" if r["uses_gpu"] else "-")
         scope = "block" if r["scope"] == "block" else "serial"
         per_job = r.get("cpu_core_hours_largest_job") if r["scope"] == "block" else r["cpu_core_hours"]
@@ -540,6 +554,8 @@ def derive_rates(bench_dir: Path, defaults: dict) -> dict:
             "source": rel(path.name),
             "derivation": f"{row['volume']}: {voxels} voxels / (blocks_s {row['blocks_s']} s x {workers} workers)",
         }
+        if row.get("read_per_write_voxel"):  # the block time follows the voxels read: plan scales by the halo
+            out["skeletonize.block"].update(halo=list(row["halo"]), read_per_write_voxel=row["read_per_write_voxel"])
         out["skeletonize.merge"] = {
             "cpu_voxels_per_core_second": round(voxels / row["merge_s"]),
             "source": rel(path.name),
