@@ -219,7 +219,8 @@ def majority_pairs(own: np.ndarray, view: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def contract(rag: Rag, source: np.ndarray, target: np.ndarray, histograms: bool = True) -> Rag:
     """The RAG with fragment ids ``source`` (sorted) replaced by ``target``; contacts inside a node are dropped
-    and parallel edges pooled (their histograms too, unless ``histograms`` is false: then the result has none)."""
+    and parallel edges pooled (their histograms too; with ``histograms`` false they are left out, unless nothing
+    is contracted and ``rag`` comes back as it is)."""
     if len(source) == 0 or len(rag) == 0:
         return rag
 
@@ -233,9 +234,13 @@ def contract(rag: Rag, source: np.ndarray, target: np.ndarray, histograms: bool 
     u, v = mapped(rag.u), mapped(rag.v)
     lo, hi = np.minimum(u, v), np.maximum(u, v)
     keep = lo != hi
-    index = np.full(len(rag), -1, np.int64)
-    index[keep] = np.arange(keep.sum())
-    hkeep = keep[rag.hist_edge]
-    sub = Rag(lo[keep], hi[keep], rag.count[keep], rag.total[keep], index[rag.hist_edge[hkeep]],
-              rag.hist_bin[hkeep], rag.hist_count[hkeep])
+    if histograms:
+        index = np.full(len(rag), -1, np.int64)
+        index[keep] = np.arange(keep.sum())
+        hkeep = keep[rag.hist_edge]
+        hist = (index[rag.hist_edge[hkeep]], rag.hist_bin[hkeep], rag.hist_count[hkeep])
+    else:  # merge_rags would drop them: do not gather them
+        empty = Rag.empty()
+        hist = (empty.hist_edge, empty.hist_bin, empty.hist_count)
+    sub = Rag(lo[keep], hi[keep], rag.count[keep], rag.total[keep], *hist)
     return merge_rags([sub], histograms)
