@@ -80,6 +80,7 @@ rule predict_block:
         tile=zyx(PREDICT["tile_shape"]),
         batch=PREDICT["batch_size"],
         device=PREDICT["device"],
+        augment=PREDICT["augment"],
     log:
         f"{RESULTS}/{{dataset}}/logs/predict/{{batch}}.log",
     conda:
@@ -88,12 +89,14 @@ rule predict_block:
     resources:
         # measured: ~800 MB peak for a 40 x 284 x 284 read ROI (one tile per block, default model); batch_size
         # blocks go through the network together
-        **batch_resources(PREDICT_CONTEXT, mem_factor=2 * PREDICT["batch_size"]),
+        **batch_resources(PREDICT_CONTEXT, mem_factor=2 * PREDICT["batch_size"],
+                          time_factor=8 if PREDICT["augment"] == "in-plane" else 1),
         gpu=PREDICT["gpu"],
     shell:
         "python -m connectomix predict block --volume {params.volume} --checkpoint {params.checkpoint} "
         "--block-shape {params.block_shape} --blocks {params.blocks} --marker-dir {params.markers} "
         "--tile-shape {params.tile} --batch-size {params.batch} --device {params.device} --threads {threads} "
+        "--augment {params.augment} "
         "> {log} 2>&1 && echo {params.record} > {output.marker}"
 
 

@@ -79,6 +79,27 @@ def test_skeleton_blocks_are_planned_by_the_voxels_they_read():
     assert rag[0] == rag[1]
 
 
+def test_test_time_augmentation_multiplies_the_predict_hours(tmp_path):
+    """predict.augment 'in-plane' runs 8 network passes per tile (4 with unequal y and x voxels): a plan from such
+    a config multiplies the predict block hours by them and leaves every other step alone."""
+    shape = (240, 1920, 1920)
+    one, eight = (_by_key(plan.make_plan(shape, VOXEL, predict_passes=n)) for n in (1, 8))
+    assert eight["predict.block"]["cpu_core_hours"] == pytest.approx(8 * one["predict.block"]["cpu_core_hours"])
+    assert eight["segment.fragments"]["cpu_core_hours"] == one["segment.fragments"]["cpu_core_hours"]
+    assert "x8: predict.augment" in plan.render(plan.make_plan(shape, VOXEL, predict_passes=8))
+    outputs = {}
+    for augment, voxel in (("none", VOXEL), ("in-plane", VOXEL), ("in-plane", (40, 8, 10))):
+        config = tmp_path / f"{augment}.yaml"
+        config.write_text(yaml.safe_dump({"datasets": {"d": {"voxel_size": list(voxel), "phantom": {}}},
+                                          "predict": {"augment": augment}}))
+        out = tmp_path / f"{augment}-{voxel[2]}.json"
+        assert cli.main(["plan", "--shape", *map(str, shape), "--voxel-size", *map(str, voxel), "--config",
+                         str(config), "--json", str(out)]) == 0
+        outputs[augment, voxel[2]] = _by_key(json.loads(out.read_text()))["predict.block"]["cpu_core_hours"]
+    assert outputs["in-plane", 8] == pytest.approx(8 * outputs["none", 8])
+    assert outputs["in-plane", 10] == pytest.approx(4 * outputs["none", 8])  # same voxels, 4 passes
+
+
 def test_storage_counts_dtype_channels_and_pyramid():
     result = plan.make_plan((24, 192, 192), VOXEL)
     arrays = {a["array"]: a for a in result["storage"]}

@@ -10,7 +10,10 @@ from connectomix import io
 from connectomix.blocks import BlockGrid
 from connectomix.cli import main
 from connectomix.models import Architecture, UNet, save_checkpoint
-from connectomix.predict import Predictor, predict_volume, quantize, read_padded, reflect_index
+from connectomix.predict import (
+    Predictor, _augment, _deaugment, _unshift, augment_variants, predict_volume, quantize, read_padded,
+    reflect_index, transposed_channels,
+)
 
 torch.set_num_threads(2)
 
@@ -124,6 +127,104 @@ def _volume(tmp_path, raw):
     return root
 
 
+class _LabelAffinities(torch.nn.Module):
+    """A stand-in network that is exactly flip- and transpose-equivariant: affinity logit +-10 for equal / unequal
+    input values across each offset, and the input itself as every voxel-wise channel."""
+
+    def __init__(self, offsets):
+        super().__init__()
+        self.arch = Architecture.from_dict({**TINY, "offsets": offsets})
+
+    def forward(self, x):
+        cz, cy, cx = self.arch.context
+        z, y, x_ = x.shape[2] - 2 * cz, x.shape[3] - 2 * cy, x.shape[4] - 2 * cx
+        centre = x[:, :, cz:cz + z, cy:cy + y, cx:cx + x_]
+        affs = []
+        for oz, oy, ox in self.arch.offsets:
+            other = x[:, :, cz + oz:cz + oz + z, cy + oy:cy + oy + y, cx + ox:cx + ox + x_]
+            affs.append(torch.where(centre == other, 10.0, -10.0))
+        return torch.cat(affs + [centre] * len(self.arch.synapse_channels), 1)
+
+
+def _blocky(shape, seed):
+    """uint8 volume of random boxes (labels as intensities): many equal and unequal neighbours."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(shape, np.uint8)
+    for _ in range(60):
+        lo = [int(rng.integers(0, s)) for s in shape]
+        size = [int(rng.integers(1, 4)), int(rng.integers(2, 20)), int(rng.integers(2, 20))]
+        out[tuple(slice(a, a + b) for a, b in zip(lo, size))] = rng.integers(1, 255)
+    return out
+
+
+def test_augmentation_maps_flipped_affinities_back_to_their_edges():
+    """For every in-plane variant: affinities of the augmented labels, undone (_deaugment, _unshift), equal the
+    affinities of the labels, long-range offsets included."""
+    offsets = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -3, 0], [0, 0, -3], [-2, 0, 0], [0, 2, 0], [0, 0, 2]]
+    labels = _blocky((4, 24, 24), seed=1)
+
+    def affs(lab):  # (c, z, y, x): lab[v] == lab[v + o], 0 where v + o is outside
+        out = np.zeros((len(offsets), *lab.shape), np.float32)
+        for c, o in enumerate(offsets):
+            here = tuple(slice(max(0, -d), n - max(0, d)) for d, n in zip(o, lab.shape))
+            there = tuple(slice(max(0, d), n - max(0, -d)) for d, n in zip(o, lab.shape))
+            out[c][here] = lab[here] == lab[there]
+        return out
+
+    expected = affs(labels)
+    order = transposed_channels(offsets, len(offsets))
+    assert order == [0, 2, 1, 4, 3, 5, 7, 6]
+    variants = augment_variants("in-plane")
+    assert len(variants) == 8 and len(set(variants)) == 8 and len(augment_variants("in-plane", False)) == 4
+    inner = (slice(None), slice(None), slice(3, -3), slice(3, -3))  # edges whose both ends stay inside
+    for variant in variants:
+        undone = np.ascontiguousarray(_deaugment(affs(_augment(labels, variant))[None], variant, order)[0])
+        back = _unshift(undone, offsets, variant[:2])
+        assert np.array_equal(back[inner], expected[inner]), variant
+        if any(variant[:2]):  # without the shift the flipped pass is off by an edge
+            assert not np.array_equal(undone[inner], expected[inner]), variant
+    with pytest.raises(ValueError, match="y/x mirror"):
+        transposed_channels([[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -3, 0]], 4)
+    with pytest.raises(ValueError, match="along one axis"):
+        Predictor(_LabelAffinities([[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -1, -1]]), augment="in-plane")
+    with pytest.raises(ValueError, match="predict.augment"):
+        augment_variants("all")
+
+
+def test_augmented_prediction_of_an_equivariant_network_equals_one_pass():
+    """Through the predictor (tiles, context, padding, crop, borders): the mean of the 8 passes of an exactly
+    equivariant network is its single pass, in one box and in blocks whose read ROIs end inside the volume."""
+    model = _LabelAffinities([[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -2, 0], [0, 0, -2]])
+    raw = _blocky((8, 48, 48), seed=2)
+    one = Predictor(model, tile_shape=(8, 20, 20)).predict(raw, (0, 0, 0), raw.shape)
+    assert 0.2 < one[:5].mean() < 0.95  # both equal and unequal neighbours
+    augmented = Predictor(model, tile_shape=(8, 20, 20), augment="in-plane")
+    np.testing.assert_allclose(augmented.predict(raw, (0, 0, 0), raw.shape), one, rtol=0, atol=1e-6)  # float sums
+    grid = BlockGrid(raw.shape, (8, 16, 24), model.arch.context, (8, 8, 8))
+    for block in grid:
+        out = augmented.predict(raw, block.write.offset, block.write.shape, raw.shape)
+        np.testing.assert_allclose(out, one[(slice(None),) + block.write.slices], rtol=0, atol=1e-6, err_msg=block.id)
+
+
+def test_augmented_blockwise_prediction_is_seamless():
+    """Test-time augmentation keeps blocks seamless: every pass's tiles stay on the pooling lattice."""
+    model = _model()
+    raw = _raw((16, 64, 64), seed=3)
+    whole = quantize(Predictor(model, tile_shape=(64, 256, 256), augment="in-plane").predict(raw, (0, 0, 0),
+                                                                                            raw.shape))
+    plain = quantize(Predictor(model, tile_shape=(64, 256, 256)).predict(raw, (0, 0, 0), raw.shape))
+    assert np.abs(whole.astype(int) - plain.astype(int)).mean() > 1  # the passes differ for a real network
+    grid = BlockGrid(raw.shape, (8, 24, 24), model.arch.context, (8, 8, 8))
+    predictor = Predictor(model, batch_size=3, tile_shape=(2, 8, 8), augment="in-plane")
+    blockwise = np.zeros_like(whole)
+    for block in grid:
+        source = np.zeros_like(raw)
+        source[block.read.slices] = raw[block.read.slices]
+        out = predictor.predict(source, block.write.offset, block.write.shape, raw.shape)
+        blockwise[(slice(None),) + block.write.slices] = quantize(out)
+    assert np.abs(blockwise.astype(int) - whole.astype(int)).max() <= 1
+
+
 def test_cli_setup_block_finish(tmp_path, capsys):
     raw = _raw((16, 64, 64), seed=5)
     root = _volume(tmp_path, raw)
@@ -161,6 +262,25 @@ def test_cli_setup_block_finish(tmp_path, capsys):
     assert np.abs(aff.astype(int) - quantize(whole_aff).astype(int)).max() <= 1
     syn = io.open_array(root, "synapse_maps")[...]
     assert np.abs(syn.astype(int) - quantize(whole_syn).astype(int)).max() <= 1
+
+
+def test_cli_blocks_with_test_time_augmentation_equal_the_augmented_whole_volume(tmp_path):
+    raw = _raw((8, 64, 64), seed=6)
+    root = _volume(tmp_path, raw)
+    model = _model()
+    ck = tmp_path / "ck"
+    save_checkpoint(ck, model, {"iterations": 1})
+    markers = tmp_path / "blocks"
+    assert main(["predict", "setup", "--volume", str(root), "--checkpoint", str(ck), "--chunk-shape", "8", "32",
+                 "32", "--marker", str(markers / "setup.json")]) == 0
+    ids = BlockGrid(raw.shape, (8, 32, 32), model.arch.context, (8, 32, 32)).ids()
+    assert main(["predict", "block", "--volume", str(root), "--checkpoint", str(ck), "--block-shape", "8", "32",
+                 "32", "--blocks", *ids, "--marker-dir", str(markers), "--device", "cpu", "--threads", "1",
+                 "--augment", "in-plane"]) == 0
+    assert json.loads((markers / f"{ids[0]}.json").read_text())["augment_passes"] == 8
+    whole_aff, _ = predict_volume(model, raw, augment="in-plane")
+    aff = io.open_array(root, "affinities")[...]
+    assert np.abs(aff.astype(int) - quantize(whole_aff).astype(int)).max() <= 1
 
 
 def test_block_with_a_bad_id_is_a_clear_error(tmp_path, capsys):

@@ -171,8 +171,11 @@ def make_plan(
     source: str = "ingest",
     per_job="auto",
     max_jobs: int | None = None,
+    predict_passes: int = 1,
 ) -> dict:
-    """The plan as a dict: volume, grid, per-step jobs/hours, per-array storage, totals, references."""
+    """The plan as a dict: volume, grid, per-step jobs/hours, per-array storage, totals, references.
+    ``predict_passes``: network passes per tile (test-time augmentation, ``predict.augment``), which divide the
+    predict block rates (measured with one)."""
     from connectomix import config as cmx_config
 
     defaults = cmx_config.validate({"datasets": {"d": {"voxel_size": [40, 8, 8], "phantom": {}}}})
@@ -204,6 +207,10 @@ def make_plan(
             halo_scale = read_per_write(block_shape, entry["halo"]) / entry["read_per_write_voxel"]
             cpu_rate = cpu_rate / halo_scale
         gpu_rate = entry.get("gpu_voxels_per_second")
+        passes = int(predict_passes) if step.key == "predict.block" else 1
+        if passes > 1:
+            cpu_rate = cpu_rate / passes if cpu_rate else cpu_rate
+            gpu_rate = gpu_rate / passes if gpu_rate else gpu_rate
         row = {
             "stage": step.stage,
             "step": step.step,
@@ -219,6 +226,7 @@ def make_plan(
             "uses_gpu": bool(entry.get("uses_gpu")),
             "gpu_reason": None if gpu_rate else entry.get("gpu_reason"),
             "halo_scale": halo_scale,
+            "passes": passes,
         }
         low_high = entry.get("cpu_range")
         if cpu_rate and low_high:
@@ -398,6 +406,8 @@ def render(plan: dict) -> str:
             why = f"{r['source']} (range {_hours(lo)}-{_hours(hi)} core-h)"
         else:
             why = r["source"] if r["cpu_core_hours"] is not None else f"not measured: {r['reason']}"
+        if r.get("passes", 1) > 1:
+            why += f" (x{r['passes']}: predict.augment's passes per tile)"
         if r.get("halo_scale"):
             why += (f" (x{r['halo_scale']:.2f} for the halo: voxels read per voxel owned, these blocks vs the "
                     "benchmark's)")
@@ -705,7 +715,7 @@ def run(args) -> int:
         raise ValueError("--voxel-size Z Y X (nm) is required")
     shape = args.shape if args.shape is not None else shape_from_size(args.size_um, args.voxel_size)
     block_shape, chunk_shape, pyramid = args.block_shape, args.chunk_shape, None
-    per_job, max_jobs = args.per_job or "auto", args.max_jobs
+    per_job, max_jobs, passes = args.per_job or "auto", args.max_jobs, 1
     if args.config is not None:
         from connectomix import config as cmx_config
 
@@ -715,9 +725,12 @@ def run(args) -> int:
         pyramid = cfg["pyramid"]
         per_job = args.per_job or cfg["blocks"]["per_job"]
         max_jobs = max_jobs if max_jobs is not None else cfg["blocks"]["max_jobs"]
+        from connectomix.predict import augment_variants
+
+        passes = len(augment_variants(cfg["predict"]["augment"], args.voxel_size[1] == args.voxel_size[2]))
     rates = load_rates(args.rates)
     plan = make_plan(shape, args.voxel_size, block_shape, chunk_shape, pyramid, rates, source=args.source,
-                     per_job=per_job, max_jobs=max_jobs)
+                     per_job=per_job, max_jobs=max_jobs, predict_passes=passes)
     print(render(plan), end="")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ Seamless by construction: the network uses valid convolutions, every tile starts
 (multiples of ``Architecture.total_factor`` in global voxel coordinates) and the input outside the volume is the
 whole volume's mirror reflection (computed from global coordinates, so a block at the border sees exactly what a
 whole-volume pass sees). Each block predicts the tiles covering its write ROI and writes exactly that ROI; a block's
-values therefore equal a whole-volume prediction up to float rounding (at most one uint8 step).
+values therefore equal a whole-volume prediction up to float rounding (at most one uint8 step). Test-time
+augmentation (``Predictor(augment='in-plane')``) keeps this: a flipped tile's valid output sizes share one residue
+modulo the pooling factor, so every pass sees one global lattice too.
 
 CLI (``python -m connectomix predict ACTION``): ``setup`` creates both arrays, ``block`` predicts blocks and writes
 one marker per block (last), ``finish`` builds pyramids and writes a summary JSON.
@@ -80,17 +82,27 @@ class Predictor:
     """Runs a model over regions of a volume with seamless tiling.
 
     ``tile_shape`` is the wanted output tile (voxels, z, y, x); it is enlarged to the nearest valid output shape.
-    Tiles of equal shape are batched (``batch_size``). Weights channels-last (NDHWC: 1.1-1.6x faster 3D convs on
-    CPU, benchmarks/results/predict_throughput.md); on GPU bf16 autocast, on CPU fp32. On CPU the predictor works
-    on its own copy of the model, so the caller's (e.g. a model in training) keeps its memory format.
+    Tiles of equal shape are batched (``batch_size``). ``augment`` 'in-plane' averages the predictions of the
+    in-plane flips and y/x transpositions of each tile (test-time augmentation: 8 passes, 4 when ``transpose`` is
+    False, e.g. for unequal y and x voxel sizes); see :func:`augment_variants`. Weights channels-last (NDHWC:
+    1.1-1.6x faster 3D convs on CPU, benchmarks/results/predict_throughput.md); on GPU bf16 autocast, on CPU fp32.
+    On CPU the predictor works on its own copy of the model, so the caller's (e.g. a model in training) keeps its
+    memory format.
     """
 
-    def __init__(self, model, device="cpu", batch_size: int = 1, tile_shape: Sequence[int] = (24, 192, 192)):
+    def __init__(self, model, device="cpu", batch_size: int = 1, tile_shape: Sequence[int] = (24, 192, 192),
+                 augment: str = "none", transpose: bool = True):
         import copy
 
         import torch
 
         self.arch = model.arch
+        self.variants = augment_variants(augment, transpose)
+        if len(self.variants) > 1 and any(sum(v != 0 for v in o) > 1 for o in self.arch.offsets):
+            raise ValueError(f"predict.augment {augment!r} needs affinity offsets along one axis each (a flip "
+                             f"maps them onto themselves); this model has {[list(o) for o in self.arch.offsets]}")
+        self.transposed = (transposed_channels(self.arch.offsets, self.arch.out_channels)
+                           if any(v[2] for v in self.variants) else None)
         self.device = torch.device(device)
         if self.device.type == "cpu":
             model = copy.deepcopy(model)
@@ -130,53 +142,141 @@ class Predictor:
 
         volume_shape = tuple(volume_shape or source.shape)
         ctx = self.context
-        jobs = []  # per box: offset, shape, tile, out_start, raw (padded input), result buffer
+        # A flipped pass predicts each affinity edge at its other end: the boxes grow by the longest offset
+        # in-plane so that the shift back (_unshift) finds every value it needs.
+        reach = max((abs(int(v)) for o in self.arch.offsets for v in o[1:]), default=0)
+        pad = (0, reach, reach) if len(self.variants) > 1 else (0, 0, 0)
+        jobs = []  # per box: offset, shape, tile, out_start, raw (padded input), result buffers
         for offset, shape in boxes:
             offset = tuple(int(o) for o in offset)
             shape = tuple(int(s) for s in shape)
-            tile, first, grid = self._tiles(offset, shape)
+            tile, first, grid = self._tiles([o - p for o, p in zip(offset, pad)],
+                                            [s + 2 * p for s, p in zip(shape, pad)])
             # One padded read covering every tile's input, then tiles are views into it.
             last = [max(g[a] for g in grid) for a in range(3)]
             in_start = [f - c for f, c in zip(first, ctx)]
             in_shape = [l + t + c - s for l, t, c, s in zip(last, tile, ctx, in_start)]
             raw = read_padded(source, in_start, in_shape, volume_shape)
             out_shape = [l + t - f for l, t, f in zip(last, tile, first)]
-            result = np.zeros((self.arch.out_channels, *out_shape), dtype=np.float32)
             jobs.append({"offset": offset, "shape": shape, "tile": tile, "first": first, "grid": grid,
-                         "raw": raw, "result": result})
+                         "raw": raw, "out_shape": out_shape, "result": None, "pass": None})
         # (job, tile start) pairs grouped by tile shape, then batched.
         by_tile: dict = {}
         for j, job in enumerate(jobs):
             by_tile.setdefault(job["tile"], []).extend((j, g) for g in job["grid"])
         use_cuda = self.device.type == "cuda"
-        with torch.inference_mode():
-            for tile, items in by_tile.items():
-                in_tile = [t + 2 * c for t, c in zip(tile, ctx)]
-                for b in range(0, len(items), self.batch_size):
-                    batch = items[b:b + self.batch_size]
-                    inputs = np.stack([
-                        jobs[j]["raw"][tuple(slice(g[k] - jobs[j]["first"][k], g[k] - jobs[j]["first"][k] + in_tile[k])
-                                             for k in range(3))]
-                        for j, g in batch
-                    ])[:, None]
-                    x = normalize_raw(inputs).to(self.device)
-                    if use_cuda:
-                        x = x.contiguous(memory_format=torch.channels_last_3d)
-                        with torch.autocast("cuda", dtype=torch.bfloat16):
+        for variant in self.variants:  # one pass over every tile per variant; tiles may overlap (equal values)
+            for job in jobs:
+                job["pass"] = np.zeros((self.arch.out_channels, *job["out_shape"]), dtype=np.float32)
+            with torch.inference_mode():
+                for tile, items in by_tile.items():
+                    in_tile = [t + 2 * c for t, c in zip(tile, ctx)]
+                    for b in range(0, len(items), self.batch_size):
+                        batch = items[b:b + self.batch_size]
+                        inputs = np.stack([
+                            jobs[j]["raw"][tuple(slice(g[k] - jobs[j]["first"][k],
+                                                       g[k] - jobs[j]["first"][k] + in_tile[k]) for k in range(3))]
+                            for j, g in batch
+                        ])[:, None]
+                        x = normalize_raw(_augment(inputs, variant)).to(self.device)
+                        if use_cuda:
+                            x = x.contiguous(memory_format=torch.channels_last_3d)
+                            with torch.autocast("cuda", dtype=torch.bfloat16):
+                                y = self.model(x)
+                        else:
                             y = self.model(x)
-                    else:
-                        y = self.model(x)
-                    y = torch.sigmoid(y.float()).cpu().numpy()
-                    for (j, g), pred in zip(batch, y):
-                        sl = tuple(slice(s - o, s - o + t) for s, o, t in zip(g, jobs[j]["first"], tile))
-                        jobs[j]["result"][(slice(None),) + sl] = pred
+                        y = _deaugment(torch.sigmoid(y.float()).cpu().numpy(), variant, self.transposed)
+                        for (j, g), pred in zip(batch, y):
+                            sl = tuple(slice(s - o, s - o + t) for s, o, t in zip(g, jobs[j]["first"], tile))
+                            jobs[j]["pass"][(slice(None),) + sl] = pred
+            for job in jobs:
+                if any(variant[:2]):
+                    job["pass"][:self.n_aff] = _unshift(job["pass"][:self.n_aff], self.arch.offsets, variant[:2])
+                if job["result"] is None:
+                    job["result"] = job["pass"]
+                else:
+                    job["result"] += job["pass"]
+                job["pass"] = None
         outputs = []
         for job in jobs:
+            result = job["result"]
+            if len(self.variants) > 1:
+                result /= len(self.variants)
             crop = tuple(slice(o - s, o - s + n) for o, s, n in zip(job["offset"], job["first"], job["shape"]))
-            result = job["result"][(slice(None),) + crop]
+            result = result[(slice(None),) + crop]
             zero_outside_affinities(result[:self.n_aff], self.arch.offsets, job["offset"], volume_shape)
             outputs.append(result)
         return outputs
+
+
+AUGMENTATIONS = ("none", "in-plane")
+
+
+def augment_variants(augment: str, transpose: bool = True) -> list[tuple[bool, bool, bool]]:
+    """Test-time augmentation passes as (flip y, flip x, transpose y/x): 'none' (one pass) or 'in-plane' (the four
+    in-plane flips, each also transposed when ``transpose``: the 8 symmetries of a square section)."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"predict.augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    if augment == "none":
+        return [(False, False, False)]
+    return [(fy, fx, t) for fy in (False, True) for fx in (False, True) for t in ((False, True) if transpose
+                                                                              else (False,))]
+
+
+def _augment(x: np.ndarray, variant) -> np.ndarray:
+    """Flip (y, x) then transpose the last two axes of ``x`` (..., z, y, x)."""
+    flip_y, flip_x, transpose = variant
+    if flip_y:
+        x = x[..., ::-1, :]
+    if flip_x:
+        x = x[..., ::-1]
+    if transpose:
+        x = np.swapaxes(x, -1, -2)
+    return np.ascontiguousarray(x)
+
+
+def _deaugment(y: np.ndarray, variant, transposed_channels) -> np.ndarray:
+    """Undo :func:`_augment` on predictions (batch, channels, z, y, x); a transposed pass's channels are
+    reordered by ``transposed_channels`` (each affinity channel takes its y/x mirror image's place). Flipped
+    affinities stay at the edge's other end; :func:`_unshift` moves them."""
+    flip_y, flip_x, transpose = variant
+    if transpose:
+        y = np.swapaxes(y, -1, -2)[:, transposed_channels]
+    if flip_x:
+        y = y[..., ::-1]
+    if flip_y:
+        y = y[..., ::-1, :]
+    return y
+
+
+def transposed_channels(offsets, out_channels: int) -> list[int]:
+    """Channel order of a y/x-transposed pass: affinity offset (z, y, x) takes (z, x, y)'s channel; the other
+    (voxel-wise) channels keep theirs. Offsets without their mirror image cannot be transposed (ValueError)."""
+    offsets = [tuple(int(v) for v in o) for o in offsets]
+    order = []
+    for z, y, x in offsets:
+        if (z, x, y) not in offsets:
+            raise ValueError(f"affinity offsets {offsets} lack {[z, x, y]}, the y/x mirror of {[z, y, x]}: "
+                             "predict.augment 'in-plane' cannot transpose this model's output")
+        order.append(offsets.index((z, x, y)))
+    return order + list(range(len(offsets), out_channels))
+
+
+def _unshift(aff: np.ndarray, offsets, flips) -> np.ndarray:
+    """Affinities of a pass flipped along y and/or x (``flips``), back in place: the flipped pass stores the edge
+    (v, v + o) at v + o (offsets along one axis each), so channel o's value for v is read at v + o along each
+    flipped axis. Values whose
+    source lies outside the array are 0 (the caller's box has a margin of the longest offset)."""
+    out = np.zeros_like(aff)
+    for c, offset in enumerate(offsets):
+        src, dst = [slice(None)] * 3, [slice(None)] * 3
+        for axis, flip in zip((1, 2), flips):
+            o = int(offset[axis]) if flip else 0
+            n = aff.shape[1 + axis]
+            dst[axis] = slice(max(0, -o), n - max(0, o))
+            src[axis] = slice(max(0, o), n - max(0, -o))
+        out[c][tuple(dst)] = aff[c][tuple(src)]
+    return out
 
 
 def zero_outside_affinities(aff: np.ndarray, offsets, offset: Sequence[int], volume_shape: Sequence[int]) -> None:
@@ -199,9 +299,9 @@ def quantize(prob: np.ndarray) -> np.ndarray:
 
 
 def predict_volume(model, raw: np.ndarray, device="cpu", batch_size: int = 1,
-                   tile_shape: Sequence[int] = (24, 192, 192)) -> tuple[np.ndarray, np.ndarray]:
+                   tile_shape: Sequence[int] = (24, 192, 192), augment: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """Whole-volume prediction of an in-memory (z, y, x) uint8 volume: (affinities, synapse maps) float32."""
-    predictor = Predictor(model, device, batch_size, tile_shape)
+    predictor = Predictor(model, device, batch_size, tile_shape, augment)
     prob = predictor.predict(raw, (0, 0, 0), raw.shape, raw.shape)
     n = len(model.arch.offsets)
     return prob[:n], prob[n:]
@@ -255,10 +355,11 @@ def setup(volume, checkpoint, chunk_shape, marker) -> dict:
 
 
 def predict_blocks(volume, checkpoint, block_shape, block_ids, marker_dir, device="auto", batch_size=1,
-                   tile_shape=(24, 192, 192), threads=0) -> list[dict]:
-    """Predict the given blocks; each writes exactly its write ROI, then its marker (last)."""
+                   tile_shape=(24, 192, 192), threads=0, augment="none") -> list[dict]:
+    """Predict the given blocks; each writes exactly its write ROI, then its marker (last). ``augment``: see
+    :class:`Predictor`; y/x transpositions only when the volume's y and x voxel sizes are equal."""
     from connectomix.blocks import write_marker
-    from connectomix.io import open_array
+    from connectomix.io import open_array, read_meta
     from connectomix.models import load_checkpoint
     from connectomix.provenance import data_digest
 
@@ -268,7 +369,8 @@ def predict_blocks(volume, checkpoint, block_shape, block_ids, marker_dir, devic
     raw = open_array(volume, "raw")
     aff_out = open_array(volume, "affinities", mode="r+")
     syn_out = open_array(volume, "synapse_maps", mode="r+")
-    predictor = Predictor(model, dev, batch_size, tile_shape)
+    voxel_size = read_meta(volume, "raw").voxel_size
+    predictor = Predictor(model, dev, batch_size, tile_shape, augment, transpose=voxel_size[1] == voxel_size[2])
     n_aff = len(ck["offsets"])
     markers = []
     blocks = [grid.block(bid) for bid in block_ids]
@@ -289,7 +391,8 @@ def predict_blocks(volume, checkpoint, block_shape, block_ids, marker_dir, devic
             fields = {"sha256": digests, "seconds": round(seconds, 3), "device": str(dev),
                       "voxels": block.write.size,
                       "voxels_per_second": block.write.size / max(seconds, 1e-9),
-                      "mean_affinity": float(q[:n_aff].mean() * SCALE), "weights_sha256": ck["weights_sha256"]}
+                      "mean_affinity": float(q[:n_aff].mean() * SCALE), "weights_sha256": ck["weights_sha256"],
+                      "augment_passes": len(predictor.variants)}
             write_marker(Path(marker_dir) / f"{block.id}.json", block, **fields)
             markers.append(fields)
     return markers
@@ -403,6 +506,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--tile-shape", type=int, nargs=3, default=[24, 192, 192], metavar=("Z", "Y", "X"),
                    help="wanted output tile, voxels (enlarged to a valid network output)")
     b.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    b.add_argument("--augment", choices=AUGMENTATIONS, default="none",
+                   help="test-time augmentation: none, or in-plane (mean of the 8 in-plane flips/transpositions)")
     f = sub.add_parser("finish", help="pyramids and summary")
     f.add_argument("--volume", required=True)
     f.add_argument("--marker-dir", required=True)
@@ -418,7 +523,7 @@ def run(args) -> int:
         print(f"predict setup: arrays {info['volume_shape']} created; context {info['context']}")
     elif args.action == "block":
         done = predict_blocks(args.volume, args.checkpoint, args.block_shape, args.blocks, args.marker_dir,
-                              args.device, args.batch_size, args.tile_shape, args.threads)
+                              args.device, args.batch_size, args.tile_shape, args.threads, args.augment)
         for bid, m in zip(args.blocks, done):
             print(f"predict block {bid}: {m['voxels']} voxels in {m['seconds']} s on {m['device']}")
     else:
