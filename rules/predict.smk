@@ -1,6 +1,6 @@
 # predict: U-Net affinities and synapse maps, blockwise (one job per batch of blocks), from the shipped checkpoint or
 # (train.enabled) from a model trained here on a ground-truth dataset (see connectomix.predict / connectomix.train).
-from connectomix.predict import workflow_checkpoint, workflow_context, workflow_train_ground_truth
+from connectomix.predict import augment_variants, workflow_checkpoint, workflow_context, workflow_train_ground_truth
 
 PREDICT = CFG["predict"]
 TRAIN = CFG["train"]
@@ -90,7 +90,7 @@ rule predict_block:
         # measured: ~800 MB peak for a 40 x 284 x 284 read ROI (one tile per block, default model); batch_size
         # blocks go through the network together
         **batch_resources(PREDICT_CONTEXT, mem_factor=2 * PREDICT["batch_size"],
-                          time_factor=8 if PREDICT["augment"] == "in-plane" else 1),
+                          time_factor=len(augment_variants(PREDICT["augment"]))),  # passes per tile
         gpu=PREDICT["gpu"],
     shell:
         "python -m connectomix predict block --volume {params.volume} --checkpoint {params.checkpoint} "

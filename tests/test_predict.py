@@ -225,8 +225,8 @@ def test_augmented_blockwise_prediction_is_seamless():
     assert np.abs(blockwise.astype(int) - whole.astype(int)).max() <= 1
 
 
-def test_cli_setup_block_finish(tmp_path, capsys):
-    raw = _raw((16, 64, 64), seed=5)
+def _cli_setup(tmp_path, raw):
+    """A volume holding ``raw``, a saved random model and `predict setup` run on them: (root, model, ck, markers)."""
     root = _volume(tmp_path, raw)
     model = _model()
     ck = tmp_path / "ck"
@@ -234,6 +234,12 @@ def test_cli_setup_block_finish(tmp_path, capsys):
     markers = tmp_path / "blocks"
     assert main(["predict", "setup", "--volume", str(root), "--checkpoint", str(ck), "--chunk-shape", "8", "32",
                  "32", "--marker", str(markers / "setup.json")]) == 0
+    return root, model, ck, markers
+
+
+def test_cli_setup_block_finish(tmp_path, capsys):
+    raw = _raw((16, 64, 64), seed=5)
+    root, model, ck, markers = _cli_setup(tmp_path, raw)
     meta = io.read_meta(root, "affinities")
     assert meta.shape == (3, 16, 64, 64) and meta.channels == ("z", "y", "x")
     assert meta.attrs["offsets"] == [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
@@ -266,13 +272,7 @@ def test_cli_setup_block_finish(tmp_path, capsys):
 
 def test_cli_blocks_with_test_time_augmentation_equal_the_augmented_whole_volume(tmp_path):
     raw = _raw((8, 64, 64), seed=6)
-    root = _volume(tmp_path, raw)
-    model = _model()
-    ck = tmp_path / "ck"
-    save_checkpoint(ck, model, {"iterations": 1})
-    markers = tmp_path / "blocks"
-    assert main(["predict", "setup", "--volume", str(root), "--checkpoint", str(ck), "--chunk-shape", "8", "32",
-                 "32", "--marker", str(markers / "setup.json")]) == 0
+    root, model, ck, markers = _cli_setup(tmp_path, raw)
     ids = BlockGrid(raw.shape, (8, 32, 32), model.arch.context, (8, 32, 32)).ids()
     assert main(["predict", "block", "--volume", str(root), "--checkpoint", str(ck), "--block-shape", "8", "32",
                  "32", "--blocks", *ids, "--marker-dir", str(markers), "--device", "cpu", "--threads", "1",

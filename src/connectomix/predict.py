@@ -265,8 +265,8 @@ def transposed_channels(offsets, out_channels: int) -> list[int]:
 def _unshift(aff: np.ndarray, offsets, flips) -> np.ndarray:
     """Affinities of a pass flipped along y and/or x (``flips``), back in place: the flipped pass stores the edge
     (v, v + o) at v + o (offsets along one axis each), so channel o's value for v is read at v + o along each
-    flipped axis. Values whose
-    source lies outside the array are 0 (the caller's box has a margin of the longest offset)."""
+    flipped axis. Values whose source lies outside the array are 0 (the caller's box has a margin of the longest
+    offset)."""
     out = np.zeros_like(aff)
     for c, offset in enumerate(offsets):
         src, dst = [slice(None)] * 3, [slice(None)] * 3
