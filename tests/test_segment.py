@@ -195,6 +195,23 @@ def test_alternative_agglomerations(tmp_path, voronoi, method):
     assert acc["voi"] < 0.8, acc
 
 
+@pytest.mark.parametrize("method", ["mean", "quantile"])
+def test_graph_keeps_histograms_only_for_quantile(tmp_path, voronoi, method):
+    root, _ = _volume(tmp_path, voronoi)
+    work = tmp_path / "w"
+    _run(root, work, (8, 48, 48), {"agglomerate": {"method": method}})
+    graph = Rag.from_npz(work / "graph.npz")
+    full = merge_rags([Rag.from_npz(p) for p in sorted((work / "edges").glob("*.npz"))])
+    for field in ("u", "v", "count", "total", "same_u", "same_v"):
+        assert np.array_equal(getattr(graph, field), getattr(full, field)), field
+    assert (len(graph.hist_edge) > 0) == (method == "quantile")
+    # the written merges are those of the graph with every histogram
+    with np.load(work / "merges.npz") as f:
+        written = f["merges"]
+    assert len(written) > 0
+    assert np.array_equal(written, stitch.agglomerate_graph(full, stitch.load_setup(work)["params"])[1])
+
+
 def test_mutex_fragments(tmp_path, voronoi):
     root, _ = _volume(tmp_path, voronoi)
     _, seg = _run(root, tmp_path / "w", (8, 48, 48), {"fragments": {"method": "mutex", "threshold": 0.8}})

@@ -3,9 +3,10 @@ block) -> finish. Results do not depend on the block size beyond the fragments' 
 agglomeration merges (their contacts have high affinity).
 
 Files under ``work_dir`` (``results/{dataset}/segment/``): ``setup.json``, ``edges/{block}.npz`` (block RAG
-tables), ``graph.npz`` (merged RAG), ``merges.npz`` (nodes + merge history), ``lut.npz`` (fragment -> segment),
-``lut_digests.json`` (per block, a digest of its fragments' rows in the lookup table: the workflow reruns a
-block's relabel only when it changed), ``stats/{block}.parquet`` (per-block segment statistics). Per-block markers go to
+tables), ``graph.npz`` (merged RAG; histograms only for the quantile method), ``merges.npz`` (nodes + merge
+history), ``lut.npz`` (fragment -> segment), ``lut_digests.json`` (per block, a digest of its fragments' rows in the
+lookup table: the workflow reruns a block's relabel only when it changed), ``stats/{block}.parquet`` (per-block
+segment statistics). Per-block markers go to
 ``{marker_dir}/{segment_fragments|segment_rag|segment_relabel}/{block}.json``, written last.
 """
 
@@ -210,7 +211,8 @@ def agglomerate(work_dir) -> dict:
     missing = [b for b in grid.ids() if not (work_dir / "edges" / f"{b}.npz").exists()]
     if missing:
         raise FileNotFoundError(f"RAG tables missing for {len(missing)} block(s), e.g. {missing[0]}: run segment rag")
-    rag = merge_rags([Rag.from_npz(work_dir / "edges" / f"{b}.npz") for b in grid.ids()])
+    rag = merge_rags([Rag.from_npz(work_dir / "edges" / f"{b}.npz") for b in grid.ids()],
+                     histograms=_reads_histograms(s["params"]))
     rag.to_npz(work_dir / "graph.npz")
     nodes, merges = agglomerate_graph(rag, s["params"])
     np.savez(work_dir / "merges.npz", nodes=nodes, merges=merges)
@@ -263,9 +265,13 @@ def agglomerate_graph(rag: Rag, params: dict, threshold: float | None = None) ->
     forced = np.zeros(len(rag.same_u), dtype=[("a", np.uint64), ("b", np.uint64), ("score", np.float64)])
     forced["a"], forced["b"], forced["score"] = rag.same_u, rag.same_v, -1.0
     source, target = lookup_table(nodes, forced)
-    quantiles = params["agglomerate"]["method"] == "quantile"  # the only method that reads the histograms
-    _, merges = run_agglomeration(contract(rag, source, target, histograms=quantiles), params)
+    _, merges = run_agglomeration(contract(rag, source, target, histograms=_reads_histograms(params)), params)
     return nodes, np.concatenate([forced, merges])
+
+
+def _reads_histograms(params: dict) -> bool:
+    """Whether the configured agglomeration reads the RAG's affinity histograms (only ``quantile`` does)."""
+    return params["agglomerate"]["method"] == "quantile"
 
 
 def load_lut(work_dir) -> tuple[np.ndarray, np.ndarray]:
