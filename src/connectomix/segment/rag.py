@@ -90,9 +90,10 @@ def _sorted_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], rank[dense]
 
 
-def _pairs_to_rag(u: np.ndarray, v: np.ndarray, aff: np.ndarray) -> Rag:
+def _pairs_to_rag(u: np.ndarray, v: np.ndarray, aff: np.ndarray, histograms: bool = True) -> Rag:
     """Edge table from contact pairs (any order, zeros and self pairs already removed) and their uint8 values.
-    One sort of (edge, value) keys gives the histogram; counts and sums follow from it."""
+    One sort of (edge, value) keys gives the histogram; counts and sums follow from it. Without ``histograms``
+    one sort of the edge keys gives counts and sums, and the table has no histogram rows."""
     if len(u) == 0:
         return Rag.empty()
     lo = np.minimum(u, v)
@@ -100,6 +101,12 @@ def _pairs_to_rag(u: np.ndarray, v: np.ndarray, aff: np.ndarray) -> Rag:
     nodes, inverse = _sorted_ids(np.concatenate([lo, hi]))
     n = len(nodes)
     key = inverse[: len(lo)].astype(np.int64) * n + inverse[len(lo):]
+    if not histograms:
+        keys, edge, count = np.unique(key, return_inverse=True, return_counts=True)
+        total = np.bincount(edge, weights=aff.astype(np.float64), minlength=len(keys))  # exact: integer sums < 2**53
+        empty = Rag.empty()
+        return Rag(nodes[keys // n].astype(np.uint64), nodes[keys % n].astype(np.uint64), count.astype(np.uint64),
+                   total.astype(np.uint64), empty.hist_edge, empty.hist_bin, empty.hist_count)
     hkey, hcount = np.unique(key * BINS + aff.astype(np.int64), return_counts=True)
     key, bins = hkey // BINS, hkey % BINS
     first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
@@ -115,12 +122,13 @@ def _pairs_to_rag(u: np.ndarray, v: np.ndarray, aff: np.ndarray) -> Rag:
     )
 
 
-def block_rag(fragments: np.ndarray, affs: np.ndarray, pad) -> Rag:
+def block_rag(fragments: np.ndarray, affs: np.ndarray, pad, histograms: bool = True) -> Rag:
     """Edges owned by one block.
 
     ``fragments`` covers the write ROI grown by ``pad[d]`` (0 or 1) voxels on the low side of each axis (the
     lower neighbours' already written fragments); ``affs`` holds the three nearest-neighbour channels (z, y, x
-    order) as uint8 over the write ROI only.
+    order) as uint8 over the write ROI only. ``histograms``: keep the per-edge affinity histograms (only a
+    quantile agglomeration reads them; they are most of the table).
     """
     if affs.dtype != np.uint8:
         raise ValueError(f"affinities must be uint8 (value/255), got {affs.dtype}")
@@ -143,7 +151,7 @@ def block_rag(fragments: np.ndarray, affs: np.ndarray, pad) -> Rag:
         us.append(a[keep])
         vs.append(b[keep])
         values.append(val[keep])
-    return _pairs_to_rag(np.concatenate(us), np.concatenate(vs), np.concatenate(values))
+    return _pairs_to_rag(np.concatenate(us), np.concatenate(vs), np.concatenate(values), histograms)
 
 
 def merge_rags(rags: list[Rag], histograms: bool = True) -> Rag:

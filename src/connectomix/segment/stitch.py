@@ -3,10 +3,10 @@ block) -> finish. Results do not depend on the block size beyond the fragments' 
 agglomeration merges (their contacts have high affinity).
 
 Files under ``work_dir`` (``results/{dataset}/segment/``): ``setup.json``, ``edges/{block}.npz`` (block RAG
-tables), ``graph.npz`` (merged RAG; histograms only for the quantile method), ``merges.npz`` (nodes + merge
-history), ``lut.npz`` (fragment -> segment), ``lut_digests.json`` (per block, a digest of its fragments' rows in the
-lookup table: the workflow reruns a block's relabel only when it changed), ``stats/{block}.parquet`` (per-block
-segment statistics). Per-block markers go to
+tables) and ``graph.npz`` (merged RAG), both with affinity histograms only for the quantile method, ``merges.npz``
+(nodes + merge history), ``lut.npz`` (fragment -> segment), ``lut_digests.json`` (per block, a digest of its
+fragments' rows in the lookup table: the workflow reruns a block's relabel only when it changed),
+``stats/{block}.parquet`` (per-block segment statistics). Per-block markers go to
 ``{marker_dir}/{segment_fragments|segment_rag|segment_relabel}/{block}.json``, written last.
 """
 
@@ -189,7 +189,7 @@ def rag_block(work_dir, block_id: str) -> dict:
     roi, pad = _rag_roi(block)
     frags = np.asarray(io.open_array(s["volume"], FRAGMENTS)[roi.slices])
     affs = _read_affs(s["volume"], block.write, nn_channels(s["offsets"]))
-    rag = block_rag(frags, affs, pad)
+    rag = block_rag(frags, affs, pad, histograms=_reads_histograms(s["params"]))
     rag.same_u, rag.same_v = _face_pairs(work_dir, s, block, frags, pad)
     path = Path(work_dir) / "edges" / f"{block.id}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
