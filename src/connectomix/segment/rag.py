@@ -93,7 +93,7 @@ def _sorted_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _pairs_to_rag(u: np.ndarray, v: np.ndarray, aff: np.ndarray, histograms: bool = True) -> Rag:
     """Edge table from contact pairs (any order, zeros and self pairs already removed) and their uint8 values.
     One sort of (edge, value) keys gives the histogram; counts and sums follow from it. Without ``histograms``
-    one sort of the edge keys gives counts and sums, and the table has no histogram rows."""
+    the table leaves the histogram rows out."""
     if len(u) == 0:
         return Rag.empty()
     lo = np.minimum(u, v)
@@ -101,25 +101,19 @@ def _pairs_to_rag(u: np.ndarray, v: np.ndarray, aff: np.ndarray, histograms: boo
     nodes, inverse = _sorted_ids(np.concatenate([lo, hi]))
     n = len(nodes)
     key = inverse[: len(lo)].astype(np.int64) * n + inverse[len(lo):]
-    if not histograms:
-        keys, edge, count = np.unique(key, return_inverse=True, return_counts=True)
-        total = np.bincount(edge, weights=aff.astype(np.float64), minlength=len(keys))  # exact: integer sums < 2**53
-        empty = Rag.empty()
-        return Rag(nodes[keys // n].astype(np.uint64), nodes[keys % n].astype(np.uint64), count.astype(np.uint64),
-                   total.astype(np.uint64), empty.hist_edge, empty.hist_bin, empty.hist_count)
     hkey, hcount = np.unique(key * BINS + aff.astype(np.int64), return_counts=True)
     key, bins = hkey // BINS, hkey % BINS
     first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     keys = key[first]
-    return Rag(
-        u=nodes[keys // n].astype(np.uint64),
-        v=nodes[keys % n].astype(np.uint64),
-        count=np.add.reduceat(hcount, first).astype(np.uint64),
-        total=np.add.reduceat(hcount * bins, first).astype(np.uint64),
-        hist_edge=np.repeat(np.arange(len(first), dtype=np.int64), np.diff(np.r_[first, len(key)])),
-        hist_bin=bins.astype(np.uint8),
-        hist_count=hcount.astype(np.uint64),
-    )
+    if histograms:
+        rows = np.repeat(np.arange(len(first), dtype=np.int64), np.diff(np.r_[first, len(key)]))
+        hist = (rows, bins.astype(np.uint8), hcount.astype(np.uint64))
+    else:
+        empty = Rag.empty()
+        hist = (empty.hist_edge, empty.hist_bin, empty.hist_count)
+    count = np.add.reduceat(hcount, first).astype(np.uint64)
+    total = np.add.reduceat(hcount * bins, first).astype(np.uint64)
+    return Rag(nodes[keys // n].astype(np.uint64), nodes[keys % n].astype(np.uint64), count, total, *hist)
 
 
 def block_rag(fragments: np.ndarray, affs: np.ndarray, pad, histograms: bool = True) -> Rag:
