@@ -64,6 +64,9 @@ def hierarchical(rag: Rag, threshold: float, score: str = "mean", quantile: floa
     total = rag.total.astype(np.float64)
     hist = None
     if score == "quantile":
+        if not len(rag.hist_edge):
+            raise ValueError("quantile agglomeration needs the RAG's affinity histograms, and this one has none "
+                             "(segment rag writes them only for agglomerate.method 'quantile': rerun it)")
         hist = np.zeros((len(rag), BINS), np.float64)
         np.add.at(hist, (rag.hist_edge, rag.hist_bin.astype(np.int64)), rag.hist_count.astype(np.float64))
     elif score != "mean":

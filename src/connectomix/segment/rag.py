@@ -59,6 +59,12 @@ class Rag:
         return cls(z, z, z, z, np.zeros(0, np.int64), np.zeros(0, np.uint8), z)
 
 
+def _no_histograms() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Empty ``hist_edge``, ``hist_bin``, ``hist_count`` columns: a table that leaves the histograms out."""
+    empty = Rag.empty()
+    return empty.hist_edge, empty.hist_bin, empty.hist_count
+
+
 def _hist_quantile(edge, bins, counts, totals, n_edges, q) -> np.ndarray:
     order = np.lexsort((bins, edge))
     edge, bins, counts = edge[order], bins[order], counts[order]
@@ -109,8 +115,7 @@ def _pairs_to_rag(u: np.ndarray, v: np.ndarray, aff: np.ndarray, histograms: boo
         rows = np.repeat(np.arange(len(first), dtype=np.int64), np.diff(np.r_[first, len(key)]))
         hist = (rows, bins.astype(np.uint8), hcount.astype(np.uint64))
     else:
-        empty = Rag.empty()
-        hist = (empty.hist_edge, empty.hist_bin, empty.hist_count)
+        hist = _no_histograms()
     count = np.add.reduceat(hcount, first).astype(np.uint64)
     total = np.add.reduceat(hcount * bins, first).astype(np.uint64)
     return Rag(nodes[keys // n].astype(np.uint64), nodes[keys % n].astype(np.uint64), count, total, *hist)
@@ -168,9 +173,8 @@ def merge_rags(rags: list[Rag], histograms: bool = True) -> Rag:
     count = np.bincount(edge, weights=np.concatenate([r.count for r in rags]).astype(np.float64))
     total = np.bincount(edge, weights=np.concatenate([r.total for r in rags]).astype(np.float64))
     if not histograms:
-        empty = Rag.empty()
         return Rag(nodes[keys // n].astype(np.uint64), nodes[keys % n].astype(np.uint64), count.astype(np.uint64),
-                   total.astype(np.uint64), empty.hist_edge, empty.hist_bin, empty.hist_count, same_u, same_v)
+                   total.astype(np.uint64), *_no_histograms(), same_u, same_v)
     # histogram rows: re-point each block's local edge index to the merged edge index
     starts = np.cumsum([0] + [len(r) for r in rags[:-1]])
     hedge = np.concatenate([edge[s + r.hist_edge] for s, r in zip(starts, rags)]).astype(np.int64)
@@ -242,7 +246,6 @@ def contract(rag: Rag, source: np.ndarray, target: np.ndarray, histograms: bool 
         hkeep = keep[rag.hist_edge]
         hist = (index[rag.hist_edge[hkeep]], rag.hist_bin[hkeep], rag.hist_count[hkeep])
     else:  # merge_rags would drop them: do not gather them
-        empty = Rag.empty()
-        hist = (empty.hist_edge, empty.hist_bin, empty.hist_count)
+        hist = _no_histograms()
     sub = Rag(lo[keep], hi[keep], rag.count[keep], rag.total[keep], *hist)
     return merge_rags([sub], histograms)
