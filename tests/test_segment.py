@@ -36,6 +36,18 @@ def voronoi():
     return syn.voronoi_labels(SHAPE, 40, seed=1, anisotropy=VOXEL)
 
 
+def test_block_jobs_on_a_process_pool_give_the_serial_result(tmp_path, voronoi):
+    """segment_volume(workers=2) runs the blockwise steps as independent jobs, like the workflow: same output."""
+    root, _ = _volume(tmp_path, voronoi)
+    serial, seg = _run(root, tmp_path / "serial", (8, 48, 48))
+    pooled = stitch.segment_volume(root, tmp_path / "pooled", {}, (8, 48, 48), CHUNKS, workers=2)
+    assert pooled["blocks"] == serial["blocks"] == 8 and pooled["segments"] == serial["segments"] > 1
+    np.testing.assert_array_equal(np.asarray(io.open_array(root, "segmentation")[...]), seg)
+    for name in ("graph.npz", "lut.npz"):
+        with np.load(tmp_path / "serial" / name) as a, np.load(tmp_path / "pooled" / name) as b:
+            assert set(a.files) == set(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files), name
+
+
 def test_block_invariance_8_blocks_vs_one(tmp_path, voronoi):
     root, _ = _volume(tmp_path, voronoi)
     _, one = _run(root, tmp_path / "one", SHAPE)

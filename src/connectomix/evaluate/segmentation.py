@@ -136,9 +136,15 @@ def fragment_bound(table: Contingency) -> Contingency:
     carry (voxels on the wrong side of a fragment border) from the error of the agglomeration's decisions."""
     if len(table.count) == 0:
         return table
-    order = np.lexsort((table.gt, -table.count, table.seg))  # per fragment: the largest overlap first
+    return table.map_seg(*majority_objects(table))
+
+
+def majority_objects(table: Contingency) -> tuple[np.ndarray, np.ndarray]:
+    """``(segments, objects)``: each segment of ``table`` with the ground-truth object holding most of its
+    evaluated voxels (ties: the lowest id)."""
+    order = np.lexsort((table.gt, -table.count, table.seg))  # per segment: the largest overlap first
     first = order[np.r_[True, table.seg[order][1:] != table.seg[order][:-1]]]
-    return table.map_seg(table.seg[first], table.gt[first])
+    return table.seg[first], table.gt[first]
 
 
 def metrics(gt, seg, ignore=(0,)) -> dict:

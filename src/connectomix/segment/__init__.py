@@ -74,6 +74,7 @@ def add_arguments(parser) -> None:
         common(p, volume=(name == "all"))
         if name == "all":
             setup_args(p)
+            p.add_argument("--workers", type=int, default=1, help="processes for the blockwise steps (default 1)")
         p.add_argument("--segments", required=True, help="segments.parquet to write")
         p.add_argument("--summary", help="stage summary JSON to write (results/{dataset}/segment.json)")
         p.add_argument("--pyramid-levels", type=int, default=1, help="levels incl. full resolution (default 1)")
@@ -103,6 +104,6 @@ def run(args) -> int:
             raise ValueError("segment all writes markers under WORK_DIR/../blocks; --marker-dir is for setup")
         summary = stitch.segment_volume(args.volume, args.work_dir, args.params, args.block_shape, args.chunk_shape,
                                         args.segments, args.summary, args.pyramid_levels,
-                                        args.pyramid_factor)
+                                        args.pyramid_factor, args.workers)
         print(f"segment all: {summary['segments']} segments, timings {summary['timings']}")
     return 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import resource
 import time
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -391,28 +393,26 @@ def finish(work_dir, segments_out, summary_out=None, pyramid_levels: int = 1, py
 
 
 def segment_volume(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, segments_out=None,
-                   summary_out=None, pyramid_levels: int = 1, pyramid_factor=(1, 2, 2)) -> dict:
-    """Run the whole blockwise flow in this process, block after block (tests, benchmarks, small volumes)."""
+                   summary_out=None, pyramid_levels: int = 1, pyramid_factor=(1, 2, 2), workers: int = 1) -> dict:
+    """Run the whole blockwise flow in this process (tests, benchmarks, small volumes): the blockwise steps block
+    after block, or on ``workers`` processes (as the workflow's block jobs would run), then the global steps."""
     work_dir = Path(work_dir)
     s = setup(volume, work_dir, params, block_shape, chunk_shape)
-    grid = grid_of(s)
+    ids = grid_of(s).ids()
     timings = {}
-    t = time.perf_counter()
-    for b in grid.ids():
-        fragments_block(work_dir, b)
-    timings["fragments"] = time.perf_counter() - t
-    t = time.perf_counter()
-    for b in grid.ids():
-        rag_block(work_dir, b)
-    timings["rag"] = time.perf_counter() - t
-    t = time.perf_counter()
-    agg = agglomerate(work_dir)
-    timings["agglomerate"] = time.perf_counter() - t
-    t = time.perf_counter()
-    lut = load_lut(work_dir)
-    for b in grid.ids():
-        relabel_block(work_dir, b, lut)
-    timings["relabel"] = time.perf_counter() - t
+    with _block_runner(workers) as run:
+        t = time.perf_counter()
+        run(fragments_block, work_dir, ids)
+        timings["fragments"] = time.perf_counter() - t
+        t = time.perf_counter()
+        run(rag_block, work_dir, ids)
+        timings["rag"] = time.perf_counter() - t
+        t = time.perf_counter()
+        agg = agglomerate(work_dir)
+        timings["agglomerate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        run(partial(relabel_block, lut=load_lut(work_dir)), work_dir, ids)
+        timings["relabel"] = time.perf_counter() - t
     t = time.perf_counter()
     summary = finish(work_dir, segments_out or work_dir / "segments.parquet", summary_out, pyramid_levels,
                      pyramid_factor)
@@ -420,3 +420,15 @@ def segment_volume(volume, work_dir, params: dict | None, block_shape, chunk_sha
     summary["timings"] = timings
     summary["agglomerate"] = agg
     return summary
+
+
+@contextmanager
+def _block_runner(workers: int):
+    """``run(step, work_dir, block_ids)``: a blockwise step over the blocks, serially or on a process pool."""
+    if workers <= 1:
+        yield lambda step, work_dir, ids: [step(work_dir, b) for b in ids]
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers) as pool:
+        yield lambda step, work_dir, ids: list(pool.map(step, [work_dir] * len(ids), ids))

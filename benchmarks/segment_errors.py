@@ -1,0 +1,133 @@
+"""Where a segmentation's errors come from: its agglomeration rerun with ground-truth decisions on one kind of
+region-graph edge at a time (in-plane contacts, contacts between sections, both), on the same fragments and graph.
+
+One command, after ``make demo``: ``python benchmarks/segment_errors.py [DATASET_DIR ...]`` (default
+``results/phantom``) -> benchmarks/results/segment_errors.{json,md}. A dataset folder needs ``volume.zarr`` with
+``fragments`` and ``gt/labels``, and ``segment/graph.npz`` (kept by the workflow).
+
+An edge's ground-truth decision: merge when the two regions' majority ground-truth objects (by voxel overlap) are
+the same, else keep apart; edges touching a region whose majority is unlabelled (0, not evaluated) keep their
+affinity score. An edge is a z edge when most of its contacts lie between sections. Every variant runs the same
+mean-affinity agglomeration (``segment.agglomerate``), with the oracle's edges scored 1 (merge) or 0 (apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from connectomix import io
+from connectomix.evaluate.segmentation import contingency, fragment_bound, majority_objects, threshold_sweep, voi
+from connectomix.segment.agglomerate import apply_lut, hierarchical, lookup_table
+from connectomix.segment.rag import Rag, _no_histograms, contract
+
+OUT = Path(__file__).resolve().parent / "results"
+THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]
+VARIANTS = ("affinities", "oracle in-plane edges", "oracle z edges", "oracle all edges")
+
+
+def majority(table, ids: np.ndarray) -> np.ndarray:
+    """Per id in ``ids`` (sorted), its majority ground-truth object (0 if it has no evaluated voxel)."""
+    segments, objects = majority_objects(table)
+    out = np.zeros(len(ids), np.uint64)
+    pos = np.minimum(np.searchsorted(ids, segments), len(ids) - 1)
+    hit = ids[pos] == segments
+    out[pos[hit]] = objects[hit]
+    return out
+
+
+def z_contacts(regions: np.ndarray, graph: Rag) -> np.ndarray:
+    """Per edge of ``graph``, its voxel contacts between sections (pairs (v, v - e_z) across the two regions)."""
+    a, b = regions[1:].ravel(), regions[:-1].ravel()
+    cut = (a != b) & (a > 0) & (b > 0)
+    pairs = np.unique(np.stack([np.minimum(a[cut], b[cut]), np.maximum(a[cut], b[cut])], 1), axis=0,
+                      return_counts=True)
+    keys = {(int(u), int(v)): int(c) for (u, v), c in zip(*pairs)}
+    return np.array([keys.get((int(u), int(v)), 0) for u, v in zip(graph.u, graph.v)], np.float64)
+
+
+def _label(dataset: Path) -> str:
+    """A phantom's seed (from its gt/phantom.json), else the folder."""
+    record = dataset / "gt" / "phantom.json"
+    if record.exists():
+        return f"phantom seed {json.loads(record.read_text())['params']['seed']}"
+    return str(dataset)
+
+
+def analyse(dataset: Path) -> dict:
+    """The four agglomerations of one finished dataset folder; VOI rows per variant."""
+    volume, work = dataset / "volume.zarr", dataset / "segment"
+    for need in (volume / "fragments", volume / "gt" / "labels", work / "graph.npz", work / "setup.json"):
+        if not need.exists():
+            sys.exit(f"{need} is missing: run the workflow (make demo) on a dataset with ground truth first")
+    setup = json.loads((work / "setup.json").read_text())
+    threshold = float(setup["params"]["agglomerate"]["threshold"])
+    fragments = np.asarray(io.open_array(volume, "fragments")[...])
+    gt = np.asarray(io.open_array(volume, "gt/labels")[...])
+    rag = Rag.from_npz(work / "graph.npz")
+    nodes = np.unique(np.concatenate([rag.u, rag.v, rag.same_u, rag.same_v]))
+    forced = np.zeros(len(rag.same_u), dtype=[("a", np.uint64), ("b", np.uint64), ("score", np.float64)])
+    forced["a"], forced["b"], forced["score"] = rag.same_u, rag.same_v, -1.0
+    source, target = lookup_table(nodes, forced)  # fragments cut by block faces, joined as the workflow does
+    graph = contract(rag, source, target, histograms=False)
+    regions = apply_lut(fragments, source, target)
+    is_z = z_contacts(regions, graph) > graph.count / 2
+    ids = np.unique(np.concatenate([graph.u, graph.v]))
+    owner = majority(contingency(gt, regions), ids)
+    ou, ov = owner[np.searchsorted(ids, graph.u)], owner[np.searchsorted(ids, graph.v)]
+    known = (ou > 0) & (ov > 0)
+    truth = (ou == ov).astype(np.float64)
+    base = contingency(gt, fragments)
+    split, merge = voi(fragment_bound(base))
+    out = {"dataset": _label(dataset), "threshold": threshold, "edges": int(len(graph)), "z_edges": int(is_z.sum()),
+           "fragment_bound": {"voi_split": split, "voi_merge": merge, "voi": split + merge}, "variants": {}}
+    for name in VARIANTS:
+        oracle = {"affinities": np.zeros(len(graph), bool), "oracle in-plane edges": known & ~is_z,
+                  "oracle z edges": known & is_z, "oracle all edges": known}[name]
+        score = np.where(oracle, truth, graph.mean)
+        total = score * 255.0 * graph.count.astype(np.float64)
+        _, merges = hierarchical(Rag(graph.u, graph.v, graph.count, total, *_no_histograms()), max(THRESHOLDS) + 1e-9)
+        rows = threshold_sweep(gt, fragments, nodes, np.concatenate([forced, merges]), THRESHOLDS, base=base)
+        at = min(rows, key=lambda r: abs(r["threshold"] - threshold))
+        best = min(rows, key=lambda r: r["voi"])
+        out["variants"][name] = {"at_threshold": at, "best": best, "oracle_edges": int(oracle.sum())}
+        print(dataset.name, name, f"VOI {at['voi']:.3f} at {threshold}, best {best['voi']:.3f} at "
+              f"{best['threshold']}", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("datasets", nargs="*", default=["results/phantom"], help="finished dataset folders")
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args(argv)
+    results = [analyse(Path(d)) for d in args.datasets]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "segment_errors.json").write_text(json.dumps(results, indent=1))
+    lines = ["# Where the segmentation errors come from (VOI in bits; lower is better)\n",
+             "`python benchmarks/segment_errors.py [DATASET_DIR ...]` after `make demo`. The same fragments and "
+             "region graph, agglomerated by mean affinity with ground-truth decisions on one kind of edge at a time "
+             "(see the script's docstring). Fragment bound: every fragment joined to its majority ground-truth "
+             "object.\n",
+             "| dataset | edges (z) | variant | oracle edges | VOI at the run's threshold (split / merge) | "
+             "best threshold | best VOI (split / merge) |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for name, v in r["variants"].items():
+            a, b = v["at_threshold"], v["best"]
+            lines.append(f"| {r['dataset']} | {r['edges']} ({r['z_edges']}) | {name} | {v['oracle_edges']} | "
+                         f"{a['voi']:.3f} ({a['voi_split']:.3f} / {a['voi_merge']:.3f}) at {r['threshold']} | "
+                         f"{b['threshold']} | {b['voi']:.3f} ({b['voi_split']:.3f} / {b['voi_merge']:.3f}) |")
+        fb = r["fragment_bound"]
+        lines.append(f"| {r['dataset']} | | fragment bound | - | {fb['voi']:.3f} ({fb['voi_split']:.3f} / "
+                     f"{fb['voi_merge']:.3f}) | - | - |")
+    (out / "segment_errors.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
