@@ -56,7 +56,8 @@ def test_pipeline_metrics_are_measured_against_ground_truth(pipeline_run):
     assert len(segments) > 10
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4: VOI <= 0.15 needs better U-Net affinities (see closing note)")
+@pytest.mark.xfail(strict=True, reason="issue 4's VOI <= 0.15 is not met: the U-Net's affinities limit it, "
+                                      "mostly between sections (benchmarks/results/segment_errors.md)")
 def test_pipeline_segmentation_meets_the_accuracy_target(pipeline_run):
     out, _, _ = pipeline_run
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
