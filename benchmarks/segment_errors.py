@@ -23,7 +23,8 @@ import numpy as np
 from connectomix import io
 from connectomix.evaluate.segmentation import contingency, fragment_bound, majority_objects, threshold_sweep, voi
 from connectomix.segment.agglomerate import apply_lut, hierarchical, lookup_table
-from connectomix.segment.rag import Rag, _no_histograms, contract
+from connectomix.segment.rag import Rag, _no_histograms
+from connectomix.segment.stitch import join_face_cuts
 
 OUT = Path(__file__).resolve().parent / "results"
 THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]
@@ -69,12 +70,8 @@ def analyse(dataset: Path) -> dict:
     fragments = np.asarray(io.open_array(volume, "fragments")[...])
     gt = np.asarray(io.open_array(volume, "gt/labels")[...])
     rag = Rag.from_npz(work / "graph.npz")
-    nodes = np.unique(np.concatenate([rag.u, rag.v, rag.same_u, rag.same_v]))
-    forced = np.zeros(len(rag.same_u), dtype=[("a", np.uint64), ("b", np.uint64), ("score", np.float64)])
-    forced["a"], forced["b"], forced["score"] = rag.same_u, rag.same_v, -1.0
-    source, target = lookup_table(nodes, forced)  # fragments cut by block faces, joined as the workflow does
-    graph = contract(rag, source, target, histograms=False)
-    regions = apply_lut(fragments, source, target)
+    nodes, forced, graph = join_face_cuts(rag, histograms=False)  # as the workflow joins them
+    regions = apply_lut(fragments, *lookup_table(nodes, forced))
     is_z = z_contacts(regions, graph) > graph.count / 2
     ids = np.unique(np.concatenate([graph.u, graph.v]))
     owner = majority(contingency(gt, regions), ids)

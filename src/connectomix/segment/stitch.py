@@ -263,12 +263,19 @@ def agglomerate_graph(rag: Rag, params: dict, threshold: float | None = None) ->
     configured method (``threshold`` overrides the configured one). Returns (nodes, merges) over fragment ids."""
     if threshold is not None:
         params = {**params, "agglomerate": {**params["agglomerate"], "threshold": threshold}}
+    nodes, forced, graph = join_face_cuts(rag, histograms=_reads_histograms(params))
+    _, merges = run_agglomeration(graph, params)
+    return nodes, np.concatenate([forced, merges])
+
+
+def join_face_cuts(rag: Rag, histograms: bool = True) -> tuple[np.ndarray, np.ndarray, Rag]:
+    """Join the fragments a block face cut in two (``rag.same_*``). Returns the sorted fragment ids of the graph,
+    the joins as merges (score -1) and the graph contracted by them (each joined group under its lowest id)."""
     nodes = np.unique(np.concatenate([rag.u, rag.v, rag.same_u, rag.same_v]))
     forced = np.zeros(len(rag.same_u), dtype=[("a", np.uint64), ("b", np.uint64), ("score", np.float64)])
     forced["a"], forced["b"], forced["score"] = rag.same_u, rag.same_v, -1.0
     source, target = lookup_table(nodes, forced)
-    _, merges = run_agglomeration(contract(rag, source, target, histograms=_reads_histograms(params)), params)
-    return nodes, np.concatenate([forced, merges])
+    return nodes, forced, contract(rag, source, target, histograms=histograms)
 
 
 def _reads_histograms(params: dict) -> bool:
