@@ -90,6 +90,26 @@ def test_bootstrap_ci_covers_the_true_slope():
     assert covered >= 4  # nominal 95 % coverage: 5/5 expected, allow one miss
 
 
+def test_relative_slope_survives_connections_missed_at_random():
+    """An incomplete connectome (half the connections lost, blind to function) halves the slope; the slope over the
+    mean connection probability stays, and the complete one's CI covers it."""
+    x, y = _synthetic_pairs(60, 0.1, seed=4)
+    rng = np.random.default_rng(0)
+    half = y * (rng.random(y.shape) < 0.5)
+    full, part = (like_to_like.analyse(x, m, np.zeros_like(x, dtype=int), np.arange(60), [-1, 0, 1], n_boot=300,
+                                       n_shuffle=20, seed=1) for m in (y, half))
+    assert 0.35 < part["slope"] / full["slope"] < 0.65
+    assert part["slope"] < full["ci_low"]
+    assert full["relative_ci_low"] <= part["relative_slope"] <= full["relative_ci_high"]
+    assert full["relative_ci_low"] < full["relative_slope"] < full["relative_ci_high"]
+    off = ~np.eye(60, dtype=bool)
+    assert full["relative_slope"] == pytest.approx(full["slope"] / y[off].mean())
+    # no connection at all: no relative slope, no crash
+    none = like_to_like.analyse(x, np.zeros_like(y), np.zeros_like(x, dtype=int), np.arange(60), [-1, 1], n_boot=20,
+                                n_shuffle=5)
+    assert np.isnan(none["relative_slope"]) and np.isnan(none["relative_ci_low"])
+
+
 def test_shuffle_null_is_flat_and_a_real_effect_stands_out():
     x, y = _synthetic_pairs(60, 0.1, seed=11)
     res = like_to_like.analyse(x, y, np.zeros_like(x, dtype=int), np.arange(60), [-1, -0.5, 0, 0.5, 1], n_boot=100,
@@ -190,6 +210,25 @@ def test_celltypes_from_soma_size_on_few_neurons_with_a_tied_covariance():
         celltypes.classify(_somata(radius), params={"features": ["soma_radius_nm"], "covariance": "diagonal"})
 
 
+def test_celltypes_equal_priors_keep_the_boundary_out_of_the_smaller_class():
+    """The demo phantom's uncut soma radii (nm, measured): with fitted class fractions the tied boundary falls at
+    ~212 nm and calls the three largest inhibitory cells excitatory; equal priors put it between the classes."""
+    inhibitory = [164.1, 173.3, 184.0, 185.3, 190.2, 205.2, 216.4, 217.3]
+    excitatory = [232.4, 234.7, 239.1, 242.9, 243.0, 246.1, 248.0, 250.3, 251.0, 253.0, 266.2, 270.4, 271.7,
+                  279.2, 280.8, 291.7, 294.5, 297.7]
+    truth = np.array(["inhibitory"] * len(inhibitory) + ["excitatory"] * len(excitatory))
+    somata = _somata(np.array(inhibitory + excitatory))
+    calls = {priors: celltypes.classify(somata, params={"features": ["soma_radius_nm"], "priors": priors})
+             for priors in ("fitted", "equal")}
+    wrong = truth != calls["fitted"]["cell_type"].to_numpy()
+    assert list(np.flatnonzero(wrong)) == [6, 7], calls["fitted"]
+    assert (calls["equal"]["cell_type"].to_numpy() == truth).all()
+    # p_excitatory is the posterior under the priors used
+    assert calls["fitted"]["p_excitatory"][6] > 0.5 > calls["equal"]["p_excitatory"][6]
+    with pytest.raises(ValueError, match="priors"):
+        celltypes.classify(somata, params={"features": ["soma_radius_nm"], "priors": "uniform"})
+
+
 def test_celltypes_somata_cut_by_the_volume_edge_do_not_shape_the_classes():
     """Somata cut by the volume's edge look small (their size is a lower bound); fitted with the rest they form a
     third group that pulls a class boundary into the real ones."""
@@ -250,9 +289,39 @@ def test_analysis_cli_tables_figures_and_validation_on_synthetic_phantom(tmp_pat
     ltl = json.loads((tmp_path / "eval" / "like_to_like.json").read_text())["metrics"]
     assert ltl["gt_ci_low"] <= ltl["slope"] <= ltl["gt_ci_high"] and ltl["within_gt_ci"] == 1
     assert ltl["gt_ci_low"] > 0  # the phantom's like-to-like effect is detected in the ground truth
+    assert ltl["gt_relative_ci_low"] <= ltl["relative_slope"] <= ltl["gt_relative_ci_high"]
+    assert ltl["relative_within_gt_ci"] == 1 and ltl["gt_relative_ci_low"] > 0
     assert ltl["null_flat"] == 1 and ltl["gt_null_flat"] == 1
     pairs = pd.read_parquet(out / "pairs.parquet")
     assert ltl["n_connected_pairs"] == int(pairs["connected"].sum()) > 0 and ltl["gt_n_connected_pairs"] > 0
+
+
+def test_like_to_like_metrics_compare_with_the_ground_truth_run():
+    from connectomix.evaluate.analysis import like_to_like_metrics
+
+    def result(slope, relative, ci=0.05, connected=10):
+        return {"slope": slope, "ci_low": slope - ci, "ci_high": slope + ci, "relative_slope": relative,
+                "relative_ci_low": relative - 10 * ci, "relative_ci_high": relative + 10 * ci, "p_value": 0.01,
+                "null_mean": 0.0, "null_sd": 0.01, "null_flat": True, "n_neurons": 20, "n_connected": connected}
+
+    gt = {"connection_vs_signal_corr": result(0.09, 1.6, ci=0.03), "connection_vs_ori_diff": result(-0.002, -0.03)}
+    # half the connections found: the slope halves (outside the GT CI), the relative slope does not
+    recon = {"analyses": {"connection_vs_signal_corr": result(0.045, 1.5),
+                          "connection_vs_ori_diff": result(-0.001, -0.03)}}
+    m = like_to_like_metrics(recon, gt)
+    assert m["within_gt_ci"] == 0 and m["relative_within_gt_ci"] == 1
+    assert m["gt_relative_ci_low"] == pytest.approx(1.3) and m["relative_slope"] == 1.5
+    # the same slopes on 3 connected pairs: not evidence (on the phantoms such slopes fell in the CI by chance)
+    recon["analyses"]["connection_vs_signal_corr"] = result(0.09, 1.6, connected=3)
+    few = like_to_like_metrics(recon, gt, min_pairs=10)
+    assert few["within_gt_ci"] == few["relative_within_gt_ci"] == 0 and few["n_connected_pairs"] == 3
+    assert like_to_like_metrics(recon, gt, min_pairs=3)["within_gt_ci"] == 1
+    # no connection among the matched neurons: no relative slope, not within
+    recon["analyses"]["connection_vs_signal_corr"] = {**result(0.0, float("nan")), "relative_ci_low": float("nan")}
+    assert like_to_like_metrics(recon, gt)["relative_within_gt_ci"] == 0
+    # too few matched neurons for the analysis: NaN throughout, the GT side still reported
+    m = like_to_like_metrics({"analyses": {"connection_vs_signal_corr": {"slope": float("nan")}}, "n_units": 2}, gt)
+    assert np.isnan(m["relative_slope"]) and m["relative_within_gt_ci"] == 0 and m["gt_relative_slope"] == 1.6
 
 
 TINY_SNAKEFILE = """

@@ -7,6 +7,13 @@ list. Non-negative features are log1p-transformed, all are standardised (z-score
 ``pca_components`` and clustered by a 2-component Gaussian mixture (tied or full covariance, EM, best of ``n_init``
 k-means++ starts). No ground-truth label is used.
 
+``priors``: ``fitted`` (default) weighs each class by its fitted fraction (the mixture's posterior, the better rule
+for overlapping Gaussian classes: 15 % inhibitory, d' = 3, 200 neurons, accuracy 0.954 against 0.930); ``equal`` gives
+each neuron to the class under whose Gaussian it is likelier. The phantom's size classes are bounded (+-15 %) with a
+gap, and there, with tens of neurons, a fitted fraction can move the tied boundary into the smaller class: seventeen
+phantoms (soma size) 533 of 537 neurons right with fitted priors, 534 with equal ones (the demo 29 and 32 of 32); 300
+draws of the phantom's classes, 26 neurons each, 0.982 and 0.985.
+
 Neurons whose soma body reaches the volume's edge (``soma_truncated``) are classified by the mixture fitted on the
 others (their size is a lower bound), unless fewer than 4 are left. On the phantoms 39-56 % of the somata are
 cut (most are false somata: pieces of real ones, often at the edge); when those shaped the classes, the boundary
@@ -156,10 +163,13 @@ def classify(neurons: pd.DataFrame, morphology: pd.DataFrame | None = None, edge
     """``id``, ``cell_type`` (excitatory | inhibitory), ``cluster`` and ``p_excitatory`` per neuron.
 
     ``params``: ``features`` (list, empty = automatic), ``naming`` (larger_soma | larger_cluster),
-    ``size_features``, ``pca_components``, ``n_init``, ``seed``.
+    ``size_features``, ``pca_components``, ``n_init``, ``seed``, ``covariance`` (tied | full), ``priors``
+    (fitted | equal; ``p_excitatory`` is the posterior under those priors).
     """
     params = {"features": [], "naming": "larger_soma", "size_features": list(SIZE_FEATURES), "pca_components": 3,
-              "n_init": 10, "seed": 0, "covariance": "tied", **(params or {})}
+              "n_init": 10, "seed": 0, "covariance": "tied", "priors": "fitted", **(params or {})}
+    if params["priors"] not in ("fitted", "equal"):
+        raise ValueError(f"celltypes: priors must be 'fitted' or 'equal', got {params['priors']!r}")
     feats = neuron_features(neurons, morphology, edges, params["features"] or None)
     if len(feats) < 2:  # nothing to cluster (e.g. no segment recognised as a neuron)
         return pd.DataFrame({"id": feats.index.to_numpy(np.uint64), "cell_type": pd.Series(dtype=object),
@@ -170,6 +180,8 @@ def classify(neurons: pd.DataFrame, morphology: pd.DataFrame | None = None, edge
     if fit.sum() < 4:
         fit[:] = True
     _, _, model = gaussian_mixture(x[fit], 2, params["n_init"], seed=params["seed"], covariance=params["covariance"])
+    if params["priors"] == "equal":
+        model = {**model, "weights": np.full(2, 0.5)}
     post = mixture_posteriors(x, model)
     labels = post.argmax(1)
     if params["naming"] == "larger_cluster":

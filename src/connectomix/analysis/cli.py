@@ -19,13 +19,14 @@ TABLES = ("cell_types", "tuning", "pairs", "like_to_like", "celltype_connectivit
 DEFAULTS = {
     "seed": 0,
     "celltypes": {"features": [], "naming": "larger_soma", "size_features": None, "pca_components": 3, "n_init": 10,
-                  "covariance": "tied"},
+                  "covariance": "tied", "priors": "fitted"},
     "tuning": {"split_half_repeats": 20},
     "like_to_like": {"min_confidence": 0.0, "min_reliability": None, "min_synapses": 1, "distance_bins": 4,
                      "signal_corr_bins": [-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0],
                      "ori_bins_deg": [0, 15, 30, 45, 60, 75, 90], "bootstrap": 1000, "shuffles": 1000},
     "distance_bin_um": 10.0,
     "soma_match_radius_nm": 2000.0,
+    "validation_min_pairs": 10,
 }
 
 
@@ -142,6 +143,8 @@ def _write_summary_html(path: Path, result: dict, transform: dict, config: dict,
     for key, res in result["analyses"].items():
         if isinstance(res, dict) and "null_mean" in res:
             rows.append((key, f"slope {res['slope']:.4g} [95 % CI {res['ci_low']:.4g}, {res['ci_high']:.4g}]; "
+                              f"relative {res['relative_slope']:.4g} [{res['relative_ci_low']:.4g}, "
+                              f"{res['relative_ci_high']:.4g}]; "
                               f"shuffle null {res['null_mean']:.3g} ± {res['null_sd']:.3g}, p = {res['p_value']:.3g}; "
                               f"n = {res['n_neurons']} neurons / {res['n_pairs']} pairs"))
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)

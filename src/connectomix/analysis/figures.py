@@ -53,7 +53,9 @@ def like_to_like(binned: pd.DataFrame, summary: dict, x: str, path: str | Path, 
         s = summary[f"{measure}_vs_{x}"]
         ax.set_xlabel(label)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"slope {s['slope']:.3g} [{s['ci_low']:.3g}, {s['ci_high']:.3g}]\n"
+        relative = (f"relative {s['relative_slope']:.3g} [{s['relative_ci_low']:.3g}, {s['relative_ci_high']:.3g}]"
+                    if np.isfinite(s["relative_slope"]) else "relative - (no connection)")
+        ax.set_title(f"slope {s['slope']:.3g} [{s['ci_low']:.3g}, {s['ci_high']:.3g}], {relative}\n"
                      f"n = {s['n_neurons']} neurons, {s['n_pairs']} pairs ({s['n_connected']} connected)",
                      fontsize=9)
         ax.legend(fontsize=7)

@@ -6,6 +6,9 @@ the pre neuron synapses onto the post neuron (>= ``min_synapses``) and the synap
 
 Distance control: pairs are put in soma-distance bins (quantiles), and the slope is that of a linear probability
 model with one intercept per distance bin: ``beta = sum_b sum (x - xbar_b)(y - ybar_b) / sum_b sum (x - xbar_b)^2``.
+The relative slope divides it by the mean of ``y`` over the same pairs (the fractional change in connection
+probability per unit of ``x``): a reconstruction that misses a random fraction of the connections lowers the slope
+by that fraction but leaves the relative slope as it was, so it is what an incomplete connectome can be checked on.
 Confidence intervals: bootstrap over *neurons* (resample neurons with replacement, keep every pair among them;
 pairs of one neuron are not independent). Shuffle null: permute the functional properties across neurons (rows and
 columns together), keeping connectivity and distances; its slopes should centre on 0 (flat).
@@ -77,11 +80,25 @@ def _pairs_of(sample: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return rows[off], cols[off], w[off]
 
 
+def _relative(slope: float, y: np.ndarray, w: np.ndarray | None = None) -> float:
+    """``slope`` over the (weighted) mean of ``y``; NaN where that mean is 0."""
+    mean = float(np.average(y, weights=w)) if len(y) else 0.0
+    return slope / mean if mean > 0 else float("nan")
+
+
+def _percentile(values, q: float) -> float:
+    """``q``-th percentile of the finite ``values``; NaN when there are none (e.g. no connection at all)."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
 def analyse(x: np.ndarray, y: np.ndarray, dist_bin: np.ndarray, ids: np.ndarray, x_edges, n_boot: int = 1000,
             n_shuffle: int = 1000, seed: int = 0) -> dict:
     """Distance-controlled slope of ``y`` (n, n) on ``x`` (n, n) with a neuron bootstrap CI and a shuffle null.
 
-    Returns ``slope``, ``ci_low``, ``ci_high`` (95 %), ``null_mean``, ``null_sd``, ``null_ci_low``/``high``,
+    Returns ``slope``, ``ci_low``, ``ci_high`` (95 %), ``relative_slope`` (``slope`` / the mean of ``y``) with
+    ``relative_ci_low`` and ``relative_ci_high``, ``null_mean``, ``null_sd``, ``null_ci_low``/``high``,
     ``p_value`` (two-sided, vs the shuffle null), ``null_flat`` (the null mean is within 3 standard errors of 0),
     ``n_neurons``, ``n_pairs``, ``n_connected`` (pairs with ``y`` > 0: what the slope's power rests on) and
     ``binned``: a table per ``x`` bin (``n``, distance-adjusted ``mean`` with bootstrap ``ci_low``/``ci_high`` and
@@ -94,16 +111,18 @@ def analyse(x: np.ndarray, y: np.ndarray, dist_bin: np.ndarray, ids: np.ndarray,
     valid = off & np.isfinite(x)
     r, c = np.nonzero(valid)
     slope = controlled_slope(x[r, c], y[r, c], dist_bin[r, c])
+    relative = _relative(slope, y[r, c])
     curve = adjusted_binned(x[r, c], y[r, c], dist_bin[r, c], x_edges)
     xi = np.clip(np.searchsorted(x_edges, x[r, c], side="right") - 1, 0, len(x_edges) - 2)
     counts = np.bincount(xi, minlength=len(x_edges) - 1)
 
-    boot, boot_curves = [], []
+    boot, boot_relative, boot_curves = [], [], []
     for _ in range(n_boot):
         rr, cc, w = _pairs_of(rng.integers(0, n, n), ids)
         ok = np.isfinite(x[rr, cc])
         rr, cc, w = rr[ok], cc[ok], w[ok]
         boot.append(controlled_slope(x[rr, cc], y[rr, cc], dist_bin[rr, cc], w))
+        boot_relative.append(_relative(boot[-1], y[rr, cc], w))
         boot_curves.append(adjusted_binned(x[rr, cc], y[rr, cc], dist_bin[rr, cc], x_edges, w))
     null, null_curves = [], []
     for _ in range(n_shuffle):
@@ -131,6 +150,9 @@ def analyse(x: np.ndarray, y: np.ndarray, dist_bin: np.ndarray, ids: np.ndarray,
         "slope": slope,
         "ci_low": float(np.nanpercentile(boot, 2.5)) if n_boot else float("nan"),
         "ci_high": float(np.nanpercentile(boot, 97.5)) if n_boot else float("nan"),
+        "relative_slope": relative,
+        "relative_ci_low": _percentile(boot_relative, 2.5),
+        "relative_ci_high": _percentile(boot_relative, 97.5),
         "null_mean": null_mean,
         "null_sd": null_sd,
         "null_ci_low": float(np.percentile(null_f, 2.5)) if len(null_f) else float("nan"),

@@ -6,7 +6,10 @@
 * ``eval/like_to_like.json`` (stage ``like_to_like``): the reconstruction's distance-controlled slope of connection
   probability on signal correlation (``slope``, ``ci_low``, ``ci_high``) and the same analysis on the ground truth
   (GT ROI partners, GT edges, GT soma positions, same responses and parameters: ``gt_slope``, ``gt_ci_low``,
-  ``gt_ci_high``); ``within_gt_ci`` (1 when the slope lies in the GT 95 % CI); shuffle nulls (``null_mean``,
+  ``gt_ci_high``); ``within_gt_ci`` (1 when the slope lies in the GT 95 % CI and rests on at least
+  ``validation_min_pairs`` connected pairs: with a handful any slope can fall in it); the same for the relative slope
+  (slope / mean connection probability, which a reconstruction missing a random share of the connections keeps:
+  ``relative_slope``, ``gt_relative_slope``, their CIs, ``relative_within_gt_ci``); shuffle nulls (``null_mean``,
   ``null_sd``, ``null_flat``, ``gt_null_flat``).
 """
 
@@ -53,20 +56,33 @@ def gt_like_to_like(rois_gt: pd.DataFrame, responses: np.ndarray, stimuli: pd.Da
     return summary
 
 
-def like_to_like_metrics(recon: dict, gt: dict) -> dict:
-    """Flat metrics comparing the reconstruction's analyses (``like_to_like.json``) with the GT run."""
+def _relative(recon: dict | None, gt: dict, powered: bool = True) -> dict:
+    """The relative-slope metrics (NaN, and not within the GT CI, where the reconstruction has none)."""
+    recon, nan = recon or {}, float("nan")
+    out = {f"{prefix}{key}": source.get(key, nan) for prefix, source in (("", recon), ("gt_", gt))
+           for key in ("relative_slope", "relative_ci_low", "relative_ci_high")}
+    out["relative_within_gt_ci"] = int(powered and bool(out["gt_relative_ci_low"] <= out["relative_slope"]
+                                                        <= out["gt_relative_ci_high"]))
+    return out
+
+
+def like_to_like_metrics(recon: dict, gt: dict, min_pairs: int = 10) -> dict:
+    """Flat metrics comparing the reconstruction's analyses (``like_to_like.json``) with the GT run; a slope is
+    within the GT CI only when it rests on at least ``min_pairs`` connected pairs."""
     g, go = gt["connection_vs_signal_corr"], gt["connection_vs_ori_diff"]
     if "p_value" not in recon["analyses"].get("connection_vs_signal_corr", {}):
         # the reconstruction had too few matched neurons for the analysis: NaN metrics, not a crash
         return {"slope": float("nan"), "gt_slope": g["slope"], "gt_ci_low": g["ci_low"], "gt_ci_high": g["ci_high"],
-                "within_gt_ci": 0, "null_flat": 0, "gt_null_flat": int(g["null_flat"]),
+                "within_gt_ci": 0, **_relative(None, g), "null_flat": 0, "gt_null_flat": int(g["null_flat"]),
                 "n_neurons": recon.get("n_units", 0), "gt_n_neurons": g["n_neurons"],
                 "gt_n_connected_pairs": g["n_connected"]}
     r, ro = recon["analyses"]["connection_vs_signal_corr"], recon["analyses"]["connection_vs_ori_diff"]
+    powered = r["n_connected"] >= min_pairs
     return {
         "slope": r["slope"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
         "gt_slope": g["slope"], "gt_ci_low": g["ci_low"], "gt_ci_high": g["ci_high"],
-        "within_gt_ci": int(g["ci_low"] <= r["slope"] <= g["ci_high"]),
+        "within_gt_ci": int(powered and g["ci_low"] <= r["slope"] <= g["ci_high"]),
+        **_relative(r, g, powered),
         "p_value": r["p_value"], "gt_p_value": g["p_value"],
         "null_mean": r["null_mean"], "null_sd": r["null_sd"], "null_flat": int(r["null_flat"]),
         "gt_null_flat": int(g["null_flat"]),
@@ -108,7 +124,7 @@ def run(args) -> int:
     rois_gt = read_table(args.rois_gt)
     gt = gt_like_to_like(rois_gt, responses, stimuli, gt_neurons, read_table(args.gt_edges), params)
     recon = json.loads(open(args.like_to_like).read())
-    ltl = like_to_like_metrics(recon, gt)
+    ltl = like_to_like_metrics(recon, gt, params["validation_min_pairs"])
     write_stage_metrics(args.like_to_like_out, "like_to_like", ltl)
     print(json.dumps({"celltypes": ct, "like_to_like": ltl}, indent=1))
     return 0
