@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
+from synapse_partners import run_workflow  # the workflow on config.yaml with one phantom seed
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
@@ -31,30 +30,6 @@ UPSTREAM = ("volume.zarr", "gt", "predict.json", "segment", "segment.json", "seg
             "blocks/predict", "blocks/segment_fragments", "blocks/segment_rag", "blocks/segment_relabel",
             "eval/segmentation.json", "eval/segmentation_sweep.png")
 NOT_RERUN = ("phantom", "ingest", "train", "predict_", "segment_", "evaluate_segmentation")
-
-
-def _snakemake(config: dict, work: Path, extra=()) -> None:
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2",
-                          "--configfile", str(path), *extra], cwd=ROOT, env=env, capture_output=True, text=True)
-    if run.returncode:
-        sys.exit(f"the workflow failed ({path}):\n{run.stderr[-5000:]}")
-
-
-def _config(seed: int, results: Path) -> dict:
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    config["results_dir"] = str(results)
-    config["datasets"]["phantom"]["phantom"]["seed"] = seed
-    return config
-
-
-def run_workflow(seed: int, work: Path) -> Path:
-    """The whole workflow on config.yaml with phantom seed ``seed``; returns the dataset folder."""
-    _snakemake(_config(seed, work / "results"), work)
-    return work / "results" / "phantom"
 
 
 def _downstream_rules() -> list[str]:
@@ -88,7 +63,7 @@ def with_gt_segmentation(dataset: Path, seed: int, work: Path) -> Path:
         segment_stats(labels[block.write.slices], block.write.offset).to_parquet(
             copy / "segment" / "stats" / f"{block.id}.parquet")
     segments_table(copy / "segment").to_parquet(copy / "segments.parquet")
-    _snakemake(_config(seed, work / "results"), work, ["--allowed-rules", *_downstream_rules()])
+    run_workflow(seed, work, "--allowed-rules", *_downstream_rules())
     return copy
 
 

@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
 
 
-def run_workflow(seed: int, work: Path) -> Path:
-    """The workflow on config.yaml with phantom seed ``seed`` up to the synapses; returns the dataset folder."""
+def run_workflow(seed: int, work: Path, *snakemake_args: str) -> Path:
+    """The workflow on config.yaml with phantom seed ``seed``, results under ``work`` and ``snakemake_args`` (e.g.
+    ``--until RULE``); returns the dataset folder."""
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["results_dir"] = str(work / "results")
     config["datasets"]["phantom"]["phantom"]["seed"] = seed
@@ -35,8 +36,8 @@ def run_workflow(seed: int, work: Path) -> Path:
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2",
-                          "--configfile", str(path), "--until", "synapses_stitch"], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
+                          "--configfile", str(path), *snakemake_args], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
     if run.returncode:
         sys.exit(f"the workflow failed for seed {seed}:\n{run.stderr[-5000:]}")
     return work / "results" / "phantom"
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="cmx_partners_") as tmp:
         for seed in args.seeds:
-            dataset = run_workflow(seed, Path(tmp) / f"seed{seed}")
+            dataset = run_workflow(seed, Path(tmp) / f"seed{seed}", "--until", "synapses_stitch")
             for segmentation in ("segmentation", "gt/labels"):
                 for pairing in ("candidates", "interface"):
                     m = score(dataset, {**base, "pairing": pairing}, segmentation, Path(tmp) / "work")
