@@ -8,6 +8,7 @@ import pytest
 
 from connectomix import io
 from connectomix.blocks import BlockGrid, read_marker
+from connectomix.config import defaults
 from connectomix.skeletonize import core, params as skparams
 from connectomix.skeletonize.morphology import (
     AXON, DENDRITE, SOMA, compartments, morphology_table, skeletons_to_table, soma_ids, table_to_trees,
@@ -37,11 +38,7 @@ def _tubes():
     return labels
 
 
-def test_defaults_match_the_schema():
-    from connectomix import config as cmx_config
-
-    section = cmx_config.validate({"datasets": {"p": {"voxel_size": [40, 8, 8], "phantom": {}}}})["skeletonize"]
-    assert section == skparams.DEFAULTS
+def test_unknown_parameter_is_refused():
     with pytest.raises(ValueError, match="skeletonize.teasar.bogus"):
         skparams.resolve({"teasar": {"bogus": 1}})
 
@@ -139,10 +136,10 @@ def phantom_skeletons():
     ph = generate(PhantomParams.from_dict(PHANTOM), voxel_size=VS)
     labels = np.asarray(ph.labels)
     ids, counts = fastremap.unique(labels, return_counts=True)
-    big = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= skparams.DEFAULTS["min_segment_voxels"]}
+    big = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= defaults("skeletonize")["min_segment_voxels"]}
     whole = {k: s for k, s in core.skeletonize_whole(labels, VS).items() if k in big}
     stats, timings = {}, {}
-    grid = BlockGrid(labels.shape, PHANTOM_BLOCKS, skparams.DEFAULTS["halo"])
+    grid = BlockGrid(labels.shape, PHANTOM_BLOCKS, defaults("skeletonize")["halo"])
     by_label, voxel_counts = {}, {}
     for block in grid:
         pieces, c = core.skeletonize_block(labels[block.read.slices], block, VS, volume_shape=labels.shape)
@@ -513,7 +510,7 @@ def test_soma_bodies_read_from_the_pyramid_with_offsets_and_flag_cut_somata(tmp_
                            "soma_radius_nm": [230.0, 200.0]})
     for axis, shift in zip("zyx", offset):
         somata[f"soma_{axis}_nm"] += shift
-    params = skparams.DEFAULTS["soma_body"]
+    params = defaults("skeletonize")["soma_body"]
     bodies = soma_bodies(root, "segmentation", somata, params).set_index("id")
     whole = bodies.loc[1]
     centre = np.array([480.0, 640.0, 640.0]) + offset
@@ -643,7 +640,7 @@ def test_blockwise_somata_are_the_whole_volumes(phantom_skeletons):
     assert len(neurons) >= 4
     whole = core.skeletonize_whole(labels, VS, PHANTOM_SOMATA)
     blockwise = core.skeletonize_blockwise(labels, VS, PHANTOM_BLOCKS, PHANTOM_SOMATA)
-    grid = BlockGrid(labels.shape, PHANTOM_BLOCKS, skparams.DEFAULTS["halo"])
+    grid = BlockGrid(labels.shape, PHANTOM_BLOCKS, defaults("skeletonize")["halo"])
     cut = [k for k in neurons if len({b.id for b in grid if (labels[b.write.slices] == k).any()}) > 1]
     assert len(cut) >= 3  # most neurons span several blocks
     p = core.resolve(PHANTOM_SOMATA)
