@@ -9,7 +9,7 @@ ones (``--large-blocks``): the halo's share of the work shrinks as blocks grow. 
 defaults (soma detection thresholds for real somata: the phantom's are never detected) and the `blocks.shape` of
 config.yaml; one row also with config.yaml's `skeletonize:` section (somata detected at phantom scale), which is
 what `make demo` runs. Both methods get the same number of processes (kimimaro ``parallel`` vs a pool over blocks)
-and the same post-processing (soma collapse, joins, tree, ticks, smoothing: ``connectomix.skeletonize.core.finalize``),
+and the same post-processing (soma collapse, joins, tree, ticks, smoothing: ``connectomix.skeletonize.merge.finalize``),
 so they differ only by the blocking. Segments compared: those of at least ``min_segment_voxels`` voxels (the
 blockwise merge drops smaller ones).
 Writes results/skeletonize_throughput.json and .md. Ratio = whole-volume time / blockwise time (>1: faster).
