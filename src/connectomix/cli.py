@@ -27,7 +27,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "export": ("connectomix.export", "Neuroglancer precomputed, SWC and report exports"),
     "evaluate": ("connectomix.evaluate", "accuracy against ground truth; metrics.json"),
     "check-config": ("connectomix.config", "validate a config file against the schema"),
-    "plan": ("connectomix.plan", "jobs, CPU/GPU hours and storage per stage for a volume, from measured rates"),
+    "plan": ("connectomix.plan.cli", "jobs, CPU/GPU hours and storage per stage for a volume, from measured rates"),
 }
 
 
