@@ -13,7 +13,7 @@ import pytest
 
 from connectomix import cli
 from connectomix.analysis import celltypes, like_to_like, tuning
-from connectomix.analysis.synthetic import make_dataset, von_mises
+from connectomix.synthetic.analysis import make_dataset, von_mises
 
 REPO = Path(__file__).resolve().parents[1]
 THETA = np.arange(0, 180, 22.5)

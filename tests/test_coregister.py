@@ -8,7 +8,7 @@ import pytest
 
 from connectomix import cli
 from connectomix import coregister as cr
-from connectomix.analysis.synthetic import make_dataset, rotation
+from connectomix.synthetic.analysis import make_dataset, rotation
 
 
 # --- assignment ----------------------------------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def test_gate_sigma_is_an_upper_confidence_bound_of_its_estimate():
     covered = []
     for _ in range(2000):
         d = np.linalg.norm(rng.normal(0, 1.0, (24, 3)), axis=1)
-        covered.append(cr.sigma_upper_bound(cr._sigma(d), 24) >= 1.0)
+        covered.append(cr.sigma_upper_bound(cr.robust_sigma(d), 24) >= 1.0)
     assert 0.93 <= np.mean(covered) <= 0.97, np.mean(covered)
     assert cr.sigma_upper_bound(1.0, 24) > cr.sigma_upper_bound(1.0, 200) > 1.0
 

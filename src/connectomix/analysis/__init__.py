@@ -1,6 +1,2 @@
 """Structure meets function: cell types (``celltypes``), orientation tuning (``tuning``), like-to-like connectivity
 (``like_to_like``) and figures (``figures``). ``connectomix analysis`` (``analysis.cli``) runs them all."""
-
-from connectomix.analysis.cli import add_arguments, run
-
-__all__ = ["add_arguments", "run"]

@@ -31,6 +31,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from connectomix.coregister.tables import neuron_rows
+
 _EXCLUDE = re.compile(r"(^id$|_id$|^id_|^segment|^neuron|^label|_(x|y|z)_nm$|^(x|y|z)(_|$)|^bbox|offset|^ctr_|"
                       r"^pre_|^post_|^cell_type|^cluster|^imaged$|^pref_|^tuning)")
 SIZE_FEATURES = ("soma_radius_nm", "soma_volume_nm3", "soma_volume", "soma_voxels", "volume_nm3", "volume")
@@ -46,8 +48,6 @@ def _id_column(table: pd.DataFrame) -> str:
 def neuron_features(neurons: pd.DataFrame, morphology: pd.DataFrame | None = None,
                     edges: pd.DataFrame | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """A numeric feature table indexed by neuron id (see the module docstring for what is included)."""
-    from connectomix.coregister import neuron_rows
-
     neurons = neuron_rows(neurons)
     feats = neurons.set_index(neurons[_id_column(neurons)].astype(np.uint64))
     feats = feats.select_dtypes("number")

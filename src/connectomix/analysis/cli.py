@@ -10,17 +10,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from connectomix import config
+from connectomix import config, provenance
+from connectomix.analysis import celltypes, figures, like_to_like, tuning
+from connectomix.blocks import atomic_write_json, atomic_write_parquet
+from connectomix.coregister.functional import load_functional
+from connectomix.coregister.tables import neuron_rows, read_table
+from connectomix.coregister.transform import apply_affine
 
 FIGURES = ("like_to_like_signal_corr", "like_to_like_orientation", "connection_vs_distance",
            "celltype_connectivity", "tuning", "coregistration")
 TABLES = ("cell_types", "tuning", "pairs", "like_to_like", "celltype_connectivity", "connection_vs_distance")
 
+
 def versions() -> dict:
     """Versions of connectomix, Python and the libraries the analyses use."""
     import importlib.metadata as md
-
-    from connectomix import provenance
 
     out = {"connectomix": provenance.version(), "python": platform.python_version()}
     for name in ("numpy", "scipy", "pandas", "pyarrow", "pulp", "matplotlib", "snakemake"):
@@ -32,6 +36,7 @@ def versions() -> dict:
 
 
 def add_arguments(parser) -> None:
+    """Options of ``connectomix analysis``."""
     parser.add_argument("--neurons", required=True, help="neurons.parquet (id, soma_*_nm, morphology features)")
     parser.add_argument("--edges", required=True, help="edges.parquet (pre, post, n_synapses)")
     parser.add_argument("--morphology", default=None, help="morphology.parquet (optional extra features)")
@@ -46,11 +51,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from connectomix import provenance
-    from connectomix.analysis import celltypes, figures, like_to_like, tuning
-    from connectomix.blocks import atomic_write_json, atomic_write_parquet
-    from connectomix.coregister import apply_affine, load_functional, neuron_rows, read_table
-
+    """Run every analysis; write the tables, figures, ``like_to_like.json`` and ``summary.html`` under --out-dir."""
     params = config.resolve("analysis", json.loads(args.params))
     seed = params["seed"]
     out = Path(args.out_dir)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from connectomix.analysis.tuning import orientation_difference
+from connectomix.analysis.tuning import orientation_difference, signal_correlation
 
 
 def adjacency(ids: np.ndarray, edges: pd.DataFrame, min_synapses: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -191,8 +191,6 @@ def run_like_to_like(units: pd.DataFrame, responses_by_roi: dict, edges: pd.Data
     Returns ``(summary, binned table, pair table)``; summary keys are ``{measure}_vs_{x}`` with ``measure`` in
     (connection, synapses) and ``x`` in (signal_corr, ori_diff), each an :func:`analyse` result without its table.
     """
-    from connectomix.analysis.tuning import signal_correlation
-
     ids = units["neuron_id"].to_numpy(np.uint64)
     n = len(ids)
     if n < 3:

@@ -20,6 +20,10 @@ import json
 import numpy as np
 import pandas as pd
 
+from connectomix import config
+from connectomix.analysis import like_to_like, tuning
+from connectomix.coregister.functional import load_functional
+from connectomix.coregister.tables import read_table
 from connectomix.evaluate import write_stage_metrics
 from connectomix.evaluate.coregister import match_to_gt
 
@@ -44,8 +48,6 @@ def celltype_metrics(cell_types: pd.DataFrame, neurons: pd.DataFrame, gt_neurons
 def gt_like_to_like(rois_gt: pd.DataFrame, responses: np.ndarray, stimuli: pd.DataFrame, gt_neurons: pd.DataFrame,
                     gt_edges: pd.DataFrame, params: dict) -> dict:
     """The like-to-like analysis run on the ground-truth connectome with the GT ROI partners."""
-    from connectomix.analysis import like_to_like, tuning
-
     ltl = params["like_to_like"]
     tun = tuning.tuning_table(rois_gt, responses, stimuli, params["tuning"]["split_half_repeats"], params["seed"])
     matches = pd.DataFrame({"roi_id": rois_gt["roi_id"], "neuron_id": rois_gt["neuron_id"].astype(np.uint64),
@@ -112,9 +114,6 @@ def add_arguments(subparsers) -> None:
 
 
 def run(args) -> int:
-    from connectomix import config
-    from connectomix.coregister import load_functional, read_table
-
     params = config.resolve("analysis", json.loads(args.params))
     gt_neurons = read_table(args.gt_neurons)
     ct = celltype_metrics(read_table(args.cell_types), read_table(args.neurons), gt_neurons,

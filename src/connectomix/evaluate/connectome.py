@@ -15,6 +15,8 @@ import json
 
 import numpy as np
 
+from connectomix import io
+from connectomix.evaluate import write_stage_metrics
 from connectomix.evaluate.synapses import prf, segment_to_gt
 
 
@@ -62,9 +64,6 @@ def add_arguments(subparsers) -> None:
 def run(args) -> int:
     """Evaluate and write ``eval/connectome.json``."""
     import pandas as pd
-
-    from connectomix import io
-    from connectomix.evaluate import write_stage_metrics
 
     mapping = None
     if args.volume:

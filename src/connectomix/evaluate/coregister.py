@@ -16,6 +16,8 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from connectomix.coregister.tables import neuron_rows, read_table
+from connectomix.coregister.transform import apply_affine
 from connectomix.evaluate import write_stage_metrics
 
 SOMA = ["soma_x_nm", "soma_y_nm", "soma_z_nm"]
@@ -23,8 +25,6 @@ SOMA = ["soma_x_nm", "soma_y_nm", "soma_z_nm"]
 
 def match_to_gt(pred: pd.DataFrame, gt: pd.DataFrame, radius_nm: float) -> dict[int, int]:
     """Reconstructed neuron id -> GT neuron id, one-to-one by soma position within ``radius_nm``."""
-    from connectomix.coregister import neuron_rows
-
     pred = neuron_rows(pred)
     p = pred[SOMA].to_numpy(float)
     g = gt[SOMA].to_numpy(float)
@@ -45,8 +45,6 @@ def evaluate(matches: pd.DataFrame, rois_gt: pd.DataFrame, neurons: pd.DataFrame
              matrix: np.ndarray | None = None, gt_matrix: np.ndarray | None = None,
              radius_nm: float = 2000.0) -> dict:
     """The co-registration metrics (see the module docstring)."""
-    from connectomix.coregister import apply_affine
-
     to_gt = match_to_gt(neurons, gt_neurons, radius_nm)
     have = set(to_gt.values())
     table = matches.merge(rois_gt[["roi_id", "neuron_id"]].rename(columns={"neuron_id": "gt"}), on="roi_id",
@@ -89,8 +87,6 @@ def add_arguments(subparsers) -> None:
 
 
 def run(args) -> int:
-    from connectomix.coregister import read_table
-
     metrics = evaluate(
         read_table(args.matches), read_table(args.rois_gt), read_table(args.neurons), read_table(args.gt_neurons),
         np.array(json.load(open(args.transform))["matrix"]), np.array(json.load(open(args.affine_gt))["matrix"]),

@@ -17,6 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from connectomix import io
+from connectomix.evaluate import write_stage_metrics
+from connectomix.segment.agglomerate import apply_lut, lookup_table
+from connectomix.segment.rag import Rag
+from connectomix.segment.stitch import agglomerate_graph
+
 
 @dataclass
 class Contingency:
@@ -177,8 +183,6 @@ def threshold_sweep(gt, fragments, nodes: np.ndarray, merges: np.ndarray, thresh
     evaluation against per-section ground truth (``per_section(gt)``): each threshold's segmentation is relabelled
     and split per section, so a merge across sections is no error. ``base``: the ground truth x fragments table,
     when already computed."""
-    from connectomix.segment.agglomerate import apply_lut, lookup_table
-
     if base is None and not sections:
         base = contingency(gt, fragments, ignore)
     rows = []
@@ -235,8 +239,6 @@ def load_ground_truth(volume=None, gt_array=None, gt_file=None, gt_key=None, gt_
     the instances are the components of the rest) or ``png-mask`` (nonzero voxels as they are, e.g. cleft masks:
     uint8 0/1)."""
     if gt_array:
-        from connectomix import io
-
         return np.asarray(io.open_array(volume, gt_array)[...])
     if not gt_file:
         raise ValueError("give --gt-array (an array of the volume) or --gt-file")
@@ -288,8 +290,6 @@ def evaluate(volume, work_dir, out, gt_array=None, gt_file=None, gt_key=None, gt
              dataset: str = "") -> dict:
     """Evaluate ``segmentation`` (and the threshold sweep over the stored merge history) of a dataset against its
     ground truth; writes ``eval/segmentation.json`` via ``write_stage_metrics`` and the sweep PNG."""
-    from connectomix import io
-    from connectomix.evaluate import write_stage_metrics
     work_dir = Path(work_dir)
     setup_record = json.loads((work_dir / "setup.json").read_text())
     seg = np.asarray(io.open_array(volume, "segmentation")[...])
@@ -313,9 +313,6 @@ def evaluate(volume, work_dir, out, gt_array=None, gt_file=None, gt_key=None, gt
     params = setup_record["params"]
     thresholds = thresholds or params["evaluation"]["thresholds"]
     if params["agglomerate"]["method"] in ("mean", "quantile"):
-        from connectomix.segment.rag import Rag
-        from connectomix.segment.stitch import agglomerate_graph
-
         rag = Rag.from_npz(work_dir / "graph.npz")
         nodes, merges = agglomerate_graph(rag, params, threshold=max(thresholds) + 1e-9)
         sweep = threshold_sweep(gt, frags, nodes, merges, thresholds, ignore, sections,

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from connectomix.evaluate import write_stage_metrics
+from connectomix.provenance import input_digests, record
+
 
 def edge_lengths(skel) -> np.ndarray:
     """Length (nm) of every edge of a skeleton."""
@@ -143,9 +146,6 @@ def add_arguments(subparsers) -> None:
 
 
 def run(args) -> int:
-    from connectomix.evaluate import write_stage_metrics
-    from connectomix.provenance import input_digests, record
-
     params = json.loads(args.params)
     metrics, context = evaluate(args.volume, args.seg_array, args.gt_array, args.objects, args.kinds, params,
                                 args.min_vertices, args.threads)

@@ -18,6 +18,10 @@ import json
 
 import numpy as np
 
+from connectomix import io
+from connectomix.evaluate import write_stage_metrics
+from connectomix.evaluate.segmentation import load_mask
+
 DEFAULT_TOLERANCE_NM = 200.0
 
 
@@ -168,8 +172,6 @@ def evaluate_clefts(volume, gt_mask: np.ndarray, tolerance_nm: float = DEFAULT_T
     shape: :func:`cleft_object_prf` plus the object counts."""
     import cc3d
 
-    from connectomix import io
-
     detected = np.asarray(io.open_array(volume, clefts)[...]) > 0
     truth = np.asarray(gt_mask) > 0
     if detected.shape != truth.shape:
@@ -209,9 +211,6 @@ def run(args) -> int:
     """Evaluate and write ``eval/synapses.json``."""
     import pandas as pd
 
-    from connectomix import io
-    from connectomix.evaluate import write_stage_metrics
-
     pred = pd.read_parquet(args.synapses)
     gt = pd.read_parquet(args.gt_synapses)
     mapping = None
@@ -227,10 +226,6 @@ def run(args) -> int:
 
 def run_clefts(args) -> int:
     """Evaluate the detected clefts against a mask and write ``eval/clefts.json``."""
-    from connectomix import io
-    from connectomix.evaluate import write_stage_metrics
-    from connectomix.evaluate.segmentation import load_mask
-
     mask = load_mask(args.gt_file, args.gt_key, args.gt_format)
     if args.gt_roi_offset:
         shape = io.open_array(args.volume, "clefts").shape

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from connectomix.blocks import atomic_write_json
+
 
 def _point(xyz) -> str:
     x, y, z = (int(round(float(v))) for v in xyz)
@@ -193,8 +195,6 @@ def write_cave(path, synapses) -> int:
 def export_all(out_dir, synapses_path, neurons_path, edges_path, dataset="connectomix", voxel_size=(1, 1, 1)) -> dict:
     """All three exports under ``out_dir``; returns a summary (files and rows), also written as ``export.json``."""
     import pandas as pd
-
-    from connectomix.blocks import atomic_write_json
 
     out_dir = Path(out_dir)
     synapses = pd.read_parquet(synapses_path)

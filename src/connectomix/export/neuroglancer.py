@@ -11,6 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from connectomix.blocks import BlockGrid, atomic_write_json
+from connectomix.io import open_array, read_meta
+
 
 def precomputed_url(path: str | Path) -> str:
     """The cloud-volume path of a local precomputed folder."""
@@ -25,9 +28,6 @@ def write_segmentation(volume: str | Path, array: str, out_dir: str | Path, enco
     layer lines up with skeletons in nm. Written block by block (storage-chunk aligned). Returns the info.
     """
     from cloudvolume import CloudVolume
-
-    from connectomix.blocks import BlockGrid
-    from connectomix.io import open_array, read_meta
 
     meta = read_meta(volume, array)
     src = open_array(volume, array)
@@ -100,9 +100,6 @@ def add_arguments(sub) -> None:
 
 
 def run(args) -> int:
-    from connectomix.blocks import atomic_write_json
-    from connectomix.io import read_meta
-
     if not args.precomputed and not args.state:
         raise ValueError("nothing to do: give --precomputed and/or --state")
     if args.precomputed:

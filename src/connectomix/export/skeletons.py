@@ -15,6 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from connectomix.blocks import atomic_write_json
+from connectomix.skeletonize.morphology import iter_compartments
+from connectomix.skeletonize.params import resolve
+
 
 def to_swc(label: int, skel, parent: np.ndarray, compartment: np.ndarray) -> str:
     """SWC text of one rooted tree (positions x, y, z in nm)."""
@@ -30,8 +34,6 @@ def to_swc(label: int, skel, parent: np.ndarray, compartment: np.ndarray) -> str
 
 def write_swc_dir(table, out_dir: str | Path, params: dict | None = None) -> int:
     """One ``{id}.swc`` per segment of a skeletons table; returns the number written."""
-    from connectomix.skeletonize.morphology import iter_compartments
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = 0
@@ -47,8 +49,6 @@ def write_precomputed(table, segmentation_dir: str | Path, params: dict | None =
     """Upload every segment's skeleton into the ``skeletons`` folder of the precomputed segmentation at
     ``segmentation_dir`` (its info must exist); returns the number written."""
     from cloudvolume import CloudVolume, Skeleton
-
-    from connectomix.skeletonize.morphology import iter_compartments
 
     seg_dir = Path(segmentation_dir).resolve()
     if not (seg_dir / "info").exists():
@@ -96,9 +96,6 @@ def run(args) -> int:
     import json
 
     import pandas as pd
-
-    from connectomix.blocks import atomic_write_json
-    from connectomix.skeletonize.params import resolve
 
     params = resolve(json.loads(args.params))
     table = pd.read_parquet(args.skeletons)

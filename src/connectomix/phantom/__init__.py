@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from connectomix.phantom import function, render, synapses, tissue
 from connectomix.phantom.params import PhantomParams
+from connectomix.phantom.writer import write_phantom
 
 __all__ = ["Phantom", "PhantomParams", "generate", "write", "measure"]
 
@@ -127,13 +129,9 @@ def generate(params: PhantomParams, voxel_size=(40, 8, 8)) -> Phantom:
 
 def measure(ph: Phantom) -> dict:
     """Image and structure statistics: density, membrane/cytoplasm contrast, section correlation, counts."""
-    from connectomix.phantom.render import membranes
-
     labels, raw = ph.labels, ph.raw.astype(np.float32)
-    membrane = membranes(labels, np.random.default_rng(0), ph.voxel_size) & (labels > 0)
+    membrane = render.membranes(labels, np.random.default_rng(0), ph.voxel_size) & (labels > 0)
     border = tissue.inplane_border(labels)
-    from scipy import ndimage
-
     near = ndimage.binary_dilation(border, structure=np.ones((1, 5, 5), bool))
     cytoplasm = (labels > 0) & ~near & (ph.mito == 0) & (ph.clefts == 0)
     corr = [np.corrcoef(raw[z].ravel(), raw[z + 1].ravel())[0, 1] for z in range(raw.shape[0] - 1)]
@@ -156,6 +154,4 @@ def measure(ph: Phantom) -> dict:
 def write(ph: Phantom, out_dir, volume_root, chunk_shape=(8, 64, 64), offset_nm=(0, 0, 0),
           pyramid_levels: int = 1, pyramid_factor=(1, 2, 2)) -> None:
     """Write the phantom: arrays into the OME-Zarr, tables and figures under ``out_dir/gt`` (see the contract)."""
-    from connectomix.phantom.writer import write_phantom
-
     write_phantom(ph, out_dir, volume_root, chunk_shape, offset_nm, pyramid_levels, pyramid_factor)

@@ -13,6 +13,7 @@ import numpy as np
 
 from connectomix import io
 from connectomix.blocks import atomic_write_json
+from connectomix.coregister.functional import write_nwb
 from connectomix.provenance import DIGEST_ATTR, data_digest, record
 
 
@@ -48,8 +49,6 @@ def write_phantom(ph, out_dir, volume_root, chunk_shape, offset_nm, pyramid_leve
     for name, frame in tables.items():
         _atomic(gt / f"{name}.parquet", lambda tmp, f=frame: f.to_parquet(tmp, index=False, engine="pyarrow"))
     _atomic(gt / "functional" / "responses.npy", lambda tmp: _save_npy(tmp, ph.responses))
-    from connectomix.coregister import write_nwb
-
     write_nwb(gt / "functional" / "functional.nwb", ph.rois, ph.responses, ph.stimuli,  # the same, as NWB
               description="connectomix phantom: two-photon ROIs and oriented-grating responses")
     atomic_write_json(gt / "functional" / "affine.json", {

@@ -1,37 +1,16 @@
-"""The connectome: neurons, edges and the connectivity matrix from ``synapses.parquet`` and the segment tables.
-
-Outputs (``results/{dataset}/``):
-
-* ``neurons.parquet``: one row per segment (``segments.parquet`` ids, plus any synaptic partner missing there):
-  ``id``, ``kind`` (``neuron`` when the segment has a soma in the volume, else ``orphan``: a fragment, kept and
-  counted), ``is_neuron``, ``soma_z_nm``, ``soma_y_nm``, ``soma_x_nm``, ``soma_radius_nm``, ``soma_volume_nm3``
-  (NaN for orphans, and the volume also when the morphology measured no soma body), ``soma_truncated`` (the soma
-  body reaches the volume's edge: its size is a lower bound),
-  ``soma_source`` (``morphology`` or ``distance_transform``), ``volume_voxels``, ``volume_nm3``, ``n_pre``
-  (outgoing synapses), ``n_post`` (incoming), the numeric morphology features of ``morphology.parquet`` (prefixed
-  ``morph_``) and ``cell_type`` (string, empty here; the analysis stage fills it).
-* ``edges.parquet``: neuron -> neuron edges with at least ``min_synapses`` synapses: ``pre``, ``post``,
-  ``n_synapses``, ``size_voxels``, ``size_nm2`` (summed cleft sizes), ``mean_score``. ``edges_all.parquet``: the same
-  for every segment pair (orphans included) with ``pre_is_neuron``, ``post_is_neuron``.
-* ``connectome/connectivity.npz``: scipy.sparse CSR of synapse counts, rows = pre, columns = post, in the order of
-  the ``ids`` array stored in the same file (``scipy.sparse.load_npz`` reads the matrix, ``np.load(f)['ids']`` the
-  order); ``connectome/connectivity.png``: the matrix as a figure; ``connectome/summary.json``: counts.
-
-Soma detection: ``morphology.parquet`` (skeleton stage) decides when it has soma columns (``soma_radius_nm`` > 0, or
-a boolean ``has_soma``). Without it (or without those columns) the documented fallback is used: the distance
-transform of the segmentation subsampled to ``soma_step_nm``, distances to the nearest segment boundary (the volume
-faces are not boundaries); a segment whose largest inscribed radius reaches ``soma_min_radius_nm`` is a neuron and
-its soma is the point of that maximum.
-"""
+"""``neurons.parquet``, ``edges.parquet``, ``edges_all.parquet`` and ``connectome/`` (see the package docstring)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from scipy import sparse
 
-from connectomix import config
+from connectomix import config, io, provenance
+from connectomix.blocks import atomic_write_json, atomic_write_parquet
+from connectomix.connectome.somata import soma_by_distance_transform, somata_from_morphology
 
 
 def resolve(params: dict | None = None) -> dict:
@@ -39,70 +18,8 @@ def resolve(params: dict | None = None) -> dict:
     return config.resolve("connectome", params)
 
 
-def soma_by_distance_transform(seg, voxel_size, offset_nm=(0, 0, 0), step_nm: float = 40.0,
-                               min_radius_nm: float = 1500.0):
-    """Fallback soma detection (see the module docstring). ``seg`` is a numpy or zarr label array.
-
-    Returns a DataFrame ``id, soma_radius_nm, soma_z_nm, soma_y_nm, soma_x_nm, is_neuron`` for every nonzero id.
-    """
-    import pandas as pd
-    from scipy import ndimage
-
-    steps = [max(1, int(round(step_nm / v))) for v in voxel_size]
-    labels = np.asarray(seg[::steps[0], ::steps[1], ::steps[2]])
-    sampling = [v * s for v, s in zip(voxel_size, steps)]
-    boundary = labels == 0
-    for axis in range(3):
-        a = [slice(None)] * 3
-        b = [slice(None)] * 3
-        a[axis], b[axis] = slice(1, None), slice(None, -1)
-        diff = labels[tuple(a)] != labels[tuple(b)]
-        boundary[tuple(a)] |= diff
-        boundary[tuple(b)] |= diff
-    if boundary.all() or not boundary.any():
-        # no interior at all, or one label everywhere: the distance is unbounded; use the half-extent instead
-        dist = np.zeros(labels.shape) if boundary.all() else np.full(labels.shape, min(
-            s * v for s, v in zip(labels.shape, sampling)) / 2)
-    else:
-        dist = ndimage.distance_transform_edt(~boundary, sampling=sampling)
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if len(ids) == 0:
-        return pd.DataFrame({"id": np.zeros(0, np.uint64), "soma_radius_nm": [], "soma_z_nm": [], "soma_y_nm": [],
-                             "soma_x_nm": [], "is_neuron": np.zeros(0, bool)})
-    radius = np.asarray(ndimage.maximum(dist, labels, ids), float)
-    where = np.array(ndimage.maximum_position(dist, labels, ids), float).reshape(-1, 3)
-    pos = offset_nm + where * np.array(sampling)
-    return pd.DataFrame({"id": ids.astype(np.uint64), "soma_radius_nm": radius, "soma_z_nm": pos[:, 0],
-                         "soma_y_nm": pos[:, 1], "soma_x_nm": pos[:, 2], "is_neuron": radius >= min_radius_nm})
-
-
-def somata_from_morphology(morph):
-    """Soma table from ``morphology.parquet``, or None when it has no soma columns."""
-    import pandas as pd
-
-    id_col = "id" if "id" in morph.columns else ("segment_id" if "segment_id" in morph.columns else None)
-    if id_col is None or not ({"soma_radius_nm", "has_soma"} & set(morph.columns)):
-        return None
-    out = pd.DataFrame({"id": morph[id_col].to_numpy(np.uint64)})
-    for axis in "zyx":
-        col = f"soma_{axis}_nm"
-        out[col] = morph[col].to_numpy(float) if col in morph.columns else np.nan
-    out["soma_radius_nm"] = morph["soma_radius_nm"].to_numpy(float) if "soma_radius_nm" in morph.columns else np.nan
-    for col in ("soma_volume_nm3", "soma_truncated"):
-        if col in morph.columns:
-            out[col] = morph[col].to_numpy()
-    if "has_soma" in morph.columns:
-        out["is_neuron"] = morph["has_soma"].fillna(False).to_numpy(bool)
-    else:
-        out["is_neuron"] = (out["soma_radius_nm"].fillna(0) > 0).to_numpy()
-    return out
-
-
 def neuron_table(segments, synapses, somata, morph=None, voxel_size=(1, 1, 1), soma_source="morphology"):
-    """``neurons.parquet`` rows (see the module docstring)."""
-    import pandas as pd
-
+    """``neurons.parquet`` rows (see the package docstring)."""
     seg_ids = segments["id"].to_numpy(np.uint64) if segments is not None else np.zeros(0, np.uint64)
     partners = np.concatenate([synapses["pre_pt_root_id"].to_numpy(np.uint64),
                                synapses["post_pt_root_id"].to_numpy(np.uint64)])
@@ -138,8 +55,6 @@ def neuron_table(segments, synapses, somata, morph=None, voxel_size=(1, 1, 1), s
 
 def edge_tables(synapses, neurons, min_synapses: int = 1):
     """``(edges, edges_all)``: synapses grouped by (pre, post) segment; ``edges`` keeps neuron pairs only."""
-    import pandas as pd
-
     cols = ["pre", "post", "n_synapses", "size_voxels", "size_nm2", "mean_score"]
     if len(synapses) == 0:
         empty = pd.DataFrame({c: np.zeros(0, np.uint64 if c in ("pre", "post") else float) for c in cols})
@@ -163,8 +78,6 @@ def edge_tables(synapses, neurons, min_synapses: int = 1):
 
 def connectivity_matrix(edges, ids):
     """CSR matrix of synapse counts (rows pre, columns post) over ``ids`` (in that order)."""
-    from scipy import sparse
-
     ids = np.asarray(ids, np.uint64)
     pos = {int(i): k for k, i in enumerate(ids)}
     rows = np.array([pos[int(p)] for p in edges["pre"]], int)
@@ -213,11 +126,6 @@ def plot_matrix(path, matrix, ids, title: str = "") -> None:
 def build(synapses_path, out_dir, segments_path=None, morphology_path=None, volume=None,
           segmentation: str = "segmentation", params: dict | None = None, name: str = "") -> dict:
     """Write ``neurons.parquet``, ``edges.parquet``, ``edges_all.parquet`` and ``connectome/`` under ``out_dir``."""
-    import pandas as pd
-
-    from connectomix import io, provenance
-    from connectomix.blocks import atomic_write_json, atomic_write_parquet
-
     params = resolve(params)
     out_dir = Path(out_dir)
     synapses = pd.read_parquet(synapses_path)
@@ -257,26 +165,3 @@ def build(synapses_path, out_dir, segments_path=None, morphology_path=None, volu
     atomic_write_json(out_dir / "connectome" / "summary.json", summary)
     return summary
 
-
-def add_arguments(parser) -> None:
-    """Options of ``connectomix connectome``."""
-    parser.add_argument("--synapses", required=True, help="synapses.parquet")
-    parser.add_argument("--segments", help="segments.parquet (segment ids and voxel counts)")
-    parser.add_argument("--morphology", help="morphology.parquet (soma detection, morphology features)")
-    parser.add_argument("--volume", help="OME-Zarr with the segmentation (voxel size; soma fallback)")
-    parser.add_argument("--segmentation", default="segmentation", help="segment label array in --volume")
-    parser.add_argument("--params", default="{}", help="JSON of the `connectome:` config section")
-    parser.add_argument("--out-dir", required=True, help="results/{dataset}")
-    parser.add_argument("--name", default="", help="dataset name for the figure title")
-
-
-def run(args) -> int:
-    """Build the connectome tables and print the summary."""
-    try:
-        params = json.loads(args.params)
-    except ValueError as error:
-        raise ValueError(f"--params is not valid JSON ({error})") from None
-    summary = build(args.synapses, args.out_dir, args.segments, args.morphology, args.volume, args.segmentation,
-                    params, args.name)
-    print(json.dumps({k: v for k, v in summary.items() if k != "provenance"}))
-    return 0
