@@ -325,6 +325,12 @@ def _case_corrupt_tiff_data(tmp):
     return {"path": str(tmp / "src")}, "05.tif", "corrupt or truncated"
 
 
+def _case_constant(tmp):
+    with h5py.File(tmp / "blank.h5", "w") as f:
+        f.create_dataset("stack", data=np.full((8, 32, 32), 117, np.uint8))
+    return {"path": str(tmp / "blank.h5"), "key": "stack"}, "blank.h5", "constant volume"
+
+
 def _case_truncated_png(tmp):
     _write_sequence(tmp / "src", _volume((4, 32, 32)), ".png")
     bad = tmp / "src" / "01.png"
@@ -404,7 +410,7 @@ def _case_mixed_formats(tmp):
     return {"path": str(tmp / "src")}, "src", "mixed image formats"
 
 
-BAD = [_case_corrupt, _case_truncated_tiff, _case_corrupt_tiff_data, _case_truncated_png, _case_mixed_shapes, _case_missing_key,
+BAD = [_case_corrupt, _case_truncated_tiff, _case_corrupt_tiff_data, _case_constant, _case_truncated_png, _case_mixed_shapes, _case_missing_key,
        _case_no_key, _case_empty_folder, _case_missing_path, _case_nan_sampled, _case_nan_unsampled,
        _case_one_section_png, _case_one_section_hdf5, _case_unknown_format, _case_rgb, _case_mixed_formats]
 
