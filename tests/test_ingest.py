@@ -37,14 +37,14 @@ def _raw(root) -> np.ndarray:
     return io.open_array(root, "raw")[...]
 
 
-def _write_sequence(folder: Path, data: np.ndarray, ext: str, names=None) -> list[Path]:
+def _write_sequence(folder: Path, data: np.ndarray, ext: str, names=None, **tiff_options) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     names = names or [f"{z:02d}{ext}" for z in range(len(data))]
     paths = []
     for name, section in zip(names, data):
         path = folder / name
         if ext in (".tif", ".tiff"):
-            tifffile.imwrite(path, section)
+            tifffile.imwrite(path, section, **tiff_options)
         else:
             iio.imwrite(path, section)
         paths.append(path)
@@ -127,6 +127,26 @@ def test_multipage_tiff_streams_pages(tmp_path):
     assert (info.shape, info.format, info.n_sections) == ((6, 32, 40), "tiff", 6)
     ingest({"path": str(tmp_path / "stack.tif")}, tmp_path / "v.zarr", VOXEL, chunk_shape=(4, 16, 16))
     np.testing.assert_array_equal(_raw(tmp_path / "v.zarr"), data)
+
+
+@pytest.mark.parametrize("metadata", [{}, None], ids=["tifffile-shaped", "plain-pages"])
+@pytest.mark.parametrize("where", ["page header", "pixel data"])
+def test_truncated_multipage_tiff_is_refused(tmp_path, metadata, where):
+    """A stack cut short (a copy that stopped) must not be read as fewer sections: the error names the file and
+    the last page that can be read."""
+    data = _volume((10, 32, 40))
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, data, photometric="minisblack", metadata=metadata)
+    with tifffile.TiffFile(whole) as tif:
+        page = tif.pages[6]
+        cut = page.offset + 2 if where == "page header" else page.dataoffsets[0] + 10
+    cut_file = tmp_path / "cut.tif"
+    cut_file.write_bytes(whole.read_bytes()[:cut])
+    # tifffile may store every page's header after all pixel data: then a cut in page 6's data loses pages 1-9
+    last = "5" if where == "page header" else "[0-5]"
+    with pytest.raises(ValueError, match=rf"cut\.tif: corrupt or truncated TIFF .*last readable page is {last}\b"):
+        probe({"path": str(cut_file)})
+    assert probe({"path": str(whole)}).shape == (10, 32, 40)
 
 
 def test_hdf5_nested_key(tmp_path):
@@ -293,6 +313,24 @@ def _case_truncated_tiff(tmp):
     return {"path": str(tmp / "src")}, "05.tif", "corrupt or truncated"
 
 
+def _case_corrupt_tiff_data(tmp):
+    # intact headers, garbage in one section's compressed pixels: found only when that section is decoded
+    _write_sequence(tmp / "src", _volume((8, 32, 32)), ".tif", compression="zlib")
+    bad = tmp / "src" / "05.tif"
+    with tifffile.TiffFile(bad) as tif:
+        start = tif.pages[0].dataoffsets[0]
+    raw = bytearray(bad.read_bytes())
+    raw[start:start + 16] = b"\xff" * 16
+    bad.write_bytes(bytes(raw))
+    return {"path": str(tmp / "src")}, "05.tif", "corrupt or truncated"
+
+
+def _case_constant(tmp):
+    with h5py.File(tmp / "blank.h5", "w") as f:
+        f.create_dataset("stack", data=np.full((8, 32, 32), 117, np.uint8))
+    return {"path": str(tmp / "blank.h5"), "key": "stack"}, "blank.h5", "constant volume"
+
+
 def _case_truncated_png(tmp):
     _write_sequence(tmp / "src", _volume((4, 32, 32)), ".png")
     bad = tmp / "src" / "01.png"
@@ -372,7 +410,7 @@ def _case_mixed_formats(tmp):
     return {"path": str(tmp / "src")}, "src", "mixed image formats"
 
 
-BAD = [_case_corrupt, _case_truncated_tiff, _case_truncated_png, _case_mixed_shapes, _case_missing_key,
+BAD = [_case_corrupt, _case_truncated_tiff, _case_corrupt_tiff_data, _case_constant, _case_truncated_png, _case_mixed_shapes, _case_missing_key,
        _case_no_key, _case_empty_folder, _case_missing_path, _case_nan_sampled, _case_nan_unsampled,
        _case_one_section_png, _case_one_section_hdf5, _case_unknown_format, _case_rgb, _case_mixed_formats]
 
@@ -397,7 +435,7 @@ def test_bad_input(tmp_path, case, capsys):
     assert not summary.exists()
 
 
-@pytest.mark.parametrize("case", [_case_truncated_tiff, _case_nan_unsampled], ids=["truncated_tiff", "nan"])
+@pytest.mark.parametrize("case", [_case_corrupt_tiff_data, _case_nan_unsampled], ids=["corrupt_tiff_data", "nan"])
 def test_failure_mid_write_removes_partial_raw(tmp_path, case, monkeypatch):
     source, file_pattern, problem = case(tmp_path)
     writes = []

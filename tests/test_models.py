@@ -127,9 +127,21 @@ def test_malicious_pickle_is_refused_and_never_executed(tmp_path):
     # Also as a torch.save zip archive holding a code-carrying object.
     torch.save({"conv": _Evil(str(canary))}, tmp_path / "weights.pt")
     _rehash(tmp_path)
-    with pytest.raises(ValueError, match="not a plain tensor state dict"):
+    with pytest.raises(ValueError, match="not a plain tensor state dict") as refused:
         load_checkpoint(tmp_path)
     assert not canary.exists()
+    # the message says why it was refused and never passes on PyTorch's advice to load the file unsafely
+    assert "can run code" in str(refused.value) and "weights_only=False" not in str(refused.value)
+    assert "trust" not in str(refused.value)
+
+
+def test_a_bare_weights_file_is_not_a_checkpoint(tmp_path):
+    _save(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"weights\.pt is a weights file, not a checkpoint: a checkpoint is "
+                                                 r"a folder holding checkpoint\.json .* and weights\.pt"):
+        load_checkpoint(tmp_path / "weights.pt")
+    with pytest.raises(FileNotFoundError, match=r"a checkpoint is a folder holding checkpoint\.json"):
+        load_checkpoint(tmp_path / "elsewhere")
 
 
 def test_malformed_json_and_missing_keys(tmp_path):

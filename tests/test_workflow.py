@@ -54,6 +54,14 @@ def test_default_config_is_valid_and_defaults_filled():
         ({"datasets": {"d": {"voxel_size": [40, 8, 8], "phantom": {}, "source": {"path": "x"}}}}, "exactly one"),
         ({"pyramid": {"levels": 0}}, "pyramid/levels"),
         ({"bogus": 1}, "bogus"),
+        ({"train": {"dataset": "nope"}}, r"train\.dataset names dataset 'nope', which is not in datasets"),
+        ({"segment": {"evaluation": {"ground_truth": {"phantm": {"path": "gt.h5"}}}}},
+         r"segment\.evaluation\.ground_truth names dataset 'phantm'"),
+        ({"synapses": {"evaluation": {"ground_truth": {"nope": {"path": "c.h5"}}}}},
+         r"synapses\.evaluation\.ground_truth names dataset 'nope'"),
+        ({"coregister": {"functional": {"nope": {"nwb": "f.nwb"}}}}, r"coregister\.functional names dataset 'nope'"),
+        ({"datasets": {"phantom": {"voxel_size": [40, 8, 8], "phantom": {"shape": [16, 64, 64], "n_neurons": 40}}}},
+         r"datasets\.phantom\.phantom: cannot place 40 non-overlapping somata"),
     ],
 )
 def test_bad_config_names_the_key(patch, message):

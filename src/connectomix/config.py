@@ -14,6 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from connectomix.phantom.params import PhantomParams
+from connectomix.phantom.tissue import check_somata_fit
+
 SCHEMA_FILE = "config.schema.yaml"
 
 
@@ -82,6 +85,24 @@ def _check_consistency(config: dict, source: str) -> None:
                 f"{source}: dataset '{name}' must have exactly one of 'phantom' (generate) or 'source' (ingest), "
                 f"found {kinds or 'neither'}"
             )
+        if kinds == ["phantom"]:
+            try:
+                check_somata_fit(PhantomParams.from_dict(dataset["phantom"]), dataset["voxel_size"])
+            except ValueError as error:
+                raise ValueError(f"{source}: datasets.{name}.{error}") from None
+    names = set(config["datasets"])
+    references = {
+        "train.dataset": [config["train"]["dataset"]] if config["train"].get("dataset") else [],
+        "segment.evaluation.ground_truth": list(config["segment"]["evaluation"]["ground_truth"]),
+        "synapses.evaluation.ground_truth": list(config["synapses"]["evaluation"]["ground_truth"]),
+        "coregister.functional": list(config["coregister"]["functional"]),
+        "coregister.landmarks": list(config["coregister"]["landmarks"]),
+    }
+    for key, used in references.items():
+        unknown = sorted(set(used) - names)
+        if unknown:
+            raise ValueError(f"{source}: {key} names dataset {', '.join(map(repr, unknown))}, which is not in "
+                             f"datasets (known: {', '.join(sorted(names))})")
     chunk = config["storage"]["chunk_shape"]
     block = config["blocks"]["shape"]
     if any(b % c for b, c in zip(block, chunk)):

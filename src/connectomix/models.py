@@ -350,8 +350,10 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
     """Read and check ``checkpoint.json`` (a folder or the JSON file itself); ``ValueError`` if malformed."""
     path = Path(path)
     meta_path = path / META_FILE if path.is_dir() else path
-    if not meta_path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path} (looked for {meta_path})")
+    if not meta_path.exists() or meta_path.suffix != ".json":
+        hint = f"; {path.name} is a weights file, not a checkpoint" if path.is_file() else ""
+        raise FileNotFoundError(f"no checkpoint at {path}{hint}: a checkpoint is a folder holding {META_FILE} "
+                                f"(architecture, training record, sha256) and {WEIGHTS_FILE} (connectomix.models)")
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -390,8 +392,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[UNet, 
     try:
         state = torch.load(weights, weights_only=True, map_location=map_location)
     except Exception as error:  # UnpicklingError, RuntimeError, ...: never fall back to an unsafe load
-        raise ValueError(f"checkpoint {folder}: {WEIGHTS_FILE} is not a plain tensor state dict "
-                         f"(refused by weights_only loading: {type(error).__name__}: {str(error)[:200]})") from error
+        text = str(error).strip()
+        # PyTorch's own text goes on to explain how to load the file unsafely: never repeat that
+        detail = ("it holds Python objects besides tensors" if "weights only load failed" in text.lower()
+                  else f"{type(error).__name__}: {text.splitlines()[0][:160] if text else ''}")
+        raise ValueError(f"checkpoint {folder}: {WEIGHTS_FILE} is not a plain tensor state dict ({detail}), so it "
+                         f"was refused: loading anything else can run code from the file, which connectomix never "
+                         f"does. Save the weights with torch.save(model.state_dict(), path)") from error
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise ValueError(f"checkpoint {folder}: {WEIGHTS_FILE} must hold a dict of name -> tensor")

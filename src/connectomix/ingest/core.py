@@ -201,6 +201,10 @@ def ingest(
             stats = _copy(reader, array, roi, norm, chunk_shape[0])
         reader.close()
         reader = None
+        if stats["out_min"] == stats["out_max"]:
+            raise ValueError(f"{source['path']}: every ingested voxel has the value {stats['out_min']} (a blank or "
+                             f"constant volume): there is nothing to segment. Check the source (key, channel) and "
+                             f"the roi")
         timings["write_s"] = time.perf_counter() - t
         t = time.perf_counter()
         levels = io.build_pyramid(volume_root, RAW, pyramid_levels, pyramid_factor)

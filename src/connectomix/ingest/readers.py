@@ -3,8 +3,10 @@ in slabs (``read(z0, z1, ys, xs) -> (z1 - z0, ny, nx)``), with the colour rule a
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +134,8 @@ def _probe_image(path: Path, fmt: str) -> tuple[tuple[int, int], np.dtype, bool]
         if fmt == "tiff":
             import tifffile
 
-            with tifffile.TiffFile(path) as tif:
+            with _tifffile_warnings() as warnings, tifffile.TiffFile(path) as tif:
+                check_tiff_intact(tif, path, warnings)
                 if len(tif.series) == 0 or len(tif.pages) == 0:
                     raise ValueError("no image in the file")
                 series = tif.series[0]
@@ -174,11 +177,56 @@ def _probe_sequence(folder: Path, pattern: str, fmt: str | None) -> SourceInfo:
                       files=tuple(str(p) for p in files), ignored=tuple(str(p) for p in ignored), colour=colour)
 
 
+class _LogCapture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _tifffile_warnings():
+    """The warnings tifffile logs (it only logs a broken page chain, e.g. 'invalid page offset', and goes on)."""
+    handler, logger = _LogCapture(), logging.getLogger("tifffile")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
+def check_tiff_intact(tif, path: Path, warnings: list[str]) -> None:
+    """Refuse a corrupt or truncated TIFF: a page chain that tifffile could not follow to its end, or a page whose
+    pixel data lies beyond the end of the file. Names the file and its last readable page."""
+    n = len(tif.pages)  # follows the whole page chain
+    size = path.stat().st_size
+    bad = [m for m in warnings if "invalid" in m and ("offset" in m or "page" in m)]
+    for index in range(n):
+        try:
+            page = tif.pages[index]
+        except Exception as error:  # noqa: BLE001 - tifffile raises its own error types for a broken page
+            bad.insert(0, f"page {index}: {error}")
+            n = index
+            break
+        ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts)]
+        if ends and max(ends) > size:
+            bad.append(f"page {index}'s pixel data ends at byte {max(ends)}, past the file's {size} bytes")
+            n = index
+            break
+    if bad:
+        last = f"the last readable page is {n - 1}" if n > 0 else "no page can be read"
+        raise ValueError(f"corrupt or truncated TIFF ({bad[0]}); {last}. Copy the file again, or keep only the "
+                         f"readable pages")
+
+
 def _probe_multipage_tiff(path: Path) -> SourceInfo:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_warnings() as warnings, tifffile.TiffFile(path) as tif:
+            check_tiff_intact(tif, path, warnings)
             if len(tif.series) == 0:
                 raise ValueError("no image in the file")
             series = tif.series[0]

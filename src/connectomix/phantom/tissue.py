@@ -167,6 +167,13 @@ def _place_somata(rng, params, extent, voxel):
     return [(classes[i], centres[i][0], centres[i][1]) for i in range(n)]
 
 
+def check_somata_fit(params, voxel_size) -> None:
+    """Raise the generator's own ValueError when ``params`` cannot place its somata (the same draws as
+    ``connectomix.phantom.generate``, whose first random numbers place them), before any job runs."""
+    voxel = np.asarray(voxel_size, float)
+    _place_somata(np.random.default_rng(params.seed), params, np.array(params.shape) * voxel, voxel)
+
+
 def build(params, voxel_size, rng) -> Tissue:
     """Generate the dense labelled geometry (no rendering)."""
     voxel = np.asarray(voxel_size, float)
