@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from connectomix.models import load_checkpoint  # noqa: E402
 from connectomix.predict import predict_volume  # noqa: E402
-from connectomix.train import (TrainData, affinity_targets, boundary_map, boundary_prf,  # noqa: E402
-                               cleft_object_prf, gt_boundaries, merge_params, prf, synapse_targets, train)
+from connectomix.evaluate.boundaries import boundary_map, boundary_prf, gt_boundaries, prf  # noqa: E402
+from connectomix.evaluate.synapses import cleft_object_prf  # noqa: E402
+from connectomix.train import TrainData, affinity_targets, merge_params, synapse_targets, train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -89,3 +89,20 @@ def test_ensure_array_grows_in_place_and_recreates_otherwise(tmp_path):
     assert io.ensure_array(root, "a", (4, 10, 16), np.uint16, (2, 5, 4), (40, 8, 8))[1] == "kept"
     assert io.ensure_array(root, "a", (4, 10, 8), np.uint16, (2, 5, 4), (40, 8, 8))[1] == "created"
     assert not np.asarray(io.open_array(root, "a")[...]).any()
+
+
+def test_reflect_index_matches_numpy_reflect_padding():
+    a = np.arange(5)
+    for pad in (1, 4, 11):
+        expected = np.pad(a, pad, mode="reflect")
+        assert np.array_equal(a[io.reflect_index(np.arange(-pad, 5 + pad), 5)], expected)
+    assert np.array_equal(io.reflect_index(np.arange(-2, 3), 1), np.zeros(5, int))
+
+
+def test_read_padded_equals_padding_the_whole_volume():
+    vol = np.random.default_rng(0).integers(0, 255, (6, 9, 7), dtype=np.uint8)
+    padded = np.pad(vol, 4, mode="reflect")
+    for start, shape in [((-4, -4, -4), (14, 17, 15)), ((2, -3, 5), (3, 5, 6)), ((0, 0, 0), (6, 9, 7))]:
+        got = io.read_padded(vol, start, shape)
+        sl = tuple(slice(s + 4, s + 4 + n) for s, n in zip(start, shape))
+        assert np.array_equal(got, padded[sl])

@@ -11,8 +11,7 @@ from connectomix.blocks import BlockGrid
 from connectomix.cli import main
 from connectomix.models import Architecture, UNet, save_checkpoint
 from connectomix.predict import (
-    Predictor, _augment, _deaugment, _unshift, augment_variants, predict_volume, quantize, read_padded,
-    reflect_index, transposed_channels,
+    Predictor, _augment, _deaugment, _unshift, augment_variants, predict_volume, quantize, transposed_channels,
 )
 
 torch.set_num_threads(2)
@@ -40,26 +39,9 @@ def _model(seed=0):
 
 
 def _raw(shape=(16, 64, 64), seed=0):
-    from connectomix.train import synthetic_data
+    from connectomix.synthetic.training import synthetic_data
 
     return synthetic_data(shape, seed=seed)[0].raw
-
-
-def test_reflect_index_matches_numpy_reflect_padding():
-    a = np.arange(5)
-    for pad in (1, 4, 11):
-        expected = np.pad(a, pad, mode="reflect")
-        assert np.array_equal(a[reflect_index(np.arange(-pad, 5 + pad), 5)], expected)
-    assert np.array_equal(reflect_index(np.arange(-2, 3), 1), np.zeros(5, int))
-
-
-def test_read_padded_equals_padding_the_whole_volume():
-    vol = np.random.default_rng(0).integers(0, 255, (6, 9, 7), dtype=np.uint8)
-    padded = np.pad(vol, 4, mode="reflect")
-    for start, shape in [((-4, -4, -4), (14, 17, 15)), ((2, -3, 5), (3, 5, 6)), ((0, 0, 0), (6, 9, 7))]:
-        got = read_padded(vol, start, shape)
-        sl = tuple(slice(s + 4, s + 4 + n) for s, n in zip(start, shape))
-        assert np.array_equal(got, padded[sl])
 
 
 def test_affinities_are_zero_where_the_neighbour_is_outside():

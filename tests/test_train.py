@@ -8,10 +8,11 @@ import torch
 
 from connectomix import io
 from connectomix.cli import main
-from connectomix.models import load_checkpoint
-from connectomix.train import (TrainData, affinity_targets, architecture_from_params, balanced_bce,
-                               boundary_map, learning_rate, load_volume_data, merge_params, prf, sample_batch,
-                               synapse_targets, synthetic_data, train)
+from connectomix.evaluate.boundaries import boundary_map, prf
+from connectomix.models import architecture_from_params, load_checkpoint
+from connectomix.synthetic.training import synthetic_data
+from connectomix.train import (TrainData, affinity_targets, balanced_bce, learning_rate, load_volume_data,
+                               merge_params, sample_batch, synapse_targets, train)
 
 torch.set_num_threads(2)
 

@@ -361,3 +361,40 @@ def build_pyramid(
     _write_multiscales(group, name, written, factor, meta.voxel_size, meta.offset_nm,
                        meta.channels is not None, meta.is_label)
     return written
+
+
+# --- padded reads --------------------------------------------------------------------------------------------
+
+
+def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Mirror indices into [0, n) without repeating the edge voxel (numpy 'reflect'), any distance away."""
+    index = np.asarray(index)
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    index = np.mod(index, period)
+    return np.where(index >= n, period - index, index)
+
+
+def read_padded(array, start: Sequence[int], shape: Sequence[int], volume_shape: Sequence[int] | None = None,
+                shifts: np.ndarray | None = None) -> np.ndarray:
+    """Read the box [start, start + shape) of a (z, y, x) array, mirroring the volume outside its bounds.
+
+    ``array`` may be numpy or zarr; only the bounding box of the voxels needed is read. ``shifts`` (optional,
+    (shape[0], 2) ints) offsets each section's in-plane read position (misalignment simulation).
+    """
+    volume_shape = tuple(volume_shape or array.shape[-3:])
+    idx = [reflect_index(np.arange(s, s + n), v) for s, n, v in zip(start, shape, volume_shape)]
+    if shifts is not None:
+        out = np.empty(tuple(shape), dtype=array.dtype)
+        for j, z in enumerate(idx[0]):
+            iy = reflect_index(np.arange(start[1], start[1] + shape[1]) + shifts[j, 0], volume_shape[1])
+            ix = reflect_index(np.arange(start[2], start[2] + shape[2]) + shifts[j, 1], volume_shape[2])
+            y0, y1, x0, x1 = iy.min(), iy.max() + 1, ix.min(), ix.max() + 1
+            section = np.asarray(array[int(z), y0:y1, x0:x1])
+            out[j] = section[np.ix_(iy - y0, ix - x0)]
+        return out
+    lo = [int(i.min()) for i in idx]
+    hi = [int(i.max()) + 1 for i in idx]
+    box = np.asarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+    return box[np.ix_(*(i - a for i, a in zip(idx, lo)))]

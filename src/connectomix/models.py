@@ -222,6 +222,21 @@ class Architecture:
         return flops, math.prod(out_shape)
 
 
+def architecture_from_params(model: dict):
+    """The :class:`~connectomix.models.Architecture` described by the `train.model` config section."""
+    return Architecture.from_dict({
+        "num_fmaps": model["num_fmaps"],
+        "fmap_inc_factor": model["fmap_inc_factor"],
+        "downsample_factors": [list(f) for f in model["downsample_factors"]],
+        "kernel_sizes": [list(k) for k in model["kernel_sizes"]],
+        "convs_per_level": model["convs_per_level"],
+        "norm": model["norm"],
+        "upsample": model["upsample"],
+        "offsets": [list(o) for o in NEAREST_OFFSETS] + [list(o) for o in model["long_range_offsets"]],
+        "synapse_channels": list(SYNAPSE_CHANNELS) if model["synapses"] else [],
+    })
+
+
 def offset_name(offset: Sequence[int]) -> str:
     """Channel name of an affinity offset: 'z', 'y', 'x' for nearest neighbours, else 'aff_dz_dy_dx'."""
     offset = [int(v) for v in offset]
