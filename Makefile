@@ -8,14 +8,15 @@ STAMP  := $(VENV)/.installed
 CORES  ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slurm test-all bench lint lock clean help
+.PHONY: demo test test-slurm test-all bench results-doc lint lock clean help
 
 help:
 	@echo "make demo      run the whole workflow on config.yaml (the phantom); outputs under results/"
 	@echo "make test      run the test suite (not the tests marked slow or slurm)"
 	@echo "make test-slurm  run the pipeline on a throw-away SLURM cluster (root, slurm-wlm, munge; see docs/slurm.md)"
 	@echo "make test-all  run every test, slow and slurm ones included (slurm ones skip without SLURM)"
-	@echo "make bench     run the benchmarks (tables under benchmarks/results/)"
+	@echo "make bench     run the benchmarks (tables under benchmarks/results/), then make results-doc"
+	@echo "make results-doc  regenerate docs/results.md from benchmarks/results/*.json"
 	@echo "make lint      snakemake --lint"
 	@echo "make lock      re-resolve requirements.in into requirements.lock"
 
@@ -42,6 +43,9 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+results-doc: $(STAMP)
+	$(BIN)/python benchmarks/results_doc.py
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -1,7 +1,7 @@
 # connectomix: serial-section EM -> connectome. `make demo` runs this on config.yaml (the phantom).
 # Rules are thin: each calls `python -m connectomix STAGE ...` with explicit paths and parameters.
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -15,9 +15,6 @@ if not workflow.overwrite_configfiles:
 
 
 report: "report/workflow.rst"
-
-
-validate(config, "src/connectomix/schemas/config.schema.yaml")
 
 
 include: "rules/common.smk"

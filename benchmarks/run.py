@@ -3,7 +3,8 @@
     python benchmarks/run.py                 # all
     python benchmarks/run.py phantom_speed   # some
 
-Each script writes ``results/<name>.json`` and ``results/<name>.md``; this writes ``results/README.md`` listing them.
+Each script writes ``results/<name>.json`` and ``results/<name>.md``; this writes ``results/README.md`` listing them
+and regenerates ``docs/results.md`` from the JSONs (``results_doc.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ RESULTS = HERE / "results"
 
 
 def main(names: list[str]) -> int:
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name != "run.py")
+    scripts = sorted(p for p in HERE.glob("*.py") if p.name not in ("run.py", "results_doc.py"))
     if names:
         scripts = [p for p in scripts if p.stem in names]
     failed = []
@@ -33,6 +34,8 @@ def main(names: list[str]) -> int:
     index = ["# Benchmark results", ""]
     index += [f"- [{t.stem}]({t.name})" for t in tables if t.name != "README.md"]
     (RESULTS / "README.md").write_text("\n".join(index) + "\n")
+    if subprocess.run([sys.executable, str(HERE / "results_doc.py")], cwd=HERE.parent).returncode:
+        failed.append("results_doc")
     if failed:
         print(f"failed: {', '.join(failed)}")
     return 1 if failed else 0

@@ -9,7 +9,7 @@ ones (``--large-blocks``): the halo's share of the work shrinks as blocks grow. 
 defaults (soma detection thresholds for real somata: the phantom's are never detected) and the `blocks.shape` of
 config.yaml; one row also with config.yaml's `skeletonize:` section (somata detected at phantom scale), which is
 what `make demo` runs. Both methods get the same number of processes (kimimaro ``parallel`` vs a pool over blocks)
-and the same post-processing (soma collapse, joins, tree, ticks, smoothing: ``connectomix.skeletonize.core.finalize``),
+and the same post-processing (soma collapse, joins, tree, ticks, smoothing: ``connectomix.skeletonize.merge.finalize``),
 so they differ only by the blocking. Segments compared: those of at least ``min_segment_voxels`` voxels (the
 blockwise merge drops smaller ones).
 Writes results/skeletonize_throughput.json and .md. Ratio = whole-volume time / blockwise time (>1: faster).
@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from connectomix.config import defaults
 from connectomix.skeletonize import core
-from connectomix.skeletonize.params import DEFAULTS
+from connectomix.skeletonize.params import resolve
 from connectomix.skeletonize.synthetic import tiled_labels
 
 HERE = Path(__file__).resolve().parent
@@ -65,7 +66,7 @@ def compare(labels, block_shape, workers, params=None, kind=None, repeat=1):
         runs.append([round(t_w, 2), round(t_b, 2)])
     row = {
         "shape": list(labels.shape), "labels": int(labels_count(labels)), "block_shape": list(block_shape),
-        "halo": list(params.get("halo", DEFAULTS["halo"])), "workers": workers,
+        "halo": list(resolve(params)["halo"]), "workers": workers,
         "whole_s": round(t_whole, 2), "blockwise_s": round(t_block, 2), "runs_whole_blockwise_s": runs,
         "blocks_s": round(timings["blocks_s"], 2), "merge_s": round(timings["merge_s"], 2),
         "n_blocks": timings["n_blocks"], "read_per_write_voxel": _read_per_write(labels.shape, block_shape, params),
@@ -82,7 +83,7 @@ def _read_per_write(shape, block_shape, params) -> float:
     volume)."""
     from connectomix.blocks import BlockGrid
 
-    grid = BlockGrid(shape, block_shape, params.get("halo", DEFAULTS["halo"]))
+    grid = BlockGrid(shape, block_shape, resolve(params)["halo"])
     read = sum(int(np.prod(b.read.shape)) for b in grid)
     return round(read / int(np.prod(shape)), 2)
 
@@ -99,7 +100,7 @@ def agreement(labels, whole, other, params, kind=None) -> dict:
     import fastremap
 
     ids, counts = fastremap.unique(labels, return_counts=True)
-    min_voxels = int({**DEFAULTS, **params}["min_segment_voxels"])
+    min_voxels = int(resolve(params)["min_segment_voxels"])
     big = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= min_voxels}
     whole = {k: s for k, s in whole.items() if k in big}
     other = {k: s for k, s in other.items() if k in big}
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
                          **compare(large, block, args.workers, kind=large_kind, repeat=args.repeat)})
             print(rows[-1], flush=True)
     out = {"machine": platform.node(), "cpus": os.cpu_count(), "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
-           "params": DEFAULTS, "phantom": PHANTOM, "block": list(args.block), "rows": rows}
+           "params": defaults("skeletonize"), "phantom": PHANTOM, "block": list(args.block), "rows": rows}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "skeletonize_throughput.json").write_text(json.dumps(out, indent=1))
     (HERE / "results" / "skeletonize_throughput.md").write_text(markdown(out, args.workers, args.repeat))

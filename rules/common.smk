@@ -7,6 +7,7 @@ from pathlib import Path
 from connectomix import config as cmx_config
 from connectomix.blocks import BlockBatches, BlockGrid, batch_shape_for, parse_batch_id
 
+# The one validation of the config: against the schema, defaults filled; an error is one line naming the key path.
 CFG = cmx_config.validate(config, source="config")
 REPO_DIR = Path(workflow.basedir)
 # Relative paths in the config are relative to the working directory, except the shipped model, which is

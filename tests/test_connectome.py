@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse
-import yaml
 
 from connectomix import connectome as con
 from connectomix import synapses as syn
@@ -137,14 +136,3 @@ def test_edge_metrics_with_mapping():
     assert m["synapse_count_pearson"] == pytest.approx(np.corrcoef([4, 2, 3, 1, 1], [5, 2, 3, 1, 0])[0, 1])
     strict = ev.evaluate(pred, gt, mapping, min_synapses=2)
     assert strict["n_gt_edges"] == 3 and strict["n_pred_edges"] == 3 and strict["edge_f1"] == 1.0
-
-
-def test_schema_defaults_match_module_defaults(repo):
-    schema = yaml.safe_load((repo / "src/connectomix/schemas/config.schema.yaml").read_text())
-    section = schema["properties"]["connectome"]
-    assert section["additionalProperties"] is False
-
-    def defaults(node):
-        return {k: defaults(v) if v.get("type") == "object" else v["default"] for k, v in node["properties"].items()}
-
-    assert defaults(section) == con.DEFAULTS

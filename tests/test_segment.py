@@ -250,11 +250,9 @@ def test_segments_parquet(tmp_path, voronoi):
     assert row["bbox_stop_z_nm"] == pytest.approx((z.max() + 1) * VOXEL[0])
 
 
-def test_schema_defaults_match_code_defaults():
+def test_schema_refuses_an_unknown_segment_key():
     from connectomix import config as cmx_config
 
-    cfg = cmx_config.validate({"datasets": {"d": {"voxel_size": [40, 8, 8], "phantom": {}}}})
-    assert cfg["segment"] == seg_params.DEFAULTS
     with pytest.raises(ValueError, match="segment"):
         cmx_config.validate({"datasets": {"d": {"voxel_size": [4, 4, 4], "phantom": {}}},
                              "segment": {"agglomerate": {"bogus": 1}}})

@@ -7,12 +7,16 @@ import pandas as pd
 import pytest
 
 from connectomix import io
-from connectomix.blocks import BlockGrid, read_marker
+from connectomix.blocks import BlockGrid, Roi, read_marker
+from connectomix.config import defaults
 from connectomix.skeletonize import core, params as skparams
 from connectomix.skeletonize.morphology import (
     AXON, DENDRITE, SOMA, compartments, morphology_table, skeletons_to_table, soma_ids, table_to_trees,
 )
+from connectomix.skeletonize.soma import elongation, soma_sphere, soma_sphere_radius
 from connectomix.skeletonize.synthetic import _paint_capsule, synthetic_neurons
+from connectomix.skeletonize.trace import crop_to_roi
+from connectomix.skeletonize.tree import remove_ticks, smooth
 
 VS = (40.0, 8.0, 8.0)
 # TEASAR scaled to these small volumes (neurites ~50-70 nm, somata ~250 nm).
@@ -37,11 +41,7 @@ def _tubes():
     return labels
 
 
-def test_defaults_match_the_schema():
-    from connectomix import config as cmx_config
-
-    section = cmx_config.validate({"datasets": {"p": {"voxel_size": [40, 8, 8], "phantom": {}}}})["skeletonize"]
-    assert section == skparams.DEFAULTS
+def test_unknown_parameter_is_refused():
     with pytest.raises(ValueError, match="skeletonize.teasar.bogus"):
         skparams.resolve({"teasar": {"bogus": 1}})
 
@@ -50,7 +50,7 @@ def test_crop_cuts_edges_exactly_at_the_face():
     # A straight path along x from voxel 0 to 9; the write ROI owns x in [0, 5).
     vox = np.stack([np.zeros(10), np.zeros(10), np.arange(10.0)], axis=1)
     edges = np.stack([np.arange(9), np.arange(1, 10)], axis=1)
-    piece = core.crop_to_roi(vox, edges, np.ones(10, np.float32), core.Roi((0, 0, 0), (1, 1, 5)), VS, (0, 0, 0))
+    piece = crop_to_roi(vox, edges, np.ones(10, np.float32), Roi((0, 0, 0), (1, 1, 5)), VS, (0, 0, 0))
     assert len(piece) == 6 and piece.is_tree()
     face = np.flatnonzero(piece.face_axis >= 0)
     assert len(face) == 1 and piece.face_axis[face[0]] == 2 and piece.face_plane[face[0]] == 5
@@ -139,10 +139,10 @@ def phantom_skeletons():
     ph = generate(PhantomParams.from_dict(PHANTOM), voxel_size=VS)
     labels = np.asarray(ph.labels)
     ids, counts = fastremap.unique(labels, return_counts=True)
-    big = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= skparams.DEFAULTS["min_segment_voxels"]}
+    big = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= defaults("skeletonize")["min_segment_voxels"]}
     whole = {k: s for k, s in core.skeletonize_whole(labels, VS).items() if k in big}
     stats, timings = {}, {}
-    grid = BlockGrid(labels.shape, PHANTOM_BLOCKS, skparams.DEFAULTS["halo"])
+    grid = BlockGrid(labels.shape, PHANTOM_BLOCKS, defaults("skeletonize")["halo"])
     by_label, voxel_counts = {}, {}
     for block in grid:
         pieces, c = core.skeletonize_block(labels[block.read.slices], block, VS, volume_shape=labels.shape)
@@ -224,12 +224,12 @@ def test_remove_ticks_keeps_a_tree_connected():
     path(pts[20], [0, -10, 0], 40, 20)  # a 400 nm branch at x = 200
     skel = core.Skel(np.asarray(pts), np.asarray(edges), np.ones(len(pts)))
     assert skel.is_tree()
-    out = core.remove_ticks(skel, 50.0)
+    out = remove_ticks(skel, 50.0)
     assert out.is_tree()
     assert len(out) == len(skel) - 5  # both ticks gone, nothing else
     assert out.cable_length() == pytest.approx(skel.cable_length() - 50)
     # at 350 nm the spine's 100 nm end beyond x = 200 goes; then x = 200 joins the rest into one path: kept
-    out2 = core.remove_ticks(out, 350.0)
+    out2 = remove_ticks(out, 350.0)
     assert out2.is_tree() and len(out2) == len(out) - 10
     assert out2.cable_length() == pytest.approx(out.cable_length() - 100)
     # kimimaro 5.8 cuts this one: removing the 10 nm tick at B1 fuses X-B1-B2 into one 40 nm path between two
@@ -244,7 +244,7 @@ def test_remove_ticks_keeps_a_tree_connected():
     path(pts[b2], [0, 10, 0], 50, b2)  # long branch at B2
     path(pts[b1], [0, -10, 0], 1, b1)  # the tick at B1
     skel = core.Skel(np.asarray(pts), np.asarray(edges), np.ones(len(pts)))
-    out = core.remove_ticks(skel, 300.0)
+    out = remove_ticks(skel, 300.0)
     assert out.is_tree() and len(out) == len(skel) - 1
     assert out.cable_length() == pytest.approx(skel.cable_length() - 10)
 
@@ -263,13 +263,13 @@ def test_smoothing_takes_out_the_section_staircase():
     skel = core.Skel(pts, edges, np.ones(len(pts)))
     true_length = np.hypot(80, 320)
     cable = lambda v: np.linalg.norm(np.diff(v[:n], axis=0), axis=1).sum()  # noqa: E731
-    out = core.smooth(skel, 4, 100.0)
+    out = smooth(skel, 4, 100.0)
     assert cable(pts) > 1.3 * true_length  # the staircase adds a third
     assert abs(cable(out.vertices) - true_length) < 0.25 * (cable(pts) - true_length)
     for v in (0, n - 1, 20, n, n + 1):  # tips, the branch point, the end of the 392 nm edge
         assert np.array_equal(out.vertices[v], pts[v]), v
     assert np.array_equal(out.edges, skel.edges) and out.is_tree()
-    assert core.smooth(skel, 0, 100.0) is skel
+    assert smooth(skel, 0, 100.0) is skel
 
 
 def test_merge_removes_cycles_and_joins_close_components():
@@ -511,7 +511,7 @@ def test_soma_bodies_read_from_the_pyramid_with_offsets_and_flag_cut_somata(tmp_
                            "soma_radius_nm": [230.0, 200.0]})
     for axis, shift in zip("zyx", offset):
         somata[f"soma_{axis}_nm"] += shift
-    params = skparams.DEFAULTS["soma_body"]
+    params = defaults("skeletonize")["soma_body"]
     bodies = soma_bodies(root, "segmentation", somata, params).set_index("id")
     whole = bodies.loc[1]
     centre = np.array([480.0, 640.0, 640.0]) + offset
@@ -576,7 +576,7 @@ def test_somata_near_the_threshold_count_only_when_round():
     import edt
 
     dbf = edt.edt(labels, anisotropy=VS, black_border=False)
-    shape = core.elongation(labels, dbf, VS, core.find_somata(labels, VS, {**p, "soma_shape": {"test_from": 0.5,
+    shape = elongation(labels, dbf, VS, core.find_somata(labels, VS, {**p, "soma_shape": {"test_from": 0.5,
                                                                                                "test_to": 1.0}}))
     assert shape[1] < 0.5 and shape[2] > 2  # a ball's ridge is a blob at its centre; a tube's runs along it
     assert set(core.find_somata(labels, VS, p)) == {1, 3}  # the ball below T is round, the tube above is not
@@ -611,7 +611,7 @@ def test_find_mask_and_attach_somata():
     owned[:, :, :60] = True  # only maxima in these voxels count
     assert 1 not in core.find_somata(labels, VS, SMALL, maxima_in=owned)
     # the sphere is cleared of the neuron only; the neurites outside it stay
-    radius = core.soma_sphere_radius(distance, SMALL)
+    radius = soma_sphere_radius(distance, SMALL)
     teasar = core.resolve(SMALL)["teasar"]
     assert radius == pytest.approx(distance * teasar["soma_invalidation_scale"] + teasar["soma_invalidation_const"])
     masked = core.mask_somata(labels, (0, 0, 0), VS, {1: somata[1]}, SMALL)
@@ -641,14 +641,14 @@ def test_blockwise_somata_are_the_whole_volumes(phantom_skeletons):
     assert len(neurons) >= 4
     whole = core.skeletonize_whole(labels, VS, PHANTOM_SOMATA)
     blockwise = core.skeletonize_blockwise(labels, VS, PHANTOM_BLOCKS, PHANTOM_SOMATA)
-    grid = BlockGrid(labels.shape, PHANTOM_BLOCKS, skparams.DEFAULTS["halo"])
+    grid = BlockGrid(labels.shape, PHANTOM_BLOCKS, defaults("skeletonize")["halo"])
     cut = [k for k in neurons if len({b.id for b in grid if (labels[b.write.slices] == k).any()}) > 1]
     assert len(cut) >= 3  # most neurons span several blocks
     p = core.resolve(PHANTOM_SOMATA)
     rel = []
     for k in neurons:
         w, b = whole[k], blockwise[k]
-        sw, sb = core.soma_sphere(w, p, True), core.soma_sphere(b, p, True)
+        sw, sb = soma_sphere(w, p, True), soma_sphere(b, p, True)
         assert sw is not None and sb is not None and sw[1] == sb[1]
         assert np.allclose(w.vertices[sw[0]], b.vertices[sb[0]]) and w.radii[sw[0]] == b.radii[sb[0]]
         assert w.is_tree() and b.is_tree()
@@ -699,7 +699,7 @@ def test_somata_of_a_volume_blockwise_on_its_pyramid(tmp_path, phantom_skeletons
     for k in set(found) & set(full):
         assert np.linalg.norm((np.subtract(found[k][0], full[k][0])) * VS) < 60
         assert found[k][1] == pytest.approx(full[k][1], abs=30)
-    assert np.allclose(one["sphere_nm"], [core.soma_sphere_radius(d, PHANTOM_SOMATA) for d in one["distance_nm"]])
+    assert np.allclose(one["sphere_nm"], [soma_sphere_radius(d, PHANTOM_SOMATA) for d in one["distance_nm"]])
     k = int(one["id"].iloc[0])
     centre = one[["z", "y", "x"]].to_numpy()[0]
     assert k in somata_meeting(one, centre, (1, 1, 1), VS)["id"].tolist()

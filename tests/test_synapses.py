@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from connectomix import io
 from connectomix import synapses as syn
@@ -364,20 +363,6 @@ def test_evaluate_partner_accuracy_with_overlap_mapping():
                           "pre": np.array([1, 1], np.uint64), "post": np.array([2, 2], np.uint64)})
     m = ev.evaluate(pred, truth, 200, mapping)
     assert m["f1"] == 1.0 and m["partner_accuracy"] == 0.5
-
-
-# --- schema --------------------------------------------------------------------------------------------------------
-
-
-def test_schema_defaults_match_module_defaults(repo):
-    schema = yaml.safe_load((repo / "src/connectomix/schemas/config.schema.yaml").read_text())
-    section = schema["properties"]["synapses"]
-    assert section["additionalProperties"] is False
-
-    def defaults(node):
-        return {k: defaults(v) if "properties" in v else v["default"] for k, v in node["properties"].items()}
-
-    assert defaults(section) == syn.DEFAULTS
 
 
 def test_cli_help_and_gt_maps(tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 from connectomix import io
 from connectomix.cli import main
 from connectomix.models import load_checkpoint
-from connectomix.train import (DEFAULT_PARAMS, TrainData, affinity_targets, architecture_from_params, balanced_bce,
+from connectomix.train import (TrainData, affinity_targets, architecture_from_params, balanced_bce,
                                boundary_map, learning_rate, load_volume_data, merge_params, prf, sample_batch,
                                synapse_targets, synthetic_data, train)
 
@@ -253,14 +253,14 @@ def test_init_from_starts_at_a_checkpoint_and_records_it(tmp_path):
         train(data, other, tmp_path / "bad", device="cpu", threads=1, progress=False)
 
 
-def test_schema_defaults_match_the_code():
+def test_train_params_are_the_schema_section_without_the_workflow_keys():
     from connectomix import config as cmx_config
 
     cfg = cmx_config.validate({"datasets": {"p": {"voxel_size": [40, 8, 8], "phantom": {}}}})
     section = {k: v for k, v in cfg["train"].items() if k not in ("enabled", "dataset", "device", "threads", "gpu")}
-    assert section == DEFAULT_PARAMS
+    assert merge_params(cfg["train"]) == section
     assert cfg["predict"]["checkpoint"] == "models/phantom"
-    with pytest.raises(ValueError, match="unknown train parameter"):
+    with pytest.raises(ValueError, match="unknown parameter train.model.depth"):
         merge_params({"model": {"depth": 3}})
 
 

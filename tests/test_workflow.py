@@ -82,6 +82,49 @@ def test_schema_documents_every_property():
     assert not missing, f"schema keys without a description: {missing}"
 
 
+def test_defaults_come_from_the_schema():
+    root = cmx_config.schema()["properties"]
+    seg = cmx_config.defaults("segment")
+    assert seg["fragments"]["seed_window"] == root["segment"]["properties"]["fragments"]["properties"][
+        "seed_window"]["default"]
+    train_model = root["train"]["properties"]["model"]["properties"]
+    assert cmx_config.defaults("train")["model"]["kernel_sizes"] == train_model["kernel_sizes"]["default"]
+    seg["fragments"]["seed_window"].append(99)  # a copy: the next caller gets the schema's value
+    assert cmx_config.defaults("segment")["fragments"]["seed_window"] == [1, 7, 7]
+    filled = cmx_config.validate({"datasets": {"p": {"voxel_size": [40, 8, 8], "phantom": {}}}})
+    for section in root:
+        if section != "datasets":
+            assert cmx_config.defaults(section) == filled[section], section
+
+
+def test_resolve_merges_over_the_defaults_and_names_an_unknown_key():
+    params = cmx_config.resolve("segment", {"fragments": {"min_size": 4}, "evaluation": {"ground_truth": {"x": 1}}})
+    assert params["fragments"]["min_size"] == 4
+    assert params["fragments"]["threshold"] == cmx_config.defaults("segment")["fragments"]["threshold"]
+    assert params["evaluation"]["ground_truth"] == {"x": 1}  # free-form in the schema: taken whole
+    with pytest.raises(ValueError, match=r"unknown parameter synapses\.evaluation\.bogus \(known: ground_truth"):
+        cmx_config.resolve("synapses", {"evaluation": {"bogus": 1}})
+    with pytest.raises(ValueError, match=r"unknown parameter connectome\.soma"):
+        cmx_config.resolve("connectome", {"soma": 1})
+    assert "functional" not in cmx_config.resolve("coregister", {"functional": {}}, omit=("functional",))
+
+
+def test_no_module_defines_its_own_defaults():
+    """Defaults are written once, in the schema (connectomix.config.defaults reads them)."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "src" / "connectomix").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AnnAssign) else []
+            for target in targets:
+                if isinstance(target, ast.Name) and "DEFAULT" in target.id.upper() and isinstance(
+                        node.value, (ast.Dict, ast.Call)):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} {target.id}")
+    assert not found, f"module-level defaults outside the schema: {found}"
+
+
 def _snakemake(*args, cwd=REPO, timeout=240):
     return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 

@@ -14,7 +14,7 @@ import sys
 # command -> (module, one-line description)
 STAGES: dict[str, tuple[str, str]] = {
     "phantom": ("connectomix.phantom.cli", "generate the ground-truth phantom tissue block"),
-    "ingest": ("connectomix.ingest", "read TIFF/PNG/JPEG/HDF5/zarr/N5 sections into the dataset's OME-Zarr"),
+    "ingest": ("connectomix.ingest.cli", "read TIFF/PNG/JPEG/HDF5/zarr/N5 sections into the dataset's OME-Zarr"),
     "pyramid": ("connectomix.pyramid", "add a multiscale pyramid to an array of an OME-Zarr volume"),
     "train": ("connectomix.train", "train the U-Net (affinities + synapse maps) on ground truth"),
     "predict": ("connectomix.predict", "blockwise U-Net inference: affinities and synapse maps"),
@@ -27,7 +27,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "export": ("connectomix.export", "Neuroglancer precomputed, SWC and report exports"),
     "evaluate": ("connectomix.evaluate", "accuracy against ground truth; metrics.json"),
     "check-config": ("connectomix.config", "validate a config file against the schema"),
-    "plan": ("connectomix.plan", "jobs, CPU/GPU hours and storage per stage for a volume, from measured rates"),
+    "plan": ("connectomix.plan.cli", "jobs, CPU/GPU hours and storage per stage for a volume, from measured rates"),
 }
 
 

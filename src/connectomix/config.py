@@ -1,7 +1,8 @@
 """Config loading and validation against ``schemas/config.schema.yaml``, with defaults filled in.
 
-Snakemake validates with ``snakemake.utils.validate`` in the Snakefile; this module does the same without
-Snakemake (for the CLI, notebooks and tests) and fills defaults at every depth, datasets included.
+The schema is the only place a default is written: :func:`validate` fills a whole config (the workflow, in
+``rules/common.smk``, and ``connectomix check-config``), :func:`defaults` gives one section's defaults and
+:func:`resolve` merges a stage's (possibly partial) parameters over them.
 """
 
 from __future__ import annotations
@@ -101,21 +102,43 @@ def load(path: str | Path) -> dict:
     return validate(config, source=str(path))
 
 
-def merge_params(defaults: dict, update: dict | None, path: str | None = None, open_keys=()) -> dict:
-    """``update`` over ``defaults``, recursively, without touching either.
+@functools.lru_cache(maxsize=None)
+def _defaults(section: str) -> dict:
+    root = schema()
+    if section not in root["properties"]:
+        raise ValueError(f"unknown config section {section!r} (known: {', '.join(root['properties'])})")
+    return _fill(None, root["properties"][section], root)
 
-    With ``path`` (e.g. "segment"), a key the defaults do not have is an error naming ``path.key``; mappings under
-    ``open_keys`` are free-form and replaced whole.
+
+def defaults(section: str) -> dict:
+    """The defaults of config section ``section`` (e.g. "segment"), filled at every depth from the schema."""
+    return copy.deepcopy(_defaults(section))
+
+
+def resolve(section: str, params: dict | None = None, omit=()) -> dict:
+    """``params`` (a partial or filled config section) merged over :func:`defaults` of ``section``.
+
+    A key the schema does not have is an error naming its path (``segment.fragments.bogus``); mappings the schema
+    leaves free-form (e.g. ``evaluation.ground_truth``) are replaced whole. Top-level keys in ``omit`` (the
+    workflow's, not the stage's) are accepted and left out of the result.
     """
-    out = copy.deepcopy(defaults)
-    for key, value in (update or {}).items():
-        if path is not None and key not in defaults:
-            raise ValueError(f"unknown parameter {path}.{key} (known: {', '.join(sorted(defaults))})")
-        base = defaults.get(key)
-        if isinstance(base, dict) and isinstance(value, dict) and key not in open_keys:
-            out[key] = merge_params(base, value, f"{path}.{key}" if path is not None else None, open_keys)
-        elif isinstance(base, dict) and value is None:
-            out[key] = copy.deepcopy(base)
+    root = schema()
+    out = _merge(_defaults(section), params or {}, section, root["properties"][section], root)
+    return {key: value for key, value in out.items() if key not in omit} if omit else out
+
+
+def _merge(base: dict, update: dict, path: str, node: dict, root: dict) -> dict:
+    known = _resolve(node, root)["properties"]
+    for key in update:
+        if key not in known:
+            raise ValueError(f"unknown parameter {path}.{key} (known: {', '.join(sorted(known))})")
+    out = {}
+    for key in {**base, **update}:
+        default, value, sub = base.get(key), update.get(key), _resolve(known[key], root)
+        if key not in update or (value is None and isinstance(default, dict)):
+            out[key] = copy.deepcopy(default)
+        elif isinstance(value, dict) and isinstance(default, dict) and "properties" in sub:
+            out[key] = _merge(default, value, f"{path}.{key}", sub, root)
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -26,30 +26,17 @@ its soma is the point of that maximum.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import numpy as np
 
-# Keep in sync with `connectome:` in schemas/config.schema.yaml (tests/test_connectome.py checks they agree).
-DEFAULTS: dict = {
-    "soma_min_radius_nm": 1500.0,
-    "soma_step_nm": 40.0,
-    "min_synapses": 1,
-    "neuprint_dataset": "connectomix",
-    "evaluation": {"min_synapses": 1},
-}
+from connectomix import config
 
 
 def resolve(params: dict | None = None) -> dict:
-    """``params`` (possibly partial) over :data:`DEFAULTS`; unknown keys are an error."""
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in (params or {}).items():
-        if key not in DEFAULTS:
-            raise ValueError(f"unknown parameter connectome.{key} (known: {', '.join(sorted(DEFAULTS))})")
-        out[key] = {**DEFAULTS[key], **value} if isinstance(DEFAULTS[key], dict) else value
-    return out
+    """``params`` (possibly partial) over the schema's defaults; unknown keys are an error."""
+    return config.resolve("connectome", params)
 
 
 def soma_by_distance_transform(seg, voxel_size, offset_nm=(0, 0, 0), step_nm: float = 40.0,

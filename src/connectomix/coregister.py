@@ -42,7 +42,7 @@ import pandas as pd
 
 from scipy.spatial import cKDTree
 
-from connectomix.config import merge_params
+from connectomix import config
 
 ROI_COLUMNS = ("roi_id", "x_um", "y_um", "z_um")
 _ROI_ALIASES = {"x": "x_um", "y": "y_um", "z": "z_um"}
@@ -597,18 +597,10 @@ def coregister(rois: pd.DataFrame, somata: pd.DataFrame, params: dict, landmarks
 # ----------------------------------------------------------------------------------------------------------------
 # CLI
 
-DEFAULTS = {
-    "scale_um_per_nm": 1e-3, "scale_tolerance": 0.2, "allow_reflection": True, "gate_um": 4.0, "gate_sigmas": 5.0,
-    "unmatched_cost_um": None, "refine_landmarks": True,
-    "ransac": {"iterations": 2000, "max_pairs": 40, "min_side_um": 5.0, "inlier_um": 3.0, "confidence": 0.999,
-               "seed": 0},
-    "icp": {"max_iterations": 50, "trim_sigmas": 4.0},
-}
-
-
 def merged_params(params: dict | None) -> dict:
-    """``params`` over the defaults (nested one level for ``ransac`` and ``icp``)."""
-    return merge_params(DEFAULTS, params)
+    """``params`` over the schema's defaults of the `coregister:` section, without the workflow's keys (the
+    functional data and landmarks of each dataset, which the rule passes as files and ``--landmarks``)."""
+    return config.resolve("coregister", params, omit=("functional", "landmarks"))
 
 
 def add_arguments(parser) -> None:

@@ -319,15 +319,15 @@ PARAMS = ("checkpoint", "tile_shape", "augment")
 def resolve(params: dict | None) -> dict:
     """The predict parameters setup records: ``checkpoint`` (required), ``tile_shape`` and ``augment`` (defaults
     from the config schema's ``predict`` section)."""
-    from connectomix.config import schema
+    from connectomix.config import defaults
 
     params = dict(params or {})
     unknown = sorted(set(params) - set(PARAMS))
     if unknown or "checkpoint" not in params:
         raise ValueError(f"predict parameters: give checkpoint (and optionally tile_shape, augment); "
                          f"{'unknown ' + str(unknown) if unknown else 'no checkpoint'}")
-    section = schema()["properties"]["predict"]["properties"]
-    out = {key: params.get(key, section[key]["default"]) for key in PARAMS}
+    section = defaults("predict")
+    out = {key: params.get(key, section[key]) for key in PARAMS}
     out["checkpoint"] = str(out["checkpoint"])
     out["tile_shape"] = [int(t) for t in out["tile_shape"]]
     augment_variants(out["augment"])  # a clear error for an unknown augmentation

@@ -57,37 +57,20 @@ from pathlib import Path
 
 import numpy as np
 
+from connectomix import config
 from connectomix.blockwise import Stage, Step, grid_of, load_setup, new_setup, option, read_markers, run_step
 from connectomix.blockwise import save_setup
-from connectomix.config import merge_params
 
 SYNAPSE_MAPS = "synapse_maps"
 FRAGMENTS = "cleft_fragments"
 CLEFTS = "clefts"
 
-# Keep in sync with `synapses:` in schemas/config.schema.yaml (tests/test_synapses.py checks they agree).
-DEFAULTS: dict = {
-    "threshold": 0.5,
-    "smooth_sigma_nm": 0.0,
-    "connectivity": 26,
-    "min_size_voxels": 10,
-    "partner_radius_nm": 80.0,
-    "contact_nm": 24.0,
-    "min_contact_voxels": 5,
-    "min_partner_prob": 0.3,
-    "min_polarity": 0.2,
-    "polarity": "absolute",
-    "pairing": "interface",
-    "interface_nm": 0.0,
-    "evaluation": {"tolerance_nm": 200.0, "ground_truth": {}},
-}
-
 STATS_COLUMNS = ["prov_id", "voxels", "sum_z", "sum_y", "sum_x", "sum_prob"]
 
 
 def resolve(params: dict | None = None) -> dict:
-    """The full parameter set: ``params`` (possibly partial, as in the config) over :data:`DEFAULTS`."""
-    params = merge_params(DEFAULTS, params, "synapses", open_keys=("ground_truth",))
+    """The full parameter set: ``params`` (possibly partial, as in the config) over the schema's defaults."""
+    params = config.resolve("synapses", params)
     if params["connectivity"] not in (6, 18, 26):
         raise ValueError(f"synapses.connectivity must be 6, 18 or 26, got {params['connectivity']}")
     if params["polarity"] not in ("absolute", "relative"):

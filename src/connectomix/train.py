@@ -20,7 +20,6 @@ Determinism: weights are initialised from ``seed``; iteration ``i`` draws its sa
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -31,68 +30,15 @@ from typing import Sequence
 
 import numpy as np
 
+from connectomix import config
 from connectomix.evaluate.synapses import cleft_object_prf  # noqa: F401 (also for benchmarks)
 from connectomix.predict import read_padded
 
-# Defaults of the `train` config section (the schema documents each; a test keeps them in sync).
-DEFAULT_PARAMS: dict = {
-    "seed": 0,
-    "iterations": 1500,
-    "batch_size": 1,
-    "learning_rate": 5.0e-4,
-    "lr_schedule": "constant",
-    "min_lr_fraction": 0.02,
-    "weight_decay": 1.0e-4,
-    "output_shape": [8, 96, 96],
-    "validation_fraction": 0.2,
-    "validate_every": 500,
-    "checkpoint_every": 100,
-    "pre_post_distance_nm": 80.0,
-    "cleft_radius_nm": 0.0,
-    "synapse_sample_prob": 0.5,
-    "max_class_weight": 20.0,
-    "synapse_max_class_weight": None,
-    "partner_zone_nm": None,
-    "init_from": None,
-    "augment": {
-        "flip": True,
-        "rotate": True,
-        "intensity": 0.2,
-        "noise": 0.05,
-        "missing_section_prob": 0.03,
-        "misalign_prob": 0.1,
-        "misalign_max_shift": 4,
-        "elastic": False,
-        "elastic_sigma": 8.0,
-        "elastic_magnitude": 2.0,
-    },
-    "model": {
-        "num_fmaps": 8,
-        "fmap_inc_factor": 2,
-        "downsample_factors": [[1, 2, 2], [1, 2, 2], [2, 2, 2]],
-        "kernel_sizes": [[1, 3, 3], [1, 3, 3], [1, 3, 3], [3, 3, 3]],
-        "convs_per_level": 2,
-        "norm": "none",
-        "upsample": "transposed",
-        "long_range_offsets": [],
-        "synapses": True,
-    },
-}
-
 
 def merge_params(params: dict | None) -> dict:
-    """Defaults overlaid with ``params`` (nested dicts merged); unknown keys raise ``ValueError``."""
-
-    def merge(base, over, where):
-        out = copy.deepcopy(base)
-        for key, value in (over or {}).items():
-            if key not in base:
-                raise ValueError(f"unknown train parameter {where}{key!r}; known: {sorted(base)}")
-            out[key] = merge(base[key], value, f"{where}{key}.") if isinstance(base[key], dict) else value
-        return out
-
-    params = {k: v for k, v in (params or {}).items() if k not in ("enabled", "dataset", "device", "threads", "gpu")}
-    merged = merge(DEFAULT_PARAMS, params, "")
+    """The `train` config section's defaults (from the schema) overlaid with ``params``, without the workflow's
+    keys (enabled, dataset, device, threads, gpu); unknown keys raise ``ValueError``."""
+    merged = config.resolve("train", params, omit=("enabled", "dataset", "device", "threads", "gpu"))
     zone = merged["partner_zone_nm"]
     if zone is not None and not (isinstance(zone, (int, float)) and zone > 0):
         raise ValueError(f"train parameter partner_zone_nm must be null or a distance > 0 nm, got {zone!r}")

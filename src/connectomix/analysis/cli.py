@@ -10,30 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from connectomix.config import merge_params
+from connectomix import config
 
 FIGURES = ("like_to_like_signal_corr", "like_to_like_orientation", "connection_vs_distance",
            "celltype_connectivity", "tuning", "coregistration")
 TABLES = ("cell_types", "tuning", "pairs", "like_to_like", "celltype_connectivity", "connection_vs_distance")
-
-DEFAULTS = {
-    "seed": 0,
-    "celltypes": {"features": [], "naming": "larger_soma", "size_features": None, "pca_components": 3, "n_init": 10,
-                  "covariance": "tied", "priors": "fitted"},
-    "tuning": {"split_half_repeats": 20},
-    "like_to_like": {"min_confidence": 0.0, "min_reliability": None, "min_synapses": 1, "distance_bins": 4,
-                     "signal_corr_bins": [-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0],
-                     "ori_bins_deg": [0, 15, 30, 45, 60, 75, 90], "bootstrap": 1000, "shuffles": 1000},
-    "distance_bin_um": 10.0,
-    "soma_match_radius_nm": 2000.0,
-    "validation_min_pairs": 10,
-}
-
-
-def merged_params(params: dict | None) -> dict:
-    """``params`` over :data:`DEFAULTS` (nested one level)."""
-    return merge_params(DEFAULTS, params)
-
 
 def versions() -> dict:
     """Versions of connectomix, Python and the libraries the analyses use."""
@@ -70,7 +51,7 @@ def run(args) -> int:
     from connectomix.blocks import atomic_write_json, atomic_write_parquet
     from connectomix.coregister import apply_affine, load_functional, neuron_rows, read_table
 
-    params = merged_params(json.loads(args.params))
+    params = config.resolve("analysis", json.loads(args.params))
     seed = params["seed"]
     out = Path(args.out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)

@@ -112,10 +112,10 @@ def add_arguments(subparsers) -> None:
 
 
 def run(args) -> int:
-    from connectomix.analysis.cli import merged_params
+    from connectomix import config
     from connectomix.coregister import load_functional, read_table
 
-    params = merged_params(json.loads(args.params))
+    params = config.resolve("analysis", json.loads(args.params))
     gt_neurons = read_table(args.gt_neurons)
     ct = celltype_metrics(read_table(args.cell_types), read_table(args.neurons), gt_neurons,
                           params["soma_match_radius_nm"])

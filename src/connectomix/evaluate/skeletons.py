@@ -87,8 +87,8 @@ def evaluate(volume, seg_array: str = "segmentation", gt_array: str = "gt/labels
     ``(metrics, context)``."""
     from connectomix.io import open_array, read_meta
     from connectomix.skeletonize.core import skeletonize_whole
-    from connectomix.skeletonize.core import smooth as smooth_skeleton
     from connectomix.skeletonize.params import resolve
+    from connectomix.skeletonize.tree import smooth as smooth_skeleton
 
     p = resolve(params)
     meta = read_meta(volume, gt_array)

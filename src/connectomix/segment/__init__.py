@@ -20,12 +20,12 @@ import json
 from connectomix.segment.agglomerate import agglomerate as agglomerate_rag
 from connectomix.segment.agglomerate import apply_lut, hierarchical, lookup_table, mutex
 from connectomix.segment.fragments import block_fragments, fragment_id_base, watershed_fragments
-from connectomix.segment.params import DEFAULTS, resolve
+from connectomix.segment.params import resolve
 from connectomix.segment.rag import Rag, block_rag, merge_rags, volume_rag
 from connectomix.segment.stitch import STAGE, segment_volume
 
 __all__ = [
-    "DEFAULTS", "STAGE", "Rag", "agglomerate_rag", "apply_lut", "block_fragments", "block_rag", "fragment_id_base",
+    "STAGE", "Rag", "agglomerate_rag", "apply_lut", "block_fragments", "block_rag", "fragment_id_base",
     "hierarchical", "lookup_table", "merge_rags", "mutex", "resolve", "segment_volume", "volume_rag",
     "watershed_fragments",
 ]

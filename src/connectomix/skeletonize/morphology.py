@@ -18,8 +18,9 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from connectomix.skeletonize.core import Skel, soma_sphere, to_tree
 from connectomix.skeletonize.params import resolve
+from connectomix.skeletonize.soma import BODY_COLUMNS, soma_bodies, soma_sphere
+from connectomix.skeletonize.tree import Skel, to_tree
 
 # SWC structure identifiers (also the `compartment` codes here).
 UNDEFINED, SOMA, AXON, DENDRITE = 0, 1, 2, 3
@@ -193,8 +194,6 @@ def morphology_table(trees: dict[int, tuple[Skel, np.ndarray]], params: dict | N
 def with_soma_bodies(table: pd.DataFrame, volume, array: str, params: dict | None = None) -> pd.DataFrame:
     """``table`` (``morphology_table``) with each soma measured as a body on the label array ``array`` of
     ``volume``: centroid, equivalent-sphere radius, volume and truncation (``connectomix.skeletonize.soma``)."""
-    from connectomix.skeletonize.soma import BODY_COLUMNS, soma_bodies
-
     p = resolve(params)
     table = table.copy()
     somata = table.loc[table["has_soma"], ["id", "soma_z_nm", "soma_y_nm", "soma_x_nm", "soma_radius_nm"]]

@@ -1,4 +1,6 @@
-"""Soma bodies measured on the segmentation around each skeleton's soma.
+"""Somata: found once per volume and cleared from every block before tracing (``find_somata``,
+``mask_somata``), joined to the merged skeletons (``attach_soma``, ``collapse_soma``), and their bodies
+measured on the segmentation around each skeleton's soma (``soma_bodies``).
 
 The skeleton places a soma at its widest point (kimimaro: the largest boundary distance), whose position and
 inscribed radius depend on a few boundary voxels. The soma *body* uses all of the soma's voxels instead: the
@@ -21,8 +23,13 @@ is measured alike); a volume whose pyramid is too shallow for its somata is read
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
+
+from connectomix.skeletonize.params import resolve
+from connectomix.skeletonize.tree import Skel, _components, _to_nm
 
 BODY_COLUMNS = ["soma_z_nm", "soma_y_nm", "soma_x_nm", "soma_radius_nm", "soma_volume_nm3", "soma_truncated"]
 
@@ -148,19 +155,206 @@ def soma_bodies(volume, array: str, somata: pd.DataFrame, params: dict) -> pd.Da
 
 # --- somata for the skeletons: found once per volume, before the blocks --------------------------------------------
 
+
+def find_somata(labels: np.ndarray, voxel_size: Sequence[float], params: dict | None = None,
+                maxima_in: np.ndarray | None = None) -> dict:
+    """Segments with a soma: those whose largest boundary distance (nm, the volume's faces are no boundary, as in
+    kimimaro) exceeds ``teasar.soma_acceptance_threshold`` T, where distances between ``soma_shape.test_from`` and
+    ``test_to`` x T count only for a round body (``elongation``; a thick neurite near T is a tube). Returns
+    ``{label: ((z, y, x) voxel of that maximum, the distance)}``; the voxel is the first maximum in C order (among
+    the voxels of ``maxima_in`` when given)."""
+    return {label: (voxel, distance)
+            for label, (voxel, distance, round_) in soma_candidates(labels, voxel_size, params, maxima_in).items()
+            if round_}
+
+
+def soma_candidates(labels: np.ndarray, voxel_size: Sequence[float], params: dict | None = None,
+                    maxima_in: np.ndarray | None = None) -> dict:
+    """``{label: (voxel, distance, round)}`` for every segment whose largest boundary distance (among the voxels
+    of ``maxima_in``) exceeds ``soma_shape.test_from`` x T: ``find_somata`` keeps those whose ``round`` is True
+    (above ``test_to`` x T always). Blockwise callers keep each label's largest distance over the blocks with its
+    verdict, so that a segment is judged by its widest point, as on the whole volume."""
+    import edt
+
+    p = resolve(params)
+    if labels.size == 0:
+        return {}
+    accept = float(p["teasar"]["soma_acceptance_threshold"])
+    shape = p["soma_shape"]
+    test_from, test_to = (accept * min(float(shape["test_from"]), 1.0), accept * max(float(shape["test_to"]), 1.0))
+    dbf = edt.edt(np.ascontiguousarray(labels), anisotropy=tuple(float(v) for v in voxel_size), black_border=False)
+    above = dbf > test_from
+    if maxima_in is not None:
+        above &= maxima_in
+    where = np.flatnonzero(above.ravel())
+    if not len(where):
+        return {}
+    lab = labels.ravel()[where]
+    dist = dbf.ravel()[where]
+    order = np.lexsort((where, -dist, lab))  # per label: the largest distance first, then the lowest index
+    first = order[np.r_[True, lab[order][1:] != lab[order][:-1]]]
+    found = {int(lab[i]): (tuple(int(v) for v in np.unravel_index(where[i], labels.shape)), float(dist[i]))
+             for i in first if lab[i] != 0}
+    tested = {label: peak for label, peak in found.items() if peak[1] <= test_to}
+    shapes = elongation(labels, dbf, voxel_size, tested, float(shape["ridge_fraction"]))
+    limit = float(shape["max_elongation"])
+    return {label: (voxel, distance, label not in tested or shapes[label] <= limit)
+            for label, (voxel, distance) in found.items()}
+
+
+def elongation(labels: np.ndarray, dbf: np.ndarray, voxel_size: Sequence[float], peaks: dict,
+               ridge_fraction: float = 0.8) -> dict:
+    """Per label of ``peaks`` (``{label: (peak voxel, its boundary distance d)}``): the farthest distance (nm) from
+    the peak of the label's voxels whose boundary distance ``dbf`` exceeds ``ridge_fraction`` x d, over d. A ball's
+    ridge is a small blob around its centre (about 0.2-0.6 on the phantoms' somata); a tube's runs along its axis
+    (1 and more)."""
+    if not peaks:
+        return {}
+    floor = ridge_fraction * min(d for _, d in peaks.values())
+    cand = dbf > floor
+    where = np.flatnonzero(cand.ravel())
+    lab = labels.ravel()[where]
+    ids = np.asarray(sorted(peaks), dtype=labels.dtype)
+    keep = np.isin(lab, ids)
+    where, lab = where[keep], lab[keep]
+    vs = np.asarray(voxel_size, np.float64)
+    out = {}
+    order = np.argsort(lab, kind="stable")
+    where, lab = where[order], lab[order]
+    bounds = np.searchsorted(lab, ids), np.searchsorted(lab, ids, side="right")
+    for label, lo, hi in zip(ids.tolist(), *bounds):
+        peak, d = peaks[int(label)]
+        members = where[lo:hi]
+        members = members[dbf.ravel()[members] > ridge_fraction * d]
+        pos = np.column_stack(np.unravel_index(members, labels.shape)).astype(np.float64)
+        reach = np.sqrt((((pos - np.asarray(peak, np.float64)) * vs) ** 2).sum(1)).max() if len(pos) else 0.0
+        out[int(label)] = float(reach / d)
+    return out
+
+
+def soma_sphere_radius(distance: float, params: dict | None = None) -> float:
+    """The sphere cleared around a soma centre whose boundary distance is ``distance`` (kimimaro's soma
+    invalidation: ``distance * soma_invalidation_scale + soma_invalidation_const``), nm."""
+    t = resolve(params)["teasar"]
+    return distance * float(t["soma_invalidation_scale"]) + float(t["soma_invalidation_const"])
+
+
+def mask_somata(labels: np.ndarray, origin, voxel_size: Sequence[float], somata: dict,
+                params: dict | None = None) -> np.ndarray:
+    """``labels`` (whose voxel 0 is the global voxel ``origin``) with each soma's sphere cleared of its own label
+    (set to 0); its neurites are then traced from the sphere outwards, the same in every block and in the whole
+    volume. Returns ``labels`` itself when no sphere reaches it."""
+    vs = np.asarray(voxel_size, np.float64)
+    out = labels
+    for label, (centre, distance) in somata.items():
+        radius = soma_sphere_radius(distance, params)
+        c = np.asarray(centre, np.float64) - np.asarray(origin, np.float64)
+        lo = np.maximum(np.floor(c - radius / vs).astype(int), 0)
+        hi = np.minimum(np.ceil(c + radius / vs).astype(int) + 1, labels.shape)
+        if np.any(hi <= lo):
+            continue
+        grid = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        inside = sum(((g - ci) * v) ** 2 for g, ci, v in zip(grid, c, vs)) <= radius**2
+        view = out[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        hit = inside & (view == label)
+        if hit.any():
+            if out is labels:
+                out = labels.copy()
+                view = out[tuple(slice(a, b) for a, b in zip(lo, hi))]
+            view[hit] = 0
+    return out
+
+
+def soma_of(somata: dict, label: int, voxel_size, offset_nm, params: dict | None = None):
+    """``attach_soma``'s arguments for a segment's soma (centre nm, boundary distance nm, sphere radius nm and
+    the attachment tolerance: two of the largest voxel side, the sphere's quantisation), or None."""
+    if label not in somata:
+        return None
+    centre, distance = somata[label]
+    return (_to_nm(np.asarray(centre, np.float64), voxel_size, offset_nm), distance,
+            soma_sphere_radius(distance, params), 2.0 * float(max(voxel_size)))
+
+
+def somata_nm(somata: dict, voxel_size, offset_nm=(0, 0, 0), params: dict | None = None) -> dict:
+    """``{label: soma_of(...)}`` for every soma."""
+    return {label: soma_of(somata, label, voxel_size, offset_nm, params) for label in somata}
+
+
+def attach_soma(skel: Skel, centre_nm: np.ndarray, distance: float, sphere_nm: float, tolerance_nm: float) -> Skel:
+    """Add the soma centre (radius: its boundary distance) and join each component that starts at the cleared
+    sphere (nearest vertex within ``tolerance_nm`` of it) to it by that vertex, as kimimaro's soma mode joins the
+    paths it cut at the sphere; other components are left to ``finalize``'s joins (a component of a neurite
+    that starts farther out must not get an edge of its own to the centre)."""
+    n = len(skel)
+    vertices = np.concatenate([skel.vertices, np.asarray(centre_nm, np.float64)[None]])
+    radii = np.concatenate([skel.radii, np.asarray([distance], np.float32)])
+    star = []
+    if n:
+        n_comp, comp = _components(n, skel.edges)
+        dist = np.linalg.norm(skel.vertices - centre_nm, axis=1)
+        for c in range(n_comp):
+            members = np.flatnonzero(comp == c)
+            nearest = members[np.argmin(dist[members])]
+            if dist[nearest] <= sphere_nm + tolerance_nm:
+                star.append((n, int(nearest)))
+    edges = np.concatenate([skel.edges.reshape(-1, 2), np.asarray(star, np.int64).reshape(-1, 2)])
+    return Skel(vertices, edges, radii)
+
+
+def soma_sphere(skel: Skel, params: dict | None = None, is_soma: bool | None = None) -> tuple[int, float] | None:
+    """The soma of a skeleton as kimimaro defines it: the widest vertex, when the segment has a soma; the sphere
+    kimimaro clears around it has radius ``radius * soma_invalidation_scale + soma_invalidation_const``. Returns
+    ``(vertex, sphere radius)`` or None. ``is_soma``: whether the segment has one (``find_somata``'s decision,
+    which may weigh the shape); None: when the widest radius exceeds ``teasar.soma_acceptance_threshold``."""
+    p = resolve(params)
+    if len(skel) == 0 or is_soma is False:
+        return None
+    centre = int(np.argmax(skel.radii))
+    r = float(skel.radii[centre])
+    t = p["teasar"]
+    if is_soma is None and r <= float(t["soma_acceptance_threshold"]):
+        return None
+    return centre, r * float(t["soma_invalidation_scale"]) + float(t["soma_invalidation_const"])
+
+
+def collapse_soma(skel: Skel, params: dict | None = None,
+                  is_soma: bool | None = None) -> tuple[Skel, tuple[int, float] | None]:
+    """Replace whatever runs inside the soma sphere by straight edges from the soma centre to each place a
+    neurite leaves the sphere, as kimimaro's soma mode does. Paths through a soma are arbitrary (any route
+    through a blob is as central as any other), so without this the cable inside a soma depends on where
+    blocks cut it; with it, merged and whole-volume skeletons agree. ``is_soma``: as for ``soma_sphere``."""
+    soma = soma_sphere(skel, params, is_soma)
+    if soma is None:
+        return skel, None
+    centre, radius = soma
+    dist = np.linalg.norm(skel.vertices - skel.vertices[centre], axis=1)
+    inside = dist <= radius
+    inside[centre] = True
+    keep = ~inside
+    keep[centre] = True
+    index = np.full(len(skel), -1, np.int64)
+    index[keep] = np.arange(int(keep.sum()))
+    e = skel.edges
+    kept = e[keep[e[:, 0]] & keep[e[:, 1]] & ~inside[e[:, 0]] & ~inside[e[:, 1]]]
+    exits = np.unique(np.concatenate([e[inside[e[:, 0]] & ~inside[e[:, 1]], 1], e[inside[e[:, 1]] & ~inside[e[:, 0]], 0]]))
+    star = np.stack([np.full(len(exits), centre), exits], axis=1)
+    edges = index[np.concatenate([kept, star])] if len(kept) + len(star) else np.zeros((0, 2), np.int64)
+    out = Skel(skel.vertices[keep], edges, skel.radii[keep])
+    return out, (int(index[centre]), radius)
+
+
 SOMATA_COLUMNS = ["id", "z", "y", "x", "distance_nm", "sphere_nm"]
 
 
 def find_somata_in_volume(volume, array: str, params: dict | None = None, block_voxels: int = 128) -> pd.DataFrame:
-    """``core.find_somata`` on a label array of an OME-Zarr, blockwise on a coarse pyramid level: the coarsest
+    """``find_somata`` on a label array of an OME-Zarr, blockwise on a coarse pyramid level: the coarsest
     level (and stride) with voxels of at most a quarter of ``teasar.soma_acceptance_threshold`` on every axis,
     in blocks of ``block_voxels`` such voxels with a halo of four acceptance radii, or more when the shape test
-    (``core.soma_candidates``) reads farther (a boundary distance is exact up to the halo). Returns the
+    (``soma_candidates``) reads farther (a boundary distance is exact up to the halo). Returns the
     ``SOMATA_COLUMNS`` table: the centre as a level-0 voxel, its boundary distance and the sphere cleared around
     it (nm)."""
     from connectomix import io
     from connectomix.blocks import BlockGrid
-    from connectomix.skeletonize.core import resolve, soma_candidates, soma_sphere_radius
 
     p = resolve(params)
     accept = float(p["teasar"]["soma_acceptance_threshold"])
@@ -204,7 +398,7 @@ def find_somata_in_volume(volume, array: str, params: dict | None = None, block_
 
 
 def somata_dict(table: pd.DataFrame) -> dict:
-    """``{label: ((z, y, x) level-0 voxel, boundary distance nm)}`` (``core.find_somata``'s form) from a table."""
+    """``{label: ((z, y, x) level-0 voxel, boundary distance nm)}`` (``find_somata``'s form) from a table."""
     return {int(r.id): ((int(r.z), int(r.y), int(r.x)), float(r.distance_nm)) for r in table.itertuples(index=False)}
 
 
