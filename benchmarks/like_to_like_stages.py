@@ -26,7 +26,7 @@ from synapse_partners import run_workflow  # the workflow on config.yaml with on
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).resolve().parent / "results"
 # what the copy keeps: the EM, the maps and the segment stage's outputs (the segmentation itself is replaced)
-UPSTREAM = ("volume.zarr", "gt", "predict.json", "segment", "segment.json", "segments.parquet",
+UPSTREAM = ("volume.zarr", "gt", "predict", "predict.json", "segment", "segment.json", "segments.parquet",
             "blocks/predict", "blocks/segment_fragments", "blocks/segment_rag", "blocks/segment_relabel",
             "eval/segmentation.json", "eval/segmentation_sweep.png")
 NOT_RERUN = ("phantom", "ingest", "train", "predict_", "segment_", "evaluate_segmentation")
@@ -43,7 +43,8 @@ def with_gt_segmentation(dataset: Path, seed: int, work: Path) -> Path:
     ``segments.parquet`` rebuilt from it; the workflow then reruns everything after the segmentation."""
     import zarr
 
-    from connectomix.segment.stitch import grid_of, load_setup, segment_stats, segments_table
+    from connectomix.blockwise import grid_of, load_setup
+    from connectomix.segment.stitch import segment_stats, segments_table
 
     copy = work / "results" / "phantom"
     shutil.rmtree(work / "results", ignore_errors=True)

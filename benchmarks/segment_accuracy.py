@@ -148,11 +148,12 @@ def run_one(name, d, block_shape, threshold):
                      else "bias 0.5", "seconds": dt, "blocks": summary["blocks"], **metrics(gt, seg)})
         if method == "mean":
             frags = np.asarray(io.open_array(root, "fragments")[...])
+            from connectomix.blockwise import load_setup
             from connectomix.evaluate.segmentation import (
                 adapted_rand, contingency, fragment_bound, threshold_sweep, voi,
             )
             from connectomix.segment.rag import Rag
-            from connectomix.segment.stitch import agglomerate_graph, load_setup
+            from connectomix.segment.stitch import agglomerate_graph
 
             nodes, merges = agglomerate_graph(Rag.from_npz(work / "graph.npz"), load_setup(work)["params"],
                                               threshold=1.0)

@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from segment_accuracy import SHARED, affinities_from_boundary, quiet  # noqa: E402
 
+from connectomix import blockwise  # noqa: E402
 from connectomix.segment import stitch, synthetic as syn  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -52,19 +53,19 @@ def volumes():
 
 def block_job_memory(root, work, n_blocks: int) -> dict:
     """Run a few blocks of each blockwise step as separate CLI processes; their markers hold the peak RSS."""
-    s = stitch.load_setup(work)
-    ids = stitch.grid_of(s).ids()
+    s = blockwise.load_setup(work, "segment")
+    ids = blockwise.grid_of(s).ids()
     picks = ids[:: max(1, len(ids) // n_blocks)][:n_blocks]
     peaks = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for action, stage in (("fragments", "segment_fragments"), ("rag", "segment_rag"), ("relabel", "segment_relabel")):
+    for step in ("fragments", "rag", "relabel"):
         for b in picks:
-            subprocess.run([sys.executable, "-m", "connectomix", "segment", action, "--work-dir", str(work),
-                            "--blocks", b], check=True, capture_output=True, env=env)
-        marks = [json.loads((Path(s["marker_dir"]) / stage / f"{b}.json").read_text()) for b in picks]
-        peaks[stage] = max(m["peak_rss_mb"] for m in marks)
+            subprocess.run([sys.executable, "-m", "connectomix", "segment", "block", "--step", step, "--work-dir",
+                            str(work), "--blocks", b], check=True, capture_output=True, env=env)
+        marks = [json.loads(blockwise.marker_path(s, step, b).read_text()) for b in picks]
+        peaks[f"segment_{step}"] = max(m["peak_rss_mb"] for m in marks)
     # the import baseline of a bare process, for reference
-    base = subprocess.run([sys.executable, "-c", "import connectomix.segment.stitch as s; print(s._peak_rss_mb())"],
+    base = subprocess.run([sys.executable, "-c", "import connectomix.blockwise as b; print(b.peak_rss_mb())"],
                           check=True, capture_output=True, text=True, env=env)
     peaks["import_baseline"] = float(base.stdout.strip())
     return peaks

@@ -131,6 +131,8 @@ def batch_markers(stage):
 # setups ran and lists every block behind a setup that will rerun; `snakemake --until predict_setup
 # segment_setup synapses_setup` first gives the exact plan. Everything a setup rerun could change for a block
 # must therefore be in the block's params or non-ancient inputs (dataset_identity, the stage config, the ROI).
+# A setup records what defines a block's result in {stage}/setup.json (connectomix.blockwise), which the block
+# jobs read: the setup rule takes it as params too, so that a change reruns the setup before the blocks.
 # Batch ids are stable when the grid grows only with a fixed blocks.per_job (with "auto" the brick may change).
 
 

@@ -38,16 +38,25 @@ rule train:
         "--params {params.spec} --device {params.device} --threads {params.threads} --no-progress > {log} 2>&1"
 
 
+# The setup records what defines a block's result (checkpoint, tile shape, augmentation, block grid): its params,
+# so that a change reruns it; the block rule keeps them too, so that the blocks rerun (rules/common.smk).
+PREDICT_SPEC = {"checkpoint": PREDICT_CHECKPOINT, "tile_shape": PREDICT["tile_shape"], "augment": PREDICT["augment"]}
+predict_work_dir = lambda wc: f"{RESULTS}/{wc.dataset}/predict"
+
+
 # A checkpoint: see "Extending a dataset" in rules/common.smk.
 checkpoint predict_setup:
     input:
         raw=lambda wc: raw_volume_done(wc.dataset),
         checkpoint=f"{PREDICT_CHECKPOINT}/checkpoint.json",
     output:
-        marker=f"{RESULTS}/{{dataset}}/blocks/predict/setup.json",
+        setup=f"{RESULTS}/{{dataset}}/predict/setup.json",
     params:
         volume=lambda wc: volume_path(wc.dataset),
-        checkpoint=lambda wc, input: input.checkpoint.rsplit("/", 1)[0],
+        work=predict_work_dir,
+        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks",
+        spec=json_arg(PREDICT_SPEC),
+        block=zyx(CFG["blocks"]["shape"]),
         chunks=zyx(CFG["storage"]["chunk_shape"]),
     log:
         f"{RESULTS}/{{dataset}}/logs/predict/setup.log",
@@ -58,8 +67,9 @@ checkpoint predict_setup:
         mem_mb=CFG["resources"]["min_mem_mb"],
         runtime=CFG["resources"]["min_runtime_min"],
     shell:
-        "python -m connectomix predict setup --volume {params.volume} --checkpoint {params.checkpoint} "
-        "--chunk-shape {params.chunks} --marker {output.marker} > {log} 2>&1"
+        "python -m connectomix predict setup --volume {params.volume} --work-dir {params.work} "
+        "--params {params.spec} --block-shape {params.block} --chunk-shape {params.chunks} "
+        "--marker-dir {params.markers} > {log} 2>&1"
 
 
 rule predict_block:
@@ -71,16 +81,12 @@ rule predict_block:
     params:
         identity=dataset_identity,
         roi=batch_roi(PREDICT_CONTEXT),
-        volume=volume_of,
-        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks/predict",
-        checkpoint=lambda wc, input: input.checkpoint.rsplit("/", 1)[0],
+        spec=json_arg(PREDICT_SPEC),
+        work=predict_work_dir,
         blocks=batch_blocks,
         record=batch_record,
-        block_shape=zyx(CFG["blocks"]["shape"]),
-        tile=zyx(PREDICT["tile_shape"]),
         batch=PREDICT["batch_size"],
         device=PREDICT["device"],
-        augment=PREDICT["augment"],
     log:
         f"{RESULTS}/{{dataset}}/logs/predict/{{batch}}.log",
     conda:
@@ -93,10 +99,8 @@ rule predict_block:
                           time_factor=len(augment_variants(PREDICT["augment"]))),  # passes per tile
         gpu=PREDICT["gpu"],
     shell:
-        "python -m connectomix predict block --volume {params.volume} --checkpoint {params.checkpoint} "
-        "--block-shape {params.block_shape} --blocks {params.blocks} --marker-dir {params.markers} "
-        "--tile-shape {params.tile} --batch-size {params.batch} --device {params.device} --threads {threads} "
-        "--augment {params.augment} "
+        "python -m connectomix predict block --work-dir {params.work} --blocks {params.blocks} "
+        "--batch-size {params.batch} --device {params.device} --threads {threads} "
         "> {log} 2>&1 && echo {params.record} > {output.marker}"
 
 
@@ -106,9 +110,7 @@ rule predict_finish:
     output:
         summary=f"{RESULTS}/{{dataset}}/predict.json",
     params:
-        volume=lambda wc: volume_path(wc.dataset),
-        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks/predict",
-        checkpoint=PREDICT_CHECKPOINT,
+        work=predict_work_dir,
         levels=CFG["pyramid"]["levels"],
         factor=zyx(CFG["pyramid"]["factor"]),
     log:
@@ -119,9 +121,8 @@ rule predict_finish:
     resources:
         **slab_resources(),
     shell:
-        "python -m connectomix predict finish --volume {params.volume} --marker-dir {params.markers} "
-        "--summary {output.summary} --checkpoint {params.checkpoint} --pyramid-levels {params.levels} "
-        "--pyramid-factor {params.factor} > {log} 2>&1"
+        "python -m connectomix predict finish --work-dir {params.work} --summary {output.summary} "
+        "--pyramid-levels {params.levels} --pyramid-factor {params.factor} > {log} 2>&1"
 
 
 FINAL_TARGETS["predict"] = lambda name: [f"{RESULTS}/{name}/predict.json"]

@@ -11,7 +11,7 @@ segment_block_resources = batch_resources(SEGMENT["halo"])
 # A checkpoint: see "Extending a dataset" in rules/common.smk. It needs the affinities array, not the predictions.
 checkpoint segment_setup:
     input:
-        predict=f"{RESULTS}/{{dataset}}/blocks/predict/setup.json",
+        predict=f"{RESULTS}/{{dataset}}/predict/setup.json",
     output:
         setup=f"{RESULTS}/{{dataset}}/segment/setup.json",
     params:
@@ -57,7 +57,8 @@ rule segment_fragments:
     resources:
         **segment_block_resources,
     shell:
-        "python -m connectomix segment fragments --work-dir {params.work} --blocks {params.blocks} > {log} 2>&1 "
+        "python -m connectomix segment block --step fragments --work-dir {params.work} --blocks {params.blocks} "
+        "> {log} 2>&1 "
         "&& echo {params.record} > {output.marker}"
 
 
@@ -84,7 +85,8 @@ rule segment_rag:
     resources:
         **segment_block_resources,
     shell:
-        "python -m connectomix segment rag --work-dir {params.work} --blocks {params.blocks} > {log} 2>&1 "
+        "python -m connectomix segment block --step rag --work-dir {params.work} --blocks {params.blocks} "
+        "> {log} 2>&1 "
         "&& echo {params.record} > {output.marker}"
 
 
@@ -131,7 +133,8 @@ rule segment_relabel:
     resources:
         **segment_block_resources,
     shell:
-        "python -m connectomix segment relabel --work-dir {params.work} --blocks {params.blocks} > {log} 2>&1 "
+        "python -m connectomix segment block --step relabel --work-dir {params.work} --blocks {params.blocks} "
+        "> {log} 2>&1 "
         "&& echo {params.record} > {output.marker}"
 
 

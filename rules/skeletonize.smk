@@ -1,12 +1,11 @@
-# skeletonize: the somata of `segmentation`, once (a checkpoint) -> blockwise kimimaro on `segmentation`, each
-# block clearing the somata's spheres (one job per batch of blocks, pieces cropped to each block's
-# write ROI) -> one merge job (pieces fused at block faces into one tree per segment: skeletons.parquet) ->
-# morphology.parquet.
+# skeletonize (connectomix.blockwise: setup, block, finish): the setup and the somata of `segmentation`, once (a
+# checkpoint) -> blockwise kimimaro on `segmentation`, each block clearing the somata's spheres (one job per batch
+# of blocks, pieces cropped to each block's write ROI) -> one merge job (`finish`: pieces fused at block faces into
+# one tree per segment: skeletons.parquet) -> morphology.parquet.
 # Evaluation (phantoms): ERL and split/merge counts of the segmentation along ground-truth skeletons.
 
 SKELETONIZE = CFG["skeletonize"]
-
-
+skeletonize_work_dir = lambda wc: f"{RESULTS}/{wc.dataset}/skeletonize"
 
 
 FINAL_TARGETS["skeletonize"] = lambda name: [
@@ -16,16 +15,22 @@ FINAL_TARGETS["skeletonize"] = lambda name: [
 EVAL_TARGETS["skeletons"] = lambda name: [f"{RESULTS}/{name}/eval/skeletons.json"] if is_phantom(name) else []
 
 
-# A checkpoint: which skeleton blocks must rerun depends on the somata it finds (params.somata of the blocks).
+# The stage's setup (setup.json: parameters, block grid) and the somata (whole volume, once), in one job. A
+# checkpoint: which skeleton blocks must rerun depends on the somata it finds (params.somata of the blocks).
 checkpoint skeletonize_somata:
     input:
         # the segmentation with its pyramid (segment_finish builds it)
         segments=f"{RESULTS}/{{dataset}}/segments.parquet",
     output:
         somata=f"{RESULTS}/{{dataset}}/skeletonize/somata.parquet",
+        setup=f"{RESULTS}/{{dataset}}/skeletonize/setup.json",
     params:
         volume=volume_of,
+        work=skeletonize_work_dir,
+        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks",
         spec=json_arg(SKELETONIZE),
+        block=zyx(CFG["blocks"]["shape"]),
+        chunks=zyx(CFG["storage"]["chunk_shape"]),
     log:
         f"{RESULTS}/{{dataset}}/logs/skeletonize/somata.log",
     conda:
@@ -35,8 +40,10 @@ checkpoint skeletonize_somata:
         mem_mb=CFG["resources"]["min_mem_mb"],
         runtime=CFG["resources"]["min_runtime_min"],
     shell:
-        "python -m connectomix skeletonize somata --volume {params.volume} --array segmentation "
-        "--params {params.spec} --out {output.somata} > {log} 2>&1"
+        "(python -m connectomix skeletonize setup --volume {params.volume} --work-dir {params.work} "
+        "--params {params.spec} --block-shape {params.block} --chunk-shape {params.chunks} "
+        "--marker-dir {params.markers} --array segmentation "
+        "&& python -m connectomix skeletonize somata --work-dir {params.work}) > {log} 2>&1"
 
 
 rule skeletonize_block:
@@ -47,7 +54,8 @@ rule skeletonize_block:
         # behind the agglomeration checkpoint, so that these jobs are planned again once it ran: before, every
         # relabel job counts as rerunning (its lookup-table rows are not known yet)
         agglomerate=setup_of("segment_agglomerate"),
-        # ancient: a block reruns when the somata reaching it change (params.somata), not for any soma
+        # ancient: a block reruns when the somata reaching it change (params.somata), not for any soma; the same
+        # job writes the stage's setup.json
         somata=setup_of("skeletonize_somata"),
     output:
         marker=f"{RESULTS}/{{dataset}}/blocks/skeletonize/batches/{{batch}}.json",
@@ -55,14 +63,10 @@ rule skeletonize_block:
         identity=dataset_identity,
         roi=batch_roi(SKELETONIZE["halo"]),
         somata=somata_digest,
-        volume=volume_of,
         spec=json_arg(SKELETONIZE),
-        block_shape=zyx(CFG["blocks"]["shape"]),
-        chunks=zyx(CFG["storage"]["chunk_shape"]),
+        work=skeletonize_work_dir,
         blocks=batch_blocks,
         record=batch_record,
-        pieces=lambda wc: f"{RESULTS}/{wc.dataset}/skeletonize/pieces",
-        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks/skeletonize",
     log:
         f"{RESULTS}/{{dataset}}/logs/skeletonize/{{batch}}.log",
     conda:
@@ -72,11 +76,8 @@ rule skeletonize_block:
         # from the voxels each block reads (its read ROI)
         **batch_resources(SKELETONIZE["halo"], mem_factor=12, time_factor=4),
     shell:
-        "python -m connectomix skeletonize block --volume {params.volume} --array segmentation "
-        "--blocks {params.blocks} --block-shape {params.block_shape} --chunk-shape {params.chunks} "
-        "--params {params.spec} --pieces-dir {params.pieces} --marker-dir {params.markers} --threads {threads} "
-        "--somata {input.somata} "
-        "> {log} 2>&1 && echo {params.record} > {output.marker}"
+        "python -m connectomix skeletonize block --work-dir {params.work} --blocks {params.blocks} "
+        "--threads {threads} > {log} 2>&1 && echo {params.record} > {output.marker}"
 
 
 rule skeletonize_merge:
@@ -88,10 +89,8 @@ rule skeletonize_merge:
         skeletons=f"{RESULTS}/{{dataset}}/skeletons.parquet",
         summary=f"{RESULTS}/{{dataset}}/skeletonize/merge.json",
     params:
-        volume=volume_of,
+        work=skeletonize_work_dir,
         spec=json_arg(SKELETONIZE),
-        block_shape=zyx(CFG["blocks"]["shape"]),
-        pieces=lambda wc: f"{RESULTS}/{wc.dataset}/skeletonize/pieces",
     log:
         f"{RESULTS}/{{dataset}}/logs/skeletonize/merge.log",
     conda:
@@ -101,10 +100,8 @@ rule skeletonize_merge:
         mem_mb=lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["mem_mb"],
         runtime=lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"],
     shell:
-        "python -m connectomix skeletonize merge --volume {params.volume} --array segmentation "
-        "--block-shape {params.block_shape} --pieces-dir {params.pieces} --params {params.spec} "
-        "--segments {input.segments} --somata {input.somata} --out {output.skeletons} --summary {output.summary} "
-        "> {log} 2>&1"
+        "python -m connectomix skeletonize finish --work-dir {params.work} --segments {input.segments} "
+        "--skeletons {output.skeletons} --summary {output.summary} > {log} 2>&1"
 
 
 rule skeletonize_morphology:

@@ -17,13 +17,13 @@ EVAL_TARGETS["clefts"] = lambda name: [f"{RESULTS}/{name}/eval/clefts.json"] if 
 # A checkpoint: see "Extending a dataset" in rules/common.smk. It needs the synapse_maps array, not the predictions.
 checkpoint synapses_setup:
     input:
-        predict=f"{RESULTS}/{{dataset}}/blocks/predict/setup.json",
+        predict=f"{RESULTS}/{{dataset}}/predict/setup.json",
     output:
         setup=f"{RESULTS}/{{dataset}}/synapses/setup.json",
     params:
         work=lambda wc: f"{RESULTS}/{wc.dataset}/synapses",
         volume=volume_of,
-        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks/synapses",
+        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks",
         spec=json_arg(SYNAPSES),
         block=zyx(CFG["blocks"]["shape"]),
     log:
@@ -35,7 +35,7 @@ checkpoint synapses_setup:
         mem_mb=CFG["resources"]["min_mem_mb"],
         runtime=CFG["resources"]["min_runtime_min"],
     shell:
-        "python -m connectomix synapses init --volume {params.volume} --work-dir {params.work} "
+        "python -m connectomix synapses setup --volume {params.volume} --work-dir {params.work} "
         "--params {params.spec} --block-shape {params.block} --marker-dir {params.markers} > {log} 2>&1"
 
 
@@ -88,8 +88,8 @@ rule synapses_stitch:
         mem_mb=lambda wc: cmx_config.job_resources(80 * block_grid(wc.dataset, (4, 32, 32)).block((0, 0, 0)).read.size, CFG)["mem_mb"],
         runtime=lambda wc: cmx_config.job_resources(4 * voxels(wc.dataset), CFG)["runtime"],
     shell:
-        "python -m connectomix synapses stitch --work-dir {params.work} --out {output.synapses} "
-        "--clefts-out {output.clefts} --summary {output.summary} > {log} 2>&1"
+        "python -m connectomix synapses finish --work-dir {params.work} --synapses {output.synapses} "
+        "--clefts {output.clefts} --summary {output.summary} > {log} 2>&1"
 
 
 rule evaluate_synapses:

@@ -207,21 +207,26 @@ def test_augmented_blockwise_prediction_is_seamless():
     assert np.abs(blockwise.astype(int) - whole.astype(int)).max() <= 1
 
 
-def _cli_setup(tmp_path, raw):
-    """A volume holding ``raw``, a saved random model and `predict setup` run on them: (root, model, ck, markers)."""
+def _cli_setup(tmp_path, raw, **params):
+    """A volume holding ``raw``, a saved random model and `predict setup` run on them (``params``: tile_shape,
+    augment): (root, model, work dir, markers)."""
     root = _volume(tmp_path, raw)
     model = _model()
     ck = tmp_path / "ck"
     save_checkpoint(ck, model, {"iterations": 1})
-    markers = tmp_path / "blocks"
-    assert main(["predict", "setup", "--volume", str(root), "--checkpoint", str(ck), "--chunk-shape", "8", "32",
-                 "32", "--marker", str(markers / "setup.json")]) == 0
-    return root, model, ck, markers
+    work = tmp_path / "predict"
+    assert main(["predict", "setup", "--volume", str(root), "--work-dir", str(work), "--params",
+                 json.dumps({"checkpoint": str(ck), **params}), "--block-shape", "8", "32", "32",
+                 "--chunk-shape", "8", "32", "32"]) == 0
+    return root, model, work, tmp_path / "blocks" / "predict"
 
 
 def test_cli_setup_block_finish(tmp_path, capsys):
     raw = _raw((16, 64, 64), seed=5)
-    root, model, ck, markers = _cli_setup(tmp_path, raw)
+    root, model, work, markers = _cli_setup(tmp_path, raw, tile_shape=[4, 16, 16])
+    setup = json.loads((work / "setup.json").read_text())
+    assert setup["params"] == {"checkpoint": str(tmp_path / "ck"), "tile_shape": [4, 16, 16], "augment": "none"}
+    assert setup["halo"] == list(model.arch.context) and setup["marker_dir"] == str(tmp_path / "blocks")
     meta = io.read_meta(root, "affinities")
     assert meta.shape == (3, 16, 64, 64) and meta.channels == ("z", "y", "x")
     assert meta.attrs["offsets"] == [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
@@ -229,21 +234,22 @@ def test_cli_setup_block_finish(tmp_path, capsys):
     assert io.read_meta(root, "synapse_maps").channels == ("cleft", "pre", "post")
     grid = BlockGrid(raw.shape, (8, 32, 32), model.arch.context, (8, 32, 32))
     ids = grid.ids()
-    assert main(["predict", "block", "--volume", str(root), "--checkpoint", str(ck), "--block-shape", "8", "32",
-                 "32", "--blocks", *ids[:4], "--marker-dir", str(markers), "--device", "cpu", "--threads", "1",
-                 "--batch-size", "2", "--tile-shape", "4", "16", "16"]) == 0
+    assert main(["predict", "block", "--work-dir", str(work), "--blocks", *ids[:4], "--device", "cpu",
+                 "--threads", "1", "--batch-size", "2"]) == 0
     # finish refuses while blocks are missing
-    assert main(["predict", "finish", "--volume", str(root), "--marker-dir", str(markers),
-                 "--summary", str(tmp_path / "predict.json")]) == 1
-    assert main(["predict", "block", "--volume", str(root), "--checkpoint", str(ck), "--block-shape", "8", "32",
-                 "32", "--blocks", *ids[4:], "--marker-dir", str(markers), "--device", "cpu",
+    capsys.readouterr()
+    assert main(["predict", "finish", "--work-dir", str(work), "--summary", str(tmp_path / "predict.json")]) == 1
+    assert "4 of 8 blocks have no marker of `connectomix predict block --step predict`" in capsys.readouterr().err
+    assert main(["predict", "block", "--work-dir", str(work), "--blocks", *ids[4:], "--device", "cpu",
                  "--threads", "1"]) == 0
     marker = json.loads((markers / f"{ids[0]}.json").read_text())
     assert marker["block"] == ids[0] and marker["write_shape"] == [8, 32, 32]
-    assert main(["predict", "finish", "--volume", str(root), "--marker-dir", str(markers),
-                 "--summary", str(tmp_path / "predict.json"), "--pyramid-levels", "2"]) == 0
+    assert marker["seconds"] > 0 and marker["peak_rss_mb"] > 0
+    assert main(["predict", "finish", "--work-dir", str(work), "--summary", str(tmp_path / "predict.json"),
+                 "--pyramid-levels", "2"]) == 0
     summary = json.loads((tmp_path / "predict.json").read_text())
     assert summary["blocks"] == 8 and summary["voxels"] == raw.size
+    assert summary["checkpoint"] == str(tmp_path / "ck")
     assert io.read_meta(root, "affinities").levels == 2
     aff = io.open_array(root, "affinities")[...]
     whole_aff, whole_syn = predict_volume(model, raw)
@@ -254,11 +260,10 @@ def test_cli_setup_block_finish(tmp_path, capsys):
 
 def test_cli_blocks_with_test_time_augmentation_equal_the_augmented_whole_volume(tmp_path):
     raw = _raw((8, 64, 64), seed=6)
-    root, model, ck, markers = _cli_setup(tmp_path, raw)
+    root, model, work, markers = _cli_setup(tmp_path, raw, augment="in-plane")
     ids = BlockGrid(raw.shape, (8, 32, 32), model.arch.context, (8, 32, 32)).ids()
-    assert main(["predict", "block", "--volume", str(root), "--checkpoint", str(ck), "--block-shape", "8", "32",
-                 "32", "--blocks", *ids, "--marker-dir", str(markers), "--device", "cpu", "--threads", "1",
-                 "--augment", "in-plane"]) == 0
+    assert main(["predict", "block", "--work-dir", str(work), "--blocks", *ids, "--device", "cpu",
+                 "--threads", "1"]) == 0
     assert json.loads((markers / f"{ids[0]}.json").read_text())["augment_passes"] == 8
     whole_aff, _ = predict_volume(model, raw, augment="in-plane")
     aff = io.open_array(root, "affinities")[...]
@@ -267,11 +272,18 @@ def test_cli_blocks_with_test_time_augmentation_equal_the_augmented_whole_volume
 
 def test_block_with_a_bad_id_is_a_clear_error(tmp_path, capsys):
     raw = _raw((8, 32, 32))
-    root = _volume(tmp_path, raw)
-    ck = tmp_path / "ck"
-    save_checkpoint(ck, _model(), {"iterations": 1})
-    assert main(["predict", "setup", "--volume", str(root), "--checkpoint", str(ck), "--chunk-shape", "8", "32",
-                 "32", "--marker", str(tmp_path / "s.json")]) == 0
-    assert main(["predict", "block", "--volume", str(root), "--checkpoint", str(ck), "--block-shape", "8", "32",
-                 "32", "--blocks", "z5_y0_x0", "--marker-dir", str(tmp_path / "m"), "--device", "cpu"]) == 1
+    _, _, work, _ = _cli_setup(tmp_path, raw)
+    assert main(["predict", "block", "--work-dir", str(work), "--blocks", "z5_y0_x0", "--device", "cpu"]) == 1
     assert "outside the grid" in capsys.readouterr().err
+
+
+def test_setup_needs_a_checkpoint_and_blocks_use_the_checkpoint_it_recorded(tmp_path, capsys):
+    raw = _raw((8, 32, 32))
+    root, _, work, _ = _cli_setup(tmp_path, raw)
+    capsys.readouterr()
+    assert main(["predict", "setup", "--volume", str(root), "--work-dir", str(work), "--params", "{}",
+                 "--block-shape", "8", "32", "32"]) == 1
+    assert "give checkpoint" in capsys.readouterr().err
+    save_checkpoint(tmp_path / "ck", _model(seed=1), {"iterations": 1})  # other weights after setup
+    assert main(["predict", "block", "--work-dir", str(work), "--blocks", "z0_y0_x0", "--device", "cpu"]) == 1
+    assert "changed since predict setup" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectomix import cli, io
+from connectomix import blockwise, cli, io
 from connectomix.evaluate.segmentation import contingency, fragment_bound, metrics, voi
 from connectomix.segment import params as seg_params
 from connectomix.segment import stitch, synthetic as syn
@@ -113,11 +113,9 @@ def test_block_rags_merge_to_the_volume_rag(tmp_path, voronoi):
     root, affs = _volume(tmp_path, voronoi)
     # the quantile method: block tables keep their histograms
     s = stitch.setup(root, tmp_path / "w", {"agglomerate": {"method": "quantile"}}, (8, 48, 48), CHUNKS)
-    grid = stitch.grid_of(s)
-    for b in grid.ids():
-        stitch.fragments_block(tmp_path / "w", b)
-    for b in grid.ids():
-        stitch.rag_block(tmp_path / "w", b)
+    grid = blockwise.grid_of(s)
+    for step in ("fragments", "rag"):
+        blockwise.run_step(stitch.STAGE, tmp_path / "w", step)
     merged = merge_rags([Rag.from_npz(tmp_path / "w" / "edges" / f"{b}.npz") for b in grid.ids()])
     frags = np.asarray(io.open_array(root, "fragments")[...])
     whole = volume_rag(frags, affs, syn.NN_OFFSETS)
@@ -276,10 +274,10 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert cli.main(["segment", "setup", "--volume", str(root), "--work-dir", str(work), "--params",
                      json.dumps({"halo": [2, 16, 16]}), "--block-shape", "8", "32", "32",
                      "--chunk-shape", "8", "32", "32"]) == 0
-    for action in ("fragments", "rag"):
-        assert cli.main(["segment", action, "--work-dir", str(work), "--blocks", *blocks]) == 0
+    for step in ("fragments", "rag"):
+        assert cli.main(["segment", "block", "--step", step, "--work-dir", str(work), "--blocks", *blocks]) == 0
     assert cli.main(["segment", "agglomerate", "--work-dir", str(work)]) == 0
-    assert cli.main(["segment", "relabel", "--work-dir", str(work), "--blocks", *blocks]) == 0
+    assert cli.main(["segment", "block", "--step", "relabel", "--work-dir", str(work), "--blocks", *blocks]) == 0
     assert cli.main(["segment", "finish", "--work-dir", str(work), "--segments", str(tmp_path / "segments.parquet"),
                      "--summary", str(tmp_path / "segment.json"), "--pyramid-levels", "2"]) == 0
     for stage in ("segment_fragments", "segment_rag", "segment_relabel"):
@@ -352,14 +350,14 @@ def test_per_section_fragments_read_only_their_blocks_sections(tmp_path, voronoi
     root, affs = _volume(tmp_path, voronoi)
     s = stitch.setup(root, tmp_path / "w", {}, (8, 48, 48), CHUNKS)
     assert s["mode"] == "2d" and s["halo"][0] > 0
-    grid = stitch.grid_of(s)
+    grid = blockwise.grid_of(s)
     for block in grid:
         read = stitch.fragments_read_roi(block, "2d", "watershed")
         assert read.shape[0] == block.write.shape[0] < block.read.shape[0]
         assert read.shape[1:] == block.read.shape[1:]
         assert stitch.fragments_read_roi(block, "2d", "mutex") == block.read
         assert stitch.fragments_read_roi(block, "3d", "watershed") == block.read
-        stitch.fragments_block(tmp_path / "w", block.id)
+        blockwise.run_blocks(stitch.STAGE, tmp_path / "w", [block.id], "fragments")
         full = block_fragments(affs[(slice(None),) + block.read.slices], s["offsets"], s["voxel_size"], s["params"],
                                "2d", block.write_in_read, block.index)
         written = np.asarray(io.open_array(root, "fragments")[block.write.slices])

@@ -326,22 +326,28 @@ def _volume(tmp_path, labels, name="segmentation"):
     return root
 
 
+def _cli_setup(tmp_path, root, work="skeletonize"):
+    from connectomix import cli
+
+    assert cli.main(["skeletonize", "setup", "--volume", str(root), "--work-dir", str(tmp_path / work),
+                     "--params", json.dumps(SMALL), "--block-shape", "16", "64", "64", "--chunk-shape", "8", "64",
+                     "64"]) == 0
+    return tmp_path / work
+
+
 def test_cli_blocks_merge_morphology(tmp_path, capsys):
     from connectomix import cli
 
     labels = _tubes()
     root = _volume(tmp_path, labels)
     spec = json.dumps(SMALL)
+    work = _cli_setup(tmp_path, root)
     grid = BlockGrid(labels.shape, (16, 64, 64), SMALL["halo"], (8, 64, 64))
     for block_id in grid.ids():
-        assert cli.main(["skeletonize", "block", "--volume", str(root), "--block", block_id, "--block-shape",
-                         "16", "64", "64", "--chunk-shape", "8", "64", "64", "--params", spec,
-                         "--pieces", str(tmp_path / "pieces" / f"{block_id}.npz"),
-                         "--marker", str(tmp_path / "blocks" / f"{block_id}.json")]) == 0
-        assert read_marker(tmp_path / "blocks" / f"{block_id}.json")["block"] == block_id
+        assert cli.main(["skeletonize", "block", "--work-dir", str(work), "--blocks", block_id]) == 0
+        assert read_marker(tmp_path / "blocks" / "skeletonize" / f"{block_id}.json")["block"] == block_id
     out = tmp_path / "skeletons.parquet"
-    assert cli.main(["skeletonize", "merge", "--volume", str(root), "--block-shape", "16", "64", "64",
-                     "--pieces-dir", str(tmp_path / "pieces"), "--params", spec, "--out", str(out),
+    assert cli.main(["skeletonize", "finish", "--work-dir", str(work), "--skeletons", str(out),
                      "--summary", str(tmp_path / "merge.json")]) == 0
     table = pd.read_parquet(out)
     assert sorted(table["id"].unique()) == [1, 2, 3]
@@ -362,41 +368,33 @@ def test_cli_blocks_merge_morphology(tmp_path, capsys):
     assert np.allclose(morph[["extent_z_nm", "extent_y_nm", "extent_x_nm"]].to_numpy(), ext)
     assert morph.loc[morph["id"] == 3, "extent_z_nm"].item() > 900  # tube 3 runs along z
     # A missing block is a clear error.
-    (tmp_path / "pieces" / "z0_y0_x0.npz").unlink()
-    assert cli.main(["skeletonize", "merge", "--volume", str(root), "--block-shape", "16", "64", "64",
-                     "--pieces-dir", str(tmp_path / "pieces"), "--out", str(out),
+    (work / "pieces" / "z0_y0_x0.npz").unlink()
+    assert cli.main(["skeletonize", "finish", "--work-dir", str(work), "--skeletons", str(out),
                      "--summary", str(tmp_path / "merge.json")]) == 1
     assert "z0_y0_x0" in capsys.readouterr().err
 
 
 def test_cli_block_batch_writes_the_same_pieces_as_single_blocks(tmp_path, capsys):
-    """`skeletonize block --blocks A B ... --pieces-dir --marker-dir` (one Snakemake batch job) = one call per block."""
+    """`skeletonize block --blocks A B ...` (one Snakemake batch job) = one call per block."""
     from connectomix import cli
 
     labels = _tubes()
     root = _volume(tmp_path, labels)
-    spec = json.dumps(SMALL)
+    one, batch = _cli_setup(tmp_path, root, "one"), _cli_setup(tmp_path, root, "batch")
     grid = BlockGrid(labels.shape, (16, 64, 64), SMALL["halo"], (8, 64, 64))
-    common = ["skeletonize", "block", "--volume", str(root), "--block-shape", "16", "64", "64", "--chunk-shape",
-              "8", "64", "64", "--params", spec]
     for block_id in grid.ids():
-        assert cli.main([*common, "--block", block_id, "--pieces", str(tmp_path / "one" / f"{block_id}.npz"),
-                         "--marker", str(tmp_path / "one_markers" / f"{block_id}.json")]) == 0
-    assert cli.main([*common, "--blocks", *grid.ids(), "--pieces-dir", str(tmp_path / "batch"),
-                     "--marker-dir", str(tmp_path / "batch_markers")]) == 0
+        assert cli.main(["skeletonize", "block", "--work-dir", str(one), "--blocks", block_id]) == 0
+    assert cli.main(["skeletonize", "block", "--work-dir", str(batch), "--blocks", *grid.ids()]) == 0
     for block_id in grid.ids():
-        assert read_marker(tmp_path / "batch_markers" / f"{block_id}.json")["block"] == block_id
-        one, batch = np.load(tmp_path / "one" / f"{block_id}.npz"), np.load(tmp_path / "batch" / f"{block_id}.npz")
-        assert sorted(one.files) == sorted(batch.files)
-        for key in one.files:
-            assert np.array_equal(one[key], batch[key]), (block_id, key)
+        assert read_marker(tmp_path / "blocks" / "skeletonize" / f"{block_id}.json")["block"] == block_id
+        a, b = np.load(one / "pieces" / f"{block_id}.npz"), np.load(batch / "pieces" / f"{block_id}.npz")
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), (block_id, key)
     capsys.readouterr()
-    # one block's file names with several blocks is an error, and so is giving neither form
-    assert cli.main([*common, "--blocks", *grid.ids()[:2], "--pieces", str(tmp_path / "x.npz"),
-                     "--marker", str(tmp_path / "x.json")]) == 1
-    assert "exactly one --block" in capsys.readouterr().err
-    assert cli.main([*common, "--blocks", grid.ids()[0]]) == 1
-    assert "--pieces-dir and --marker-dir" in capsys.readouterr().err
+    # a block outside the grid is an error before any work
+    assert cli.main(["skeletonize", "block", "--work-dir", str(batch), "--blocks", grid.ids()[0], "z9_y0_x0"]) == 1
+    assert "outside the grid" in capsys.readouterr().err
 
 
 def test_erl_metrics_by_hand():

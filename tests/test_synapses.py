@@ -384,25 +384,25 @@ def test_cli_help_and_gt_maps(tmp_path, capsys):
 
 @pytest.mark.parametrize("per_call", [1, 5])
 def test_cli_steps_match_in_process_run(toy, tmp_path, per_call):
-    """The Snakemake path (init, block jobs, stitch) gives the same table as detect_synapses, with one block per
-    call (`--block`) or several (`--blocks A B ...`, one batch job)."""
+    """The Snakemake path (setup, block jobs, finish) gives the same table as detect_synapses, with one block per
+    call or several (`--blocks A B ...`, one batch job)."""
     import json
 
     from connectomix import cli
+    from connectomix.blockwise import grid_of, load_setup
 
     vol = toy["tmp"] / "v.zarr"
     work = tmp_path / "work"
     params = json.dumps({"min_size_voxels": 10})
-    assert cli.main(["synapses", "init", "--volume", str(vol), "--work-dir", str(work), "--params", params,
+    assert cli.main(["synapses", "setup", "--volume", str(vol), "--work-dir", str(work), "--params", params,
                      "--block-shape", "8", "32", "32", "--marker-dir", str(tmp_path / "blocks")]) == 0
-    ids = syn._grid(syn.load_setup(work)).ids()
+    ids = grid_of(load_setup(work)).ids()
     assert len(ids) == 2 * 2 * 4
     for start in range(0, len(ids), per_call):
-        chosen = ["--block", ids[start]] if per_call == 1 else ["--blocks", *ids[start:start + per_call]]
-        assert cli.main(["synapses", "block", "--work-dir", str(work), *chosen]) == 0
-    assert all((tmp_path / "blocks" / f"{block_id}.json").exists() for block_id in ids)
+        assert cli.main(["synapses", "block", "--work-dir", str(work), "--blocks", *ids[start:start + per_call]]) == 0
+    assert all((tmp_path / "blocks" / "synapses" / f"{block_id}.json").exists() for block_id in ids)
     out = tmp_path / "synapses.parquet"
-    assert cli.main(["synapses", "stitch", "--work-dir", str(work), "--out", str(out),
+    assert cli.main(["synapses", "finish", "--work-dir", str(work), "--synapses", str(out),
                      "--summary", str(tmp_path / "summary.json")]) == 0
     a = pd.read_parquet(out).sort_values("id").reset_index(drop=True)
     b = toy["table"].sort_values("id").reset_index(drop=True)

@@ -8,8 +8,10 @@ values therefore equal a whole-volume prediction up to float rounding (at most o
 augmentation (``Predictor(augment='in-plane')``) keeps this: a flipped tile's valid output sizes share one residue
 modulo the pooling factor, so every pass sees one global lattice too.
 
-CLI (``python -m connectomix predict ACTION``): ``setup`` creates both arrays, ``block`` predicts blocks and writes
-one marker per block (last), ``finish`` builds pyramids and writes a summary JSON.
+CLI (``python -m connectomix predict ACTION``, :mod:`connectomix.blockwise`): ``setup`` creates both arrays and records
+the checkpoint, tile shape and augmentation in ``{work_dir}/setup.json``; ``block`` predicts blocks and writes one
+marker per block (last, ``blocks/predict/{block}.json``); ``finish`` sets the digests, builds pyramids and writes a
+summary JSON.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from connectomix.blockwise import Stage, Step, pyramid_options
 from connectomix.io import read_padded
 
 SCALE = 1.0 / 255.0
@@ -272,34 +274,52 @@ def predict_volume(model, raw: np.ndarray, device="cpu", batch_size: int = 1,
     return prob[:n], prob[n:]
 
 
-# --- blockwise over the OME-Zarr -----------------------------------------------------------------------------
+# --- blockwise over the OME-Zarr (connectomix.blockwise) -----------------------------------------------------
+
+# What defines a block's result, recorded at setup: the checkpoint, the tile shape and the augmentation.
+PARAMS = ("checkpoint", "tile_shape", "augment")
 
 
-def _grid(volume, checkpoint_meta, block_shape):
-    from connectomix.blocks import BlockGrid
-    from connectomix.io import read_meta
+def resolve(params: dict | None) -> dict:
+    """The predict parameters setup records: ``checkpoint`` (required), ``tile_shape`` and ``augment`` (defaults
+    from the config schema's ``predict`` section)."""
+    from connectomix.config import defaults
 
-    meta = read_meta(volume, "affinities")
-    return BlockGrid(meta.spatial_shape, block_shape, checkpoint_meta["context"], meta.spatial_chunks)
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown or "checkpoint" not in params:
+        raise ValueError(f"predict parameters: give checkpoint (and optionally tile_shape, augment); "
+                         f"{'unknown ' + str(unknown) if unknown else 'no checkpoint'}")
+    section = defaults("predict")
+    out = {key: params.get(key, section[key]) for key in PARAMS}
+    out["checkpoint"] = str(out["checkpoint"])
+    out["tile_shape"] = [int(t) for t in out["tile_shape"]]
+    augment_variants(out["augment"])  # a clear error for an unknown augmentation
+    return out
 
 
-def setup(volume, checkpoint, chunk_shape, marker) -> dict:
-    """Create the ``affinities`` and ``synapse_maps`` arrays and write the setup marker.
+def setup(volume, work_dir, params, block_shape, chunk_shape=None, marker_dir=None) -> dict:
+    """Create the ``affinities`` and ``synapse_maps`` arrays and write ``{work_dir}/setup.json`` (the checkpoint,
+    tile shape and augmentation, the grid with the network's context as halo).
 
     Arrays that exist with the same layout and a shape no larger than ``raw``'s are kept, resized in place when the
     dataset grew (``io.ensure_array``): the blocks already predicted keep their output, and the workflow reruns
     only the blocks whose read ROI changed. Anything else is created afresh."""
-    from connectomix.blocks import atomic_write_json
+    from connectomix.blockwise import new_setup, save_setup
     from connectomix.io import ensure_array, read_meta
     from connectomix.models import read_checkpoint_meta
     from connectomix.provenance import DIGEST_ATTR, array_digest, record
 
-    ck = read_checkpoint_meta(checkpoint)
+    params = resolve(params)
+    ck = read_checkpoint_meta(params["checkpoint"])
     raw = read_meta(volume, "raw")
     shape = raw.spatial_shape
-    prov = record({"checkpoint": str(checkpoint), "weights_sha256": ck["weights_sha256"],
-                   "context": ck["context"]},
+    chunk_shape = tuple(chunk_shape or raw.spatial_chunks)
+    prov = record({**params, "weights_sha256": ck["weights_sha256"], "context": ck["context"]},
                   {"raw": array_digest(volume, "raw"), "checkpoint": ck["weights_sha256"]})
+    s = new_setup("predict", volume, work_dir, shape=shape, block_shape=block_shape, chunk_shape=chunk_shape,
+                  halo=ck["context"], voxel_size=raw.voxel_size, offset_nm=raw.offset_nm, params=params,
+                  provenance=prov, marker_dir=marker_dir, weights_sha256=ck["weights_sha256"])
     aff_channels = ck["channels"]["affinities"]
     syn_channels = ck["channels"]["synapse_maps"] or ["cleft", "pre", "post"]
     _, aff_status = ensure_array(
@@ -312,76 +332,68 @@ def setup(volume, checkpoint, chunk_shape, marker) -> dict:
         raw.voxel_size, raw.offset_nm, channels=syn_channels,
         attrs={"scale": SCALE, "predicted": bool(ck["channels"]["synapse_maps"]), "provenance": prov,
                DIGEST_ATTR: None})
-    payload = {"volume_shape": list(shape), "chunk_shape": list(chunk_shape), "context": ck["context"],
-               "weights_sha256": ck["weights_sha256"], "provenance": prov,
-               "arrays": {"affinities": aff_status, "synapse_maps": syn_status}}
-    atomic_write_json(marker, payload)
-    return payload
+    s["arrays"] = {"affinities": aff_status, "synapse_maps": syn_status}
+    return save_setup(s)
 
 
-def predict_blocks(volume, checkpoint, block_shape, block_ids, marker_dir, device="auto", batch_size=1,
-                   tile_shape=(24, 192, 192), threads=0, augment="none") -> list[dict]:
-    """Predict the given blocks; each writes exactly its write ROI, then its marker (last). ``augment``: see
-    :class:`Predictor`; y/x transpositions only when the volume's y and x voxel sizes are equal."""
-    from connectomix.blocks import write_marker
-    from connectomix.io import open_array, read_meta
+def _prepare(s: dict, options: dict) -> dict:
+    """Once per block job: the device, the checkpoint (the one setup recorded), the predictor and the arrays."""
+    from connectomix.io import open_array
     from connectomix.models import load_checkpoint
+
+    dev = resolve_device(options["device"], options["threads"])
+    model, ck = load_checkpoint(s["params"]["checkpoint"], map_location=dev)
+    if ck["weights_sha256"] != s["weights_sha256"]:
+        raise ValueError(f"checkpoint {s['params']['checkpoint']} changed since predict setup (weights "
+                         f"{ck['weights_sha256'][:12]}, setup recorded {s['weights_sha256'][:12]}): rerun setup")
+    voxel_size = s["voxel_size"]
+    return {"device": dev, "ck": ck,
+            "predictor": Predictor(model, dev, options["batch_size"], s["params"]["tile_shape"],
+                                   s["params"]["augment"], transpose=voxel_size[1] == voxel_size[2]),
+            "raw": open_array(s["volume"], "raw"),
+            "affinities": open_array(s["volume"], "affinities", mode="r+"),
+            "synapse_maps": open_array(s["volume"], "synapse_maps", mode="r+")}
+
+
+def _predict_blocks(s: dict, blocks, context: dict) -> list[dict]:
+    """Predict blocks together (tiles batched across them); each writes exactly its write ROI. ``augment``: see
+    :class:`Predictor`; y/x transpositions only when the volume's y and x voxel sizes are equal."""
     from connectomix.provenance import data_digest
 
-    dev = resolve_device(device, threads)
-    model, ck = load_checkpoint(checkpoint, map_location=dev)
-    grid = _grid(volume, ck, block_shape)
-    raw = open_array(volume, "raw")
-    aff_out = open_array(volume, "affinities", mode="r+")
-    syn_out = open_array(volume, "synapse_maps", mode="r+")
-    voxel_size = read_meta(volume, "raw").voxel_size
-    predictor = Predictor(model, dev, batch_size, tile_shape, augment, transpose=voxel_size[1] == voxel_size[2])
+    ck = context["ck"]
     n_aff = len(ck["offsets"])
-    markers = []
-    blocks = [grid.block(bid) for bid in block_ids]
-    # Blocks go through the network together (tiles batched across blocks), `batch_size` blocks' worth at a time.
-    group = max(1, int(batch_size))
-    for i in range(0, len(blocks), group):
-        chunk = blocks[i:i + group]
-        t0 = time.perf_counter()
-        probs = predictor.predict_many(raw, [(b.write.offset, b.write.shape) for b in chunk], grid.volume_shape)
-        seconds = (time.perf_counter() - t0) / len(chunk)
-        for block, prob in zip(chunk, probs):
-            q = quantize(prob)
-            aff_out[(slice(None),) + block.write.slices] = q[:n_aff]
-            digests = {"affinities": data_digest(q[:n_aff])}
-            if ck["channels"]["synapse_maps"]:
-                syn_out[(slice(None),) + block.write.slices] = q[n_aff:]
-                digests["synapse_maps"] = data_digest(q[n_aff:])
-            fields = {"sha256": digests, "seconds": round(seconds, 3), "device": str(dev),
-                      "voxels": block.write.size,
-                      "voxels_per_second": block.write.size / max(seconds, 1e-9),
-                      "mean_affinity": float(q[:n_aff].mean() * SCALE), "weights_sha256": ck["weights_sha256"],
-                      "augment_passes": len(predictor.variants)}
-            write_marker(Path(marker_dir) / f"{block.id}.json", block, **fields)
-            markers.append(fields)
-    return markers
+    probs = context["predictor"].predict_many(context["raw"], [(b.write.offset, b.write.shape) for b in blocks],
+                                              s["shape"])
+    out = []
+    for block, prob in zip(blocks, probs):
+        q = quantize(prob)
+        context["affinities"][(slice(None),) + block.write.slices] = q[:n_aff]
+        digests = {"affinities": data_digest(q[:n_aff])}
+        if ck["channels"]["synapse_maps"]:
+            context["synapse_maps"][(slice(None),) + block.write.slices] = q[n_aff:]
+            digests["synapse_maps"] = data_digest(q[n_aff:])
+        out.append({"sha256": digests, "device": str(context["device"]), "voxels": block.write.size,
+                    "mean_affinity": float(q[:n_aff].mean() * SCALE), "weights_sha256": ck["weights_sha256"],
+                    "augment_passes": len(context["predictor"].variants)})
+    return out
 
 
-def finish(volume, marker_dir, summary, levels=3, factor=(1, 2, 2), checkpoint=None) -> dict:
-    """Check every block marker exists, build both pyramids and write the summary JSON."""
-    from connectomix.blocks import atomic_write_json, read_marker
+def finish(work_dir, summary=None, pyramid_levels=3, pyramid_factor=(1, 2, 2)) -> dict:
+    """Check every block has its marker, set the arrays' digests, build both pyramids and write the summary."""
+    from connectomix.blocks import atomic_write_json
+    from connectomix.blockwise import load_setup, read_markers
     from connectomix.io import build_pyramid, open_array, read_meta, update_attrs
     from connectomix.provenance import blocks_digest, set_array_digest
 
-    meta = read_meta(volume, "affinities")
-    markers = sorted(Path(marker_dir).glob("z*_y*_x*.json"))
-    if not markers:
-        raise FileNotFoundError(f"no block markers in {marker_dir}")
-    records = [read_marker(p) for p in markers]
+    s = load_setup(work_dir, "predict")
+    records = read_markers(s, "predict")
+    volume = s["volume"]
     written = sum(int(np.prod(r["write_shape"])) for r in records)
-    if written != int(np.prod(meta.spatial_shape)):
-        raise ValueError(f"block markers cover {written} voxels, the volume has {int(np.prod(meta.spatial_shape))}")
     out = {}
     for name in ("affinities", "synapse_maps"):
         arr = open_array(volume, name)
         set_array_digest(volume, name, blocks_digest(arr, records, name))
-        out[name] = {"levels": build_pyramid(volume, name, levels, factor)}
+        out[name] = {"levels": build_pyramid(volume, name, pyramid_levels, pyramid_factor)}
         means = [float(np.asarray(arr[c]).mean() * SCALE) for c in range(arr.shape[0])]
         out[name]["channel_means"] = dict(zip(read_meta(volume, name).channels, means))
     seconds = sum(r.get("seconds", 0.0) for r in records)
@@ -389,10 +401,15 @@ def finish(volume, marker_dir, summary, levels=3, factor=(1, 2, 2), checkpoint=N
                "voxels_per_second": written / max(seconds, 1e-9),
                "devices": sorted({r.get("device", "?") for r in records}), "arrays": out,
                "weights_sha256": sorted({r.get("weights_sha256") for r in records}),
-               "checkpoint": str(checkpoint) if checkpoint else None}
+               "checkpoint": s["params"]["checkpoint"]}
     update_attrs(volume, "affinities", predict_summary={k: payload[k] for k in ("blocks", "seconds", "voxels")})
-    atomic_write_json(summary, payload)
+    if summary:
+        atomic_write_json(summary, payload)
     return payload
+
+
+STAGE = Stage("predict", setup, (Step("predict", _predict_blocks, _prepare, batched=True),), finish,
+              runtime=("threads", "device", "batch_size"), finish_options=pyramid_options(3))
 
 
 # --- workflow helpers (rules/predict.smk) ----------------------------------------------------------------------
@@ -453,46 +470,11 @@ def workflow_context(cfg: dict, phantom_datasets: Sequence[str]) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True)
-    s = sub.add_parser("setup", help="create the affinities and synapse_maps arrays")
-    s.add_argument("--volume", required=True, help="the dataset's volume.zarr (must hold `raw`)")
-    s.add_argument("--checkpoint", required=True, help="checkpoint folder (weights.pt + checkpoint.json)")
-    s.add_argument("--chunk-shape", type=int, nargs=3, required=True, metavar=("Z", "Y", "X"),
-                   help="storage chunk, voxels")
-    s.add_argument("--marker", required=True, help="setup marker JSON to write")
-    b = sub.add_parser("block", help="predict blocks of the shared block grid")
-    b.add_argument("--volume", required=True)
-    b.add_argument("--checkpoint", required=True)
-    b.add_argument("--block-shape", type=int, nargs=3, required=True, metavar=("Z", "Y", "X"))
-    b.add_argument("--blocks", nargs="+", required=True, metavar="ID", help="block ids, e.g. z0_y1_x0")
-    b.add_argument("--marker-dir", required=True, help="folder for the per-block markers")
-    b.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1 ...")
-    b.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
-    b.add_argument("--tile-shape", type=int, nargs=3, default=[24, 192, 192], metavar=("Z", "Y", "X"),
-                   help="wanted output tile, voxels (enlarged to a valid network output)")
-    b.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    b.add_argument("--augment", choices=AUGMENTATIONS, default="none",
-                   help="test-time augmentation: none, or in-plane (mean of the 8 in-plane flips/transpositions)")
-    f = sub.add_parser("finish", help="pyramids and summary")
-    f.add_argument("--volume", required=True)
-    f.add_argument("--marker-dir", required=True)
-    f.add_argument("--summary", required=True, help="summary JSON to write")
-    f.add_argument("--checkpoint", default=None)
-    f.add_argument("--pyramid-levels", type=int, default=3)
-    f.add_argument("--pyramid-factor", type=int, nargs=3, default=[1, 2, 2])
+    """``predict setup | block | finish`` (connectomix.blockwise)."""
+    from connectomix.blockwise import add_arguments as blockwise_arguments
+
+    blockwise_arguments(parser, STAGE)
 
 
 def run(args) -> int:
-    if args.action == "setup":
-        info = setup(args.volume, args.checkpoint, args.chunk_shape, args.marker)
-        print(f"predict setup: arrays {info['volume_shape']} created; context {info['context']}")
-    elif args.action == "block":
-        done = predict_blocks(args.volume, args.checkpoint, args.block_shape, args.blocks, args.marker_dir,
-                              args.device, args.batch_size, args.tile_shape, args.threads, args.augment)
-        for bid, m in zip(args.blocks, done):
-            print(f"predict block {bid}: {m['voxels']} voxels in {m['seconds']} s on {m['device']}")
-    else:
-        info = finish(args.volume, args.marker_dir, args.summary, args.pyramid_levels, args.pyramid_factor,
-                      args.checkpoint)
-        print(json.dumps({k: info[k] for k in ("blocks", "voxels", "seconds")}))
-    return 0
+    return args.func(args)

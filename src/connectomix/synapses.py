@@ -1,8 +1,9 @@
 """Synaptic clefts and their partners: ``synapse_maps`` + ``segmentation`` -> ``synapses.parquet``.
 
-The flow (Snakemake runs each step as a job; :func:`detect_synapses` runs them all in one process):
+The flow (:mod:`connectomix.blockwise`; Snakemake runs each step as a job, :func:`detect_synapses` runs them all in
+one process):
 
-1. ``init``: create the empty ``cleft_fragments`` array (uint64, same grid as ``synapse_maps``).
+1. ``setup``: create the empty ``cleft_fragments`` array (uint64, same grid as ``synapse_maps``).
 2. ``block`` (per block of the shared :class:`~connectomix.blocks.BlockGrid`): read the cleft channel over the read
    ROI (halo for optional smoothing), threshold it, take connected components (cc3d) of the *write* ROI and write
    them with provisional ids ``cleft_id(first voxel)`` (:func:`cleft_id` packs the global voxel coordinates, so ids
@@ -10,7 +11,7 @@ The flow (Snakemake runs each step as a job; :func:`detect_synapses` runs them a
    order inside the block is the piece's lowest voxel). Small pieces that touch no inner block face
    are complete and dropped at once; statistics go to ``{work_dir}/stats/{block}.parquet`` and the marker
    ``blocks/synapses/{block}.json`` is written last.
-3. ``stitch`` (one job): union-find (``scipy.sparse.csgraph``) over pairs of provisional ids that touch across block
+3. ``finish`` (one job) stitches: union-find (``scipy.sparse.csgraph``) over pairs of provisional ids that touch across block
    faces, with the component connectivity (6/18/26: diagonal neighbours across faces, edges and corners included),
    so the result equals connected components of the whole thresholded volume. Each cleft's stable id is
    ``cleft_id(its lowest voxel)`` (the smallest provisional id in it); clefts smaller than
@@ -50,7 +51,6 @@ reason) and the same positions; ``synapses.json`` summarises the counts.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -58,11 +58,12 @@ from pathlib import Path
 import numpy as np
 
 from connectomix import config
+from connectomix.blockwise import Stage, Step, grid_of, load_setup, new_setup, option, read_markers, run_step
+from connectomix.blockwise import save_setup
 
 SYNAPSE_MAPS = "synapse_maps"
 FRAGMENTS = "cleft_fragments"
 CLEFTS = "clefts"
-STAGE = "synapses"
 
 STATS_COLUMNS = ["prov_id", "voxels", "sum_z", "sum_y", "sum_x", "sum_prob"]
 
@@ -183,75 +184,46 @@ def _channel(meta, name: str) -> int:
     return channels.index(name)
 
 
-def _setup_path(work_dir) -> Path:
-    return Path(work_dir) / "setup.json"
-
-
-def setup(volume, work_dir, params: dict | None, block_shape, maps: str = SYNAPSE_MAPS,
-          segmentation: str = "segmentation", marker_dir=None) -> dict:
-    """Create the empty ``cleft_fragments`` array and write ``{work_dir}/setup.json`` (resolved parameters, grid).
+def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, marker_dir=None,
+          maps: str = SYNAPSE_MAPS, segmentation: str = "segmentation") -> dict:
+    """Create the empty ``cleft_fragments`` array and write ``{work_dir}/setup.json`` (resolved parameters, grid
+    with the cleft halo, the map and segmentation arrays).
 
     An existing array with the same layout is kept (resized in place when the dataset grew, ``io.ensure_array``),
     so the blocks done before keep their pieces; cleft ids do not depend on the volume's shape (:func:`cleft_id`).
     """
     from connectomix import io, provenance
-    from connectomix.blocks import BlockGrid, atomic_write_json
 
     params = resolve(params)
     meta = io.read_meta(volume, maps)
     _channel(meta, "cleft")
     shape = meta.spatial_shape
-    grid = BlockGrid(shape, block_shape, cleft_halo(params, meta.voxel_size), meta.spatial_chunks)
-    io.ensure_array(volume, FRAGMENTS, shape, np.uint64, meta.spatial_chunks, meta.voxel_size, meta.offset_nm,
-                    is_label=True, attrs={"provenance": provenance.record(params)})
-    record = {
-        "volume": str(volume), "work_dir": str(work_dir), "maps": maps, "segmentation": segmentation,
-        "params": params, "shape": list(shape), "block_shape": list(grid.block_shape),
-        "chunk_shape": list(meta.spatial_chunks), "voxel_size": list(meta.voxel_size),
-        "offset_nm": list(meta.offset_nm), "marker_dir": str(marker_dir or Path(work_dir) / "blocks"),
-        "provenance": provenance.record(params),
-    }
-    atomic_write_json(_setup_path(work_dir), record)
-    return record
+    chunks = tuple(chunk_shape or meta.spatial_chunks)
+    record = new_setup("synapses", volume, work_dir, shape=shape, block_shape=block_shape, chunk_shape=chunks,
+                       halo=cleft_halo(params, meta.voxel_size), voxel_size=meta.voxel_size,
+                       offset_nm=meta.offset_nm, params=params, provenance=provenance.record(params),
+                       marker_dir=marker_dir, maps=maps, segmentation=segmentation)
+    io.ensure_array(volume, FRAGMENTS, shape, np.uint64, chunks, meta.voxel_size, meta.offset_nm,
+                    is_label=True, attrs={"provenance": record["provenance"]})
+    return save_setup(record)
 
 
-def load_setup(work_dir) -> dict:
-    """The record :func:`setup` wrote."""
-    path = _setup_path(work_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run 'connectomix synapses init' first")
-    return json.loads(path.read_text())
-
-
-def _grid(s: dict, halo=(0, 0, 0)):
-    from connectomix.blocks import BlockGrid
-
-    return BlockGrid(s["shape"], s["block_shape"], halo, s["chunk_shape"])
-
-
-def cleft_block(work_dir, block_id: str) -> dict:
-    """Step 2 for one block: threshold, label, write ``cleft_fragments``, statistics, marker (last)."""
+def cleft_block(s: dict, block, context=None) -> dict:
+    """Step 2 for one block: threshold, label, write ``cleft_fragments`` and the block's statistics."""
     from connectomix import io
-    from connectomix.blocks import atomic_write_parquet, write_marker
+    from connectomix.blocks import atomic_write_parquet
 
-    start = time.perf_counter()
-    s = load_setup(work_dir)
     params = s["params"]
-    grid = _grid(s, cleft_halo(params, s["voxel_size"]))
-    block = grid.block(block_id)
     meta = io.read_meta(s["volume"], s["maps"])
     maps = io.open_array(s["volume"], s["maps"])
     ci = _channel(meta, "cleft")
     cleft_read = np.asarray(maps[(ci, *block.read.slices)])
     mask = threshold_cleft(cleft_read, s["voxel_size"], params)[block.write_in_read]
     prob = _probability(cleft_read[block.write_in_read])
-    labels, stats = label_block(mask, prob, block.write.offset, params, _inner_faces(grid, block))
+    labels, stats = label_block(mask, prob, block.write.offset, params, _inner_faces(grid_of(s), block))
     io.open_array(s["volume"], FRAGMENTS, mode="r+")[block.write.slices] = labels
-    atomic_write_parquet(stats, Path(work_dir) / "stats" / f"{block.id}.parquet")
-    fields = {"pieces": int(len(stats)), "voxels": int(stats["voxels"].sum()),
-              "seconds": round(time.perf_counter() - start, 3)}
-    write_marker(Path(s["marker_dir"]) / f"{block.id}.json", block, **fields)
-    return fields
+    atomic_write_parquet(stats, Path(s["work_dir"]) / "stats" / f"{block.id}.parquet")
+    return {"pieces": int(len(stats)), "voxels": int(stats["voxels"].sum())}
 
 
 # --- 3. stitching ------------------------------------------------------------------------------------------------
@@ -617,7 +589,7 @@ def synapse_table(assigned, voxel_size, offset_nm):
     })
 
 
-def stitch(work_dir, out_synapses, out_clefts=None, summary_out=None) -> dict:
+def finish(work_dir, out_synapses, out_clefts=None, summary=None) -> dict:
     """Step 3 + 4: stitch, write ``clefts``, gather partner statistics, assign, write the tables (last: summary)."""
     import pandas as pd
 
@@ -625,10 +597,11 @@ def stitch(work_dir, out_synapses, out_clefts=None, summary_out=None) -> dict:
     from connectomix.blocks import atomic_write_json, atomic_write_parquet
 
     start = time.perf_counter()
-    s = load_setup(work_dir)
+    s = load_setup(work_dir, "synapses")
+    read_markers(s, "synapses")  # every block done
     params = s["params"]
     vs, off = s["voxel_size"], s["offset_nm"]
-    grid = _grid(s)
+    grid = grid_of(s, (0, 0, 0))
     frag = io.open_array(s["volume"], FRAGMENTS)
     stats = pd.concat([pd.read_parquet(Path(work_dir) / "stats" / f"{b}.parquet") for b in grid.ids()],
                       ignore_index=True)
@@ -649,7 +622,7 @@ def stitch(work_dir, out_synapses, out_clefts=None, summary_out=None) -> dict:
                                       "segmentation": provenance.array_digest(s["volume"], s["segmentation"])})
     out = io.create_array(s["volume"], CLEFTS, s["shape"], np.uint64, s["chunk_shape"], vs, off, is_label=True,
                           attrs={"provenance": prov})
-    pgrid = _grid(s, partner_halo(params, vs))
+    pgrid = grid_of(s, partner_halo(params, vs))
     centres = {int(r.id): (r.ctr_z, r.ctr_y, r.ctr_x) for r in clefts.itertuples()}
     parts, areas, faces, digests = [], [], [], {}
     for block in pgrid:
@@ -675,25 +648,35 @@ def stitch(work_dir, out_synapses, out_clefts=None, summary_out=None) -> dict:
     if out_clefts:
         atomic_write_parquet(assigned, Path(out_clefts))
     counts = assigned["status"].value_counts().to_dict()
-    summary = {
-        "stage": STAGE, "clefts": int(len(assigned)), "synapses": int(len(table)),
+    result = {
+        "stage": "synapses", "clefts": int(len(assigned)), "synapses": int(len(table)),
         "status": {k: int(v) for k, v in counts.items()}, "pieces": int(len(stats)),
         "face_pairs": int(len(pairs)), "seconds": round(time.perf_counter() - start, 3),
         "provenance": prov,
     }
-    if summary_out:
-        atomic_write_json(summary_out, summary)
-    return summary
+    if summary:
+        atomic_write_json(summary, result)
+    return result
+
+
+STAGE = Stage("synapses", setup, (Step("synapses", cleft_block),), finish,
+              setup_options=(option("--maps", default=SYNAPSE_MAPS, help="synapse map array (channels cleft, pre, "
+                                                                        "post)"),
+                             option("--segmentation", default="segmentation", help="segment label array")),
+              finish_options=(option("--synapses", dest="out_synapses", required=True,
+                                     help="synapses.parquet to write"),
+                              option("--clefts", dest="out_clefts", help="clefts.parquet (every cleft with its "
+                                                                        "status)")))
 
 
 def detect_synapses(volume, work_dir, params=None, block_shape=(24, 192, 192), out_synapses=None, maps=SYNAPSE_MAPS,
                     segmentation="segmentation") -> dict:
-    """All steps in one process (tests, notebooks, small volumes). Returns the stitch summary."""
+    """All steps in one process, through the workflow's runner (tests, notebooks, small volumes). Returns the
+    finish summary."""
     work_dir = Path(work_dir)
-    s = setup(volume, work_dir, params, block_shape, maps=maps, segmentation=segmentation)
-    for block_id in _grid(s).ids():
-        cleft_block(work_dir, block_id)
-    return stitch(work_dir, out_synapses or work_dir / "synapses.parquet", work_dir / "clefts.parquet",
+    setup(volume, work_dir, params, block_shape, maps=maps, segmentation=segmentation)
+    run_step(STAGE, work_dir)
+    return finish(work_dir, out_synapses or work_dir / "synapses.parquet", work_dir / "clefts.parquet",
                   work_dir / "synapses.json")
 
 
@@ -754,65 +737,20 @@ def write_ground_truth_maps(volume, name: str = "synapse_maps_gt", radius_nm: fl
 
 
 def add_arguments(parser) -> None:
-    """Actions of ``connectomix synapses``: init, block, stitch, run (all at once), gt-maps."""
-    sub = parser.add_subparsers(dest="action", required=True)
-    init = sub.add_parser("init", help="create cleft_fragments and the work folder's setup.json")
-    init.add_argument("--volume", required=True, help="the dataset's OME-Zarr")
-    init.add_argument("--work-dir", required=True, help="work folder (results/{dataset}/synapses)")
-    init.add_argument("--params", default="{}", help="JSON of the `synapses:` config section")
-    init.add_argument("--block-shape", type=int, nargs=3, required=True, metavar=("Z", "Y", "X"))
-    init.add_argument("--maps", default=SYNAPSE_MAPS, help="synapse map array (channels cleft, pre, post)")
-    init.add_argument("--segmentation", default="segmentation", help="segment label array")
-    init.add_argument("--marker-dir", help="per-block markers (default {work_dir}/blocks)")
-    block = sub.add_parser("block", help="threshold + connected components of blocks (one after another)")
-    block.add_argument("--work-dir", required=True)
-    block.add_argument("--block", "--blocks", dest="blocks", nargs="+", required=True, metavar="ID",
-                       help="block ids, e.g. z0_y1_x0 (each gets its own marker)")
-    st = sub.add_parser("stitch", help="stitch clefts across blocks, assign partners, write synapses.parquet")
-    st.add_argument("--work-dir", required=True)
-    st.add_argument("--out", required=True, help="synapses.parquet to write")
-    st.add_argument("--clefts-out", help="clefts.parquet (every cleft with its status)")
-    st.add_argument("--summary", help="summary JSON, written last")
-    run_p = sub.add_parser("run", help="all steps in one process (small volumes)")
-    run_p.add_argument("--volume", required=True)
-    run_p.add_argument("--work-dir", required=True)
-    run_p.add_argument("--params", default="{}")
-    run_p.add_argument("--block-shape", type=int, nargs=3, default=(24, 192, 192), metavar=("Z", "Y", "X"))
-    run_p.add_argument("--maps", default=SYNAPSE_MAPS)
-    run_p.add_argument("--segmentation", default="segmentation")
-    run_p.add_argument("--out", help="synapses.parquet (default {work_dir}/synapses.parquet)")
+    """``synapses setup | block | finish`` (connectomix.blockwise) and ``synapses gt-maps``."""
+    from connectomix.blockwise import add_arguments as blockwise_arguments
+
+    sub = blockwise_arguments(parser, STAGE)
     gt = sub.add_parser("gt-maps", help="write synapse maps made from a phantom's ground truth (with noise)")
     gt.add_argument("--volume", required=True)
     gt.add_argument("--name", default="synapse_maps_gt", help="array to write")
     gt.add_argument("--radius-nm", type=float, default=80.0)
     gt.add_argument("--noise", type=float, default=0.1)
     gt.add_argument("--seed", type=int, default=0)
-
-
-def _params(text: str) -> dict:
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"--params is not valid JSON ({error}): {text!r}") from None
+    gt.set_defaults(func=lambda args: print(write_ground_truth_maps(args.volume, args.name, args.radius_nm,
+                                                                    args.noise, args.seed)))
 
 
 def run(args) -> int:
     """Run one ``connectomix synapses`` action."""
-    if args.action == "init":
-        setup(args.volume, args.work_dir, _params(args.params), args.block_shape, args.maps, args.segmentation,
-              args.marker_dir)
-    elif args.action == "block":
-        for block_id in args.blocks:
-            print(json.dumps({"block": block_id, **cleft_block(args.work_dir, block_id)}))
-    elif args.action == "stitch":
-        if args.summary:
-            Path(args.summary).unlink(missing_ok=True)
-        summary = stitch(args.work_dir, args.out, args.clefts_out, args.summary)
-        print(json.dumps({k: v for k, v in summary.items() if k != "provenance"}))
-    elif args.action == "run":
-        summary = detect_synapses(args.volume, args.work_dir, _params(args.params), args.block_shape, args.out,
-                                  args.maps, args.segmentation)
-        print(json.dumps({k: v for k, v in summary.items() if k != "provenance"}))
-    elif args.action == "gt-maps":
-        write_ground_truth_maps(args.volume, args.name, args.radius_nm, args.noise, args.seed)
-    return 0
+    return int(args.func(args) or 0)

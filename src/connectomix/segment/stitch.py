@@ -6,23 +6,23 @@ Files under ``work_dir`` (``results/{dataset}/segment/``): ``setup.json``, ``edg
 tables) and ``graph.npz`` (merged RAG), both with affinity histograms only for the quantile method, ``merges.npz``
 (nodes + merge history), ``lut.npz`` (fragment -> segment), ``lut_digests.json`` (per block, a digest of its
 fragments' rows in the lookup table: the workflow reruns a block's relabel only when it changed),
-``stats/{block}.parquet`` (per-block segment statistics). Per-block markers go to
-``{marker_dir}/{segment_fragments|segment_rag|segment_relabel}/{block}.json``, written last.
+``stats/{block}.parquet`` (per-block segment statistics). The block steps (``fragments``, ``rag``, ``relabel``) run
+through :mod:`connectomix.blockwise` (:data:`STAGE`), which writes their markers last, to
+``{marker_dir}/segment_{step}/{block}.json``.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import time
-from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from connectomix import io, provenance
-from connectomix.blocks import Block, BlockGrid, Roi, atomic_write_json, atomic_write_parquet, read_marker, write_marker
+from connectomix.blocks import Block, Roi, atomic_write_json, atomic_write_parquet
+from connectomix.blockwise import Stage, Step, grid_of, load_setup, new_setup, peak_rss_mb, pyramid_options
+from connectomix.blockwise import option, read_markers, run_step, save_setup
 from connectomix.segment import params as seg_params
 from connectomix.segment.agglomerate import agglomerate as run_agglomeration
 from connectomix.segment.agglomerate import apply_lut, lookup_table
@@ -32,20 +32,6 @@ from connectomix.segment.rag import Rag, block_rag, contract, majority_pairs, me
 AFFINITIES = "affinities"
 FRAGMENTS = "fragments"
 SEGMENTATION = "segmentation"
-STAGES = ("segment_fragments", "segment_rag", "segment_relabel")
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process, MB: VmHWM (Linux; reset by exec, unlike ru_maxrss which a child
-    inherits from its parent), else ru_maxrss."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
 
 def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, marker_dir=None) -> dict:
@@ -61,23 +47,10 @@ def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, 
     nn_channels(offsets)  # fail early if the nearest-neighbour channels are missing
     shape = meta.spatial_shape
     chunks = tuple(chunk_shape or meta.spatial_chunks)
-    grid = BlockGrid(shape, block_shape, params["halo"], chunks)
-    mode = seg_params.fragment_mode(params, meta.voxel_size)
-    record = {
-        "volume": str(volume),
-        "marker_dir": str(marker_dir or work_dir.parent / "blocks"),
-        "shape": list(shape),
-        "voxel_size": list(meta.voxel_size),
-        "offset_nm": list(meta.offset_nm),
-        "block_shape": list(grid.block_shape),
-        "chunk_shape": list(chunks),
-        "halo": list(grid.halo),
-        "blocks": len(grid),
-        "mode": mode,
-        "offsets": offsets,
-        "params": params,
-        "provenance": provenance.record(params),
-    }
+    record = new_setup("segment", volume, work_dir, shape=shape, block_shape=block_shape, chunk_shape=chunks,
+                       halo=params["halo"], voxel_size=meta.voxel_size, offset_nm=meta.offset_nm, params=params,
+                       provenance=provenance.record(params), marker_dir=marker_dir,
+                       mode=seg_params.fragment_mode(params, meta.voxel_size), offsets=offsets)
     record["arrays"] = {
         name: io.ensure_array(volume, name, shape, np.uint64, chunks, meta.voxel_size, meta.offset_nm,
                               is_label=True,
@@ -86,26 +59,7 @@ def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, 
     }
     for sub in ("edges", "stats"):
         (work_dir / sub).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(work_dir / "setup.json", record)
-    return record
-
-
-def load_setup(work_dir) -> dict:
-    """The record ``setup`` wrote; a clear error if setup has not run."""
-    path = Path(work_dir) / "setup.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run `connectomix segment setup` first")
-    return json.loads(path.read_text())
-
-
-def grid_of(setup_record: dict) -> BlockGrid:
-    """The block grid of a setup record."""
-    return BlockGrid(setup_record["shape"], setup_record["block_shape"], setup_record["halo"],
-                     setup_record["chunk_shape"])
-
-
-def _marker(setup_record: dict, stage: str, block: Block) -> Path:
-    return Path(setup_record["marker_dir"]) / stage / f"{block.id}.json"
+    return save_setup(record)
 
 
 def _read_affs(volume, roi: Roi, channels=None) -> np.ndarray:
@@ -125,24 +79,19 @@ def fragments_read_roi(block: Block, mode: str, method: str) -> Roi:
     return Roi((z0,) + block.read.offset[1:], (z1 - z0,) + block.read.shape[1:])
 
 
-def fragments_block(work_dir, block_id: str) -> dict:
-    """Watershed fragments of one block: read ROI in, write ROI out (ids unique by block); writes its marker."""
-    start = time.perf_counter()
-    s = load_setup(work_dir)
-    block = grid_of(s).block(block_id)
+def fragments_block(s: dict, block: Block, context=None) -> dict:
+    """Watershed fragments of one block: read ROI in, write ROI out (ids unique by block)."""
     read = fragments_read_roi(block, s["mode"], s["params"]["fragments"]["method"])
     affs = _read_affs(s["volume"], read)
     labels, count, views = block_fragments(affs, s["offsets"], s["voxel_size"], s["params"], s["mode"],
                                            block.write.relative_to(read), block.index)
     io.open_array(s["volume"], FRAGMENTS, mode="r+")[block.write.slices] = labels
-    faces = Path(work_dir) / "faces" / f"{block.id}.npz"
+    faces = Path(s["work_dir"]) / "faces" / f"{block.id}.npz"
     faces.parent.mkdir(parents=True, exist_ok=True)
     tmp = faces.with_suffix(".tmp.npz")
     np.savez(tmp, **views)
     tmp.replace(faces)
-    fields = {"fragments": count, "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}
-    write_marker(_marker(s, "segment_fragments", block), block, **fields)
-    return fields
+    return {"fragments": count}
 
 
 def _rag_roi(block: Block) -> tuple[Roi, tuple[int, int, int]]:
@@ -153,9 +102,10 @@ def _rag_roi(block: Block) -> tuple[Roi, tuple[int, int, int]]:
     return roi, pad  # type: ignore[return-value]
 
 
-def _face_pairs(work_dir, s: dict, block: Block, frags: np.ndarray, pad) -> tuple[np.ndarray, np.ndarray]:
+def _face_pairs(s: dict, block: Block, frags: np.ndarray, pad) -> tuple[np.ndarray, np.ndarray]:
     """Fragment pairs cut apart by this block's lower faces, from both blocks' views across the face."""
     grid = grid_of(s)
+    work_dir = s["work_dir"]
     us, vs = [], []
     with np.load(Path(work_dir) / "faces" / f"{block.id}.npz") as own_views:
         own_views = dict(own_views)
@@ -182,37 +132,32 @@ def _face_pairs(work_dir, s: dict, block: Block, frags: np.ndarray, pad) -> tupl
     return np.concatenate(us).astype(np.uint64), np.concatenate(vs).astype(np.uint64)
 
 
-def rag_block(work_dir, block_id: str) -> dict:
+def rag_block(s: dict, block: Block, context=None) -> dict:
     """RAG edges owned by one block (its voxels' nearest-neighbour affinities, face contacts to the lower
     neighbours included); needs the fragments of this block and of its lower face neighbours."""
-    start = time.perf_counter()
-    s = load_setup(work_dir)
-    block = grid_of(s).block(block_id)
     roi, pad = _rag_roi(block)
     frags = np.asarray(io.open_array(s["volume"], FRAGMENTS)[roi.slices])
     affs = _read_affs(s["volume"], block.write, nn_channels(s["offsets"]))
     rag = block_rag(frags, affs, pad, histograms=_reads_histograms(s["params"]))
-    rag.same_u, rag.same_v = _face_pairs(work_dir, s, block, frags, pad)
-    path = Path(work_dir) / "edges" / f"{block.id}.npz"
+    rag.same_u, rag.same_v = _face_pairs(s, block, frags, pad)
+    path = Path(s["work_dir"]) / "edges" / f"{block.id}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     rag.to_npz(tmp)
     tmp.replace(path)
-    fields = {"edges": len(rag), "edge_file": str(path), "seconds": time.perf_counter() - start,
-              "peak_rss_mb": _peak_rss_mb()}
-    write_marker(_marker(s, "segment_rag", block), block, **fields)
-    return fields
+    return {"edges": len(rag), "edge_file": str(path)}
 
 
 def agglomerate(work_dir) -> dict:
     """Merge every block's RAG into one graph, agglomerate it globally and write the lookup table."""
     start = time.perf_counter()
     work_dir = Path(work_dir)
-    s = load_setup(work_dir)
+    s = load_setup(work_dir, "segment")
     grid = grid_of(s)
     missing = [b for b in grid.ids() if not (work_dir / "edges" / f"{b}.npz").exists()]
     if missing:
-        raise FileNotFoundError(f"RAG tables missing for {len(missing)} block(s), e.g. {missing[0]}: run segment rag")
+        raise FileNotFoundError(f"RAG tables missing for {len(missing)} block(s), e.g. {missing[0]}: run "
+                                "`connectomix segment block --step rag` on them")
     rag = merge_rags([Rag.from_npz(work_dir / "edges" / f"{b}.npz") for b in grid.ids()],
                      histograms=_reads_histograms(s["params"]))
     rag.to_npz(work_dir / "graph.npz")
@@ -224,7 +169,7 @@ def agglomerate(work_dir) -> dict:
     summary = {"nodes": int(len(nodes)), "edges": int(len(rag)), "merges": int(len(merges)),
                "segments_in_graph": int(len(nodes) - len(fragments)),
                "face_joins": int(len(rag.same_u)), "seconds": time.perf_counter() - start,
-               "peak_rss_mb": _peak_rss_mb(), "method": s["params"]["agglomerate"]["method"],
+               "peak_rss_mb": peak_rss_mb(), "method": s["params"]["agglomerate"]["method"],
                "threshold": s["params"]["agglomerate"]["threshold"]}
     atomic_write_json(work_dir / "agglomerate.json", summary)
     return summary
@@ -320,21 +265,16 @@ def segment_stats(seg: np.ndarray, offset) -> "object":
     })
 
 
-def relabel_block(work_dir, block_id: str, lut=None) -> dict:
-    """Write one block of ``segmentation`` (fragments through the lookup table) and its segment statistics."""
-    start = time.perf_counter()
-    s = load_setup(work_dir)
-    block = grid_of(s).block(block_id)
+def relabel_block(s: dict, block: Block, lut) -> dict:
+    """Write one block of ``segmentation`` (fragments through the lookup table ``lut``, :func:`load_lut`) and its
+    segment statistics."""
     frags = np.asarray(io.open_array(s["volume"], FRAGMENTS)[block.write.slices])
-    fragments, segments = lut if lut is not None else load_lut(work_dir)
+    fragments, segments = lut
     seg = apply_lut(frags, fragments, segments)
     io.open_array(s["volume"], SEGMENTATION, mode="r+")[block.write.slices] = seg
     stats = segment_stats(seg, block.write.offset)
-    atomic_write_parquet(stats, Path(work_dir) / "stats" / f"{block.id}.parquet")
-    fields = {"segments": int(len(stats)), "seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(),
-              "sha256": {SEGMENTATION: provenance.data_digest(seg)}}
-    write_marker(_marker(s, "segment_relabel", block), block, **fields)
-    return fields
+    atomic_write_parquet(stats, Path(s["work_dir"]) / "stats" / f"{block.id}.parquet")
+    return {"segments": int(len(stats)), "sha256": {SEGMENTATION: provenance.data_digest(seg)}}
 
 
 def segments_table(work_dir) -> "object":
@@ -342,7 +282,7 @@ def segments_table(work_dir) -> "object":
     and nm) and centroid (nm; voxel (0, 0, 0) sits at ``offset_nm``)."""
     import pandas as pd
 
-    s = load_setup(work_dir)
+    s = load_setup(work_dir, "segment")
     parts = [pd.read_parquet(Path(work_dir) / "stats" / f"{b}.parquet") for b in grid_of(s).ids()]
     df = pd.concat(parts, ignore_index=True)
     agg = df.groupby("id", sort=True).agg(
@@ -363,25 +303,21 @@ def segments_table(work_dir) -> "object":
     return out
 
 
-def finish(work_dir, segments_out, summary_out=None, pyramid_levels: int = 1, pyramid_factor=(1, 2, 2)) -> dict:
+def finish(work_dir, segments, summary=None, pyramid_levels: int = 1, pyramid_factor=(1, 2, 2)) -> dict:
     """Write ``segments.parquet`` (atomically), the segmentation pyramid and the stage summary JSON."""
-    s = load_setup(work_dir)
+    s = load_setup(work_dir, "segment")
     grid = grid_of(s)
-    missing = [b for b in grid.ids() if not (Path(work_dir) / "stats" / f"{b}.parquet").exists()]
-    if missing:
-        raise FileNotFoundError(f"relabel not done for {len(missing)} block(s), e.g. {missing[0]}")
+    markers = read_markers(s, "relabel")
     table = segments_table(work_dir)
-    paths = [_marker(s, "segment_relabel", block) for block in grid]
-    markers = [read_marker(p) if p.exists() else {"block": p.stem} for p in paths]
     digest = provenance.blocks_digest(io.open_array(s["volume"], SEGMENTATION), markers, SEGMENTATION)
     provenance.set_array_digest(s["volume"], SEGMENTATION, digest)
     # inputs are recorded here, not at setup: the affinities are complete (and checksummed) only now
     prov = provenance.record(s["params"], {"affinities": provenance.array_digest(s["volume"], AFFINITIES)})
     io.update_attrs(s["volume"], SEGMENTATION, provenance=prov)
-    atomic_write_parquet(table, segments_out)
+    atomic_write_parquet(table, segments)
     levels = io.build_pyramid(s["volume"], SEGMENTATION, pyramid_levels, pyramid_factor) if pyramid_levels > 1 else 1
     agg_path = Path(work_dir) / "agglomerate.json"
-    summary = {
+    out = {
         "segments": int(len(table)),
         "voxels": int(table["voxels"].sum()),
         "largest_segment_voxels": int(table["voxels"].max()) if len(table) else 0,
@@ -389,37 +325,41 @@ def finish(work_dir, segments_out, summary_out=None, pyramid_levels: int = 1, py
         "pyramid_levels": levels,
         "mode": s["mode"],
         "agglomerate": json.loads(agg_path.read_text()) if agg_path.exists() else {},
-        "segments_parquet": str(segments_out),
+        "segments_parquet": str(segments),
         "segmentation_sha256": digest,
         "provenance": prov,
     }
     io.update_attrs(s["volume"], SEGMENTATION, segments=int(len(table)), stable_ids="lowest fragment id")
-    if summary_out:
-        atomic_write_json(summary_out, summary)
-    return summary
+    if summary:
+        atomic_write_json(summary, out)
+    return out
+
+
+def _load_lut(s: dict, options: dict):
+    return load_lut(s["work_dir"])
+
+
+STAGE = Stage("segment", setup, (Step("fragments", fragments_block), Step("rag", rag_block),
+                                 Step("relabel", relabel_block, _load_lut)), finish,
+              finish_options=(option("--segments", required=True, help="segments.parquet to write"),
+                              *pyramid_options(1)))
 
 
 def segment_volume(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, segments_out=None,
                    summary_out=None, pyramid_levels: int = 1, pyramid_factor=(1, 2, 2), workers: int = 1) -> dict:
-    """Run the whole blockwise flow in this process (tests, benchmarks, small volumes): the blockwise steps block
-    after block, or on ``workers`` processes (as the workflow's block jobs would run), then the global steps."""
+    """Run the whole blockwise flow in this process (tests, benchmarks, small volumes) through the same runner as
+    the workflow's jobs: the block steps block after block, or as ``workers`` batch jobs on a process pool, then
+    the global steps."""
     work_dir = Path(work_dir)
-    s = setup(volume, work_dir, params, block_shape, chunk_shape)
-    ids = grid_of(s).ids()
+    setup(volume, work_dir, params, block_shape, chunk_shape)
     timings = {}
-    with _block_runner(workers) as run:
+    for step in ("fragments", "rag", "agglomerate", "relabel"):
         t = time.perf_counter()
-        run(fragments_block, work_dir, ids)
-        timings["fragments"] = time.perf_counter() - t
-        t = time.perf_counter()
-        run(rag_block, work_dir, ids)
-        timings["rag"] = time.perf_counter() - t
-        t = time.perf_counter()
-        agg = agglomerate(work_dir)
-        timings["agglomerate"] = time.perf_counter() - t
-        t = time.perf_counter()
-        run(partial(relabel_block, lut=load_lut(work_dir)), work_dir, ids)
-        timings["relabel"] = time.perf_counter() - t
+        if step == "agglomerate":
+            agg = agglomerate(work_dir)
+        else:
+            run_step(STAGE, work_dir, step, workers=workers)
+        timings[step] = time.perf_counter() - t
     t = time.perf_counter()
     summary = finish(work_dir, segments_out or work_dir / "segments.parquet", summary_out, pyramid_levels,
                      pyramid_factor)
@@ -427,15 +367,3 @@ def segment_volume(volume, work_dir, params: dict | None, block_shape, chunk_sha
     summary["timings"] = timings
     summary["agglomerate"] = agg
     return summary
-
-
-@contextmanager
-def _block_runner(workers: int):
-    """``run(step, work_dir, block_ids)``: a blockwise step over the blocks, serially or on a process pool."""
-    if workers <= 1:
-        yield lambda step, work_dir, ids: [step(work_dir, b) for b in ids]
-        return
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(workers) as pool:
-        yield lambda step, work_dir, ids: list(pool.map(step, [work_dir] * len(ids), ids))
