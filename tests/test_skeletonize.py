@@ -13,7 +13,7 @@ from connectomix.skeletonize import core, params as skparams
 from connectomix.skeletonize.morphology import (
     AXON, DENDRITE, SOMA, compartments, morphology_table, skeletons_to_table, soma_ids, table_to_trees,
 )
-from connectomix.skeletonize.soma import elongation, soma_sphere, soma_sphere_radius
+from connectomix.skeletonize.soma import boundary_distance, elongation, soma_sphere, soma_sphere_radius
 from connectomix.skeletonize.synthetic import _paint_capsule, synthetic_neurons
 from connectomix.skeletonize.trace import crop_to_roi
 from connectomix.skeletonize.tree import remove_ticks, smooth
@@ -548,6 +548,35 @@ def test_cli_morphology_measures_soma_bodies_on_the_volume(tmp_path):
     assert error(body) < 10
     summary = json.loads((tmp_path / "body.json").read_text())
     assert summary["soma_bodies"] == summary["with_soma"] >= 1 and "segmentation" in summary["provenance"]["inputs"]
+
+
+def test_a_segment_that_fills_the_volume_is_skeletonized_without_a_soma(tmp_path):
+    """One segment everywhere (a blank volume, or a run that merged widely): it has no boundary in view, so no
+    measurable width; the stage must not call it a soma with an infinite radius and die in morphology."""
+    from connectomix import cli
+
+    labels = np.full((24, 192, 192), 7, np.uint64)
+    root = _volume(tmp_path, labels)
+    distance = boundary_distance(labels, VS)
+    assert np.isfinite(distance).all() and distance.max() == 0
+    work = str(tmp_path / "skeletonize")
+    pd.DataFrame({"id": np.array([7], np.uint64), "voxels": [labels.size]}).to_parquet(tmp_path / "segments.parquet")
+    assert cli.main(["skeletonize", "setup", "--volume", str(root), "--work-dir", work, "--params", "{}",
+                     "--block-shape", "24", "128", "128", "--chunk-shape", "8", "64", "64",
+                     "--array", "segmentation"]) == 0
+    assert cli.main(["skeletonize", "somata", "--work-dir", work]) == 0
+    assert len(pd.read_parquet(tmp_path / "skeletonize" / "somata.parquet")) == 0
+    blocks = BlockGrid(labels.shape, (24, 128, 128), (0, 0, 0), (8, 64, 64)).ids()
+    assert cli.main(["skeletonize", "block", "--work-dir", work, "--blocks", *blocks]) == 0
+    assert cli.main(["skeletonize", "finish", "--work-dir", work, "--segments", str(tmp_path / "segments.parquet"),
+                     "--skeletons", str(tmp_path / "skeletons.parquet"), "--summary", str(tmp_path / "s.json")]) == 0
+    skeletons = pd.read_parquet(tmp_path / "skeletons.parquet")
+    assert len(skeletons) > 1 and np.isfinite(skeletons["radius_nm"]).all() and not skeletons["soma"].any()
+    assert cli.main(["skeletonize", "morphology", "--skeletons", str(tmp_path / "skeletons.parquet"), "--params",
+                     "{}", "--volume", str(root), "--array", "segmentation", "--out", str(tmp_path / "m.parquet"),
+                     "--summary", str(tmp_path / "m.json")]) == 0
+    morphology = pd.read_parquet(tmp_path / "m.parquet")
+    assert list(morphology["id"]) == [7] and not morphology["has_soma"].any()
 
 
 # --- somata found once for the volume, cleared alike in every block -------------------------------------------------
