@@ -6,6 +6,7 @@ import gzip
 import json
 import re
 import struct
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -661,3 +662,62 @@ def test_growing_the_roi_extends_raw_in_place_with_the_first_normalization(tmp_p
         ingest(source, root, VOXEL, chunk_shape=(2, 16, 16), roi={"offset": (0, 4, 0), "shape": (6, 24, 40)},
                pyramid_levels=1)
     np.testing.assert_array_equal(_raw(root), after)
+
+
+# --- a changed source is never trusted: identity, fresh re-ingest, block digests ------------------------------------
+
+
+def _fresh(source, tmp_path, name, **kwargs):
+    summary = ingest(source, tmp_path / name / "volume.zarr", VOXEL, chunk_shape=(2, 16, 16), pyramid_levels=1,
+                     **kwargs)
+    return summary, _raw(tmp_path / name / "volume.zarr")
+
+
+@pytest.mark.parametrize("ext", [".h5", ".tif"])
+def test_a_replaced_source_is_ingested_afresh(tmp_path, ext):
+    """Replace the source with other data of the same shape: its identity changes, and ingesting it again into the
+    same volume gives exactly what a fresh ingest of the new data gives (normalization included), not the old
+    normalization applied to new data."""
+    from connectomix.ingest import source_identity
+
+    old = _volume((6, 32, 40), np.uint16, seed=1)
+    new = (_volume((6, 32, 40), np.uint16, seed=2) // 3).astype(np.uint16)  # another grey-value range
+    if ext == ".h5":
+        def write(data):
+            with h5py.File(tmp_path / "em.h5", "w") as f:
+                f.create_dataset("stack", data=data)
+        source = {"path": str(tmp_path / "em.h5"), "key": "stack"}
+    else:
+        def write(data):
+            _write_sequence(tmp_path / "src", data, ".tif")
+        source = {"path": str(tmp_path / "src")}
+    write(old)
+    identity = source_identity(source)
+    assert source_identity(source) == identity  # stat only: stable while nothing changes
+    first, _ = _fresh(source, tmp_path, "run")
+    time.sleep(0.01)
+    write(new)
+    assert source_identity(source) != identity
+    again, raw = _fresh(source, tmp_path, "run")
+    fresh, expected = _fresh(source, tmp_path, "fresh")
+    np.testing.assert_array_equal(raw, expected)
+    assert again["normalization"] == fresh["normalization"] != first["normalization"]
+
+
+def test_block_digests_change_only_where_the_voxels_did(tmp_path):
+    data = _volume((8, 32, 48), seed=3)
+    with h5py.File(tmp_path / "em.h5", "w") as f:
+        f.create_dataset("stack", data=data)
+    source = {"path": str(tmp_path / "em.h5"), "key": "stack", "normalize": "none"}
+    before, _ = _fresh(source, tmp_path, "a", digest_block_shape=(4, 16, 16))
+    digests = before["block_digests"]["digests"]
+    assert sorted(digests) == [f"z{z}_y{y}_x{x}" for z in range(2) for y in range(2) for x in range(3)]
+    assert len(set(digests.values())) == len(digests)
+    data[5, 20, 40] ^= 0xFF  # one voxel of block z1_y1_x2
+    with h5py.File(tmp_path / "em.h5", "w") as f:
+        f.create_dataset("stack", data=data)
+    after, _ = _fresh(source, tmp_path, "b", digest_block_shape=(4, 16, 16))
+    changed = {b for b, d in after["block_digests"]["digests"].items() if digests[b] != d}
+    assert changed == {"z1_y1_x2"}
+    with pytest.raises(ValueError, match="multiple of the chunk"):
+        _fresh(source, tmp_path, "c", digest_block_shape=(3, 16, 16))

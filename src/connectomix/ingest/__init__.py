@@ -29,10 +29,11 @@ blocks computed from them stay valid). A smaller ROI with the same source and of
 Bad input (unreadable, corrupt or truncated image, mixed section shapes or dtypes, missing key, empty folder,
 NaN/inf, a single section, unknown format, colour) raises ``ValueError``/``FileNotFoundError`` naming the file and
 the problem. On any failure the ``raw`` array is deleted (and the volume folder, when this call created it), so
-a rerun never trusts a partial output.
+a rerun never trusts a partial output. A source whose files changed since the last ingest (:func:`source_identity`
+for the workflow; size, modification time and sha256 recorded in the provenance) is ingested afresh.
 """
 
-from connectomix.ingest.core import RAW, check_extension, ingest, previous_ingest
+from connectomix.ingest.core import RAW, check_extension, ingest, previous_ingest, source_identity
 from connectomix.ingest.n5 import N5Array
 from connectomix.ingest.normalize import PERCENTILES, Normalization, plan_normalization, sample_sections
 from connectomix.ingest.readers import probe
@@ -40,4 +41,4 @@ from connectomix.ingest.source import FORMATS, MIN_SECTIONS, NORMALIZE, SourceIn
 
 __all__ = ["FORMATS", "MIN_SECTIONS", "NORMALIZE", "PERCENTILES", "RAW", "N5Array", "Normalization", "SourceInfo",
            "check_extension", "ingest", "natural_key", "plan_normalization", "previous_ingest", "probe",
-           "sample_sections"]
+           "sample_sections", "source_identity"]

@@ -24,6 +24,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--roi-shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="crop size, voxels")
     parser.add_argument("--pyramid-levels", type=int, default=3, help="pyramid levels, level 0 included")
     parser.add_argument("--pyramid-factor", type=int, nargs=3, default=(1, 2, 2), metavar=("Z", "Y", "X"))
+    parser.add_argument("--digest-block-shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                        help="the workflow's block shape: the summary then has a digest of every block's voxels")
     parser.add_argument("--summary", help="write the summary JSON here (last, atomically)")
 
 
@@ -42,7 +44,7 @@ def run(args) -> int:
     roi = None if args.roi_offset is None else {"offset": args.roi_offset, "shape": args.roi_shape}
     t = time.perf_counter()
     summary = ingest(source, args.volume, args.voxel_size, args.offset_nm, args.chunk_shape, roi,
-                     args.pyramid_levels, args.pyramid_factor)
+                     args.pyramid_levels, args.pyramid_factor, args.digest_block_shape)
     summary["timings"]["total_s"] = round(time.perf_counter() - t, 4)
     if args.summary:
         atomic_write_json(args.summary, summary)

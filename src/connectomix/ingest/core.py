@@ -3,6 +3,8 @@ dataset is extended, and record its provenance; on failure nothing partial is le
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -43,7 +45,7 @@ def _check_roi(roi, shape):
 def _file_record(path: Path, budget: list[int]) -> dict:
     stat = path.stat()
     entry = {"bytes": stat.st_size, "mtime": stat.st_mtime}
-    if stat.st_size <= CHECKSUM_MAX_BYTES and budget[0] >= stat.st_size:
+    if stat.st_size <= CHECKSUM_MAX_BYTES and budget[0] >= stat.st_size > 0:
         from connectomix.provenance import file_checksum
 
         entry["sha256"] = file_checksum(path)
@@ -51,9 +53,10 @@ def _file_record(path: Path, budget: list[int]) -> dict:
     return entry
 
 
-def _input_records(info: SourceInfo, z_range: range) -> dict:
-    """Checksums of the files read (sha256 up to the size limits, else bytes and mtime)."""
-    budget = [CHECKSUM_BUDGET]
+def _input_records(info: SourceInfo, z_range: range, checksums: bool = True) -> dict:
+    """Checksums of the files read (sha256 up to the size limits, else bytes and mtime; only those without
+    ``checksums``)."""
+    budget = [CHECKSUM_BUDGET if checksums else 0]
     if info.files:
         return {info.files[z]: _file_record(Path(info.files[z]), budget) for z in z_range}
     path = Path(info.path)
@@ -73,6 +76,31 @@ def _input_records(info: SourceInfo, z_range: range) -> dict:
                 n_files, total, newest = n_files + 1, total + stat.st_size, max(newest, stat.st_mtime)
     out[f"{base}/*"] = {"chunk_files": n_files, "bytes": total, "newest_mtime": newest}
     return out
+
+
+def source_identity(source: dict) -> str:
+    """A digest of the identity of every file the source reads (name, size, modification time; no data read): the
+    workflow passes it to ingest, so that a replaced or edited source file reruns ingest."""
+    info = probe(_check_source(source))
+    records = _input_records(info, range(info.shape[0]), checksums=False)
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _inputs_unchanged(previous: dict, info: SourceInfo) -> bool:
+    """Whether every file the previous ingest read still has the size, modification time (and sha256, where both
+    recorded one) it had; False when there is no record to compare with."""
+    recorded = previous.get("inputs") or {}
+    if not recorded:
+        return False
+    z0 = previous["roi"]["offset"][0]
+    current = _input_records(info, range(z0, min(z0 + previous["roi"]["shape"][0], info.shape[0])))
+    for name, before in recorded.items():
+        now = current.get(name)
+        if now is None or any(before.get(k) != now.get(k) for k in ("bytes", "mtime", "chunk_files", "newest_mtime")):
+            return False
+        if "sha256" in before and "sha256" in now and before["sha256"] != now["sha256"]:
+            return False
+    return True
 
 
 def _volume_cleanup(volume_root: Path):
@@ -103,7 +131,8 @@ def previous_ingest(volume_root) -> dict | None:
     if not recorded or "roi" not in recorded or "normalization" not in recorded:
         return None
     return {**recorded, "voxel_size": list(meta.voxel_size), "offset_nm": list(meta.offset_nm),
-            "chunks": list(meta.chunks), "shape": list(meta.shape)}
+            "chunks": list(meta.chunks), "shape": list(meta.shape),
+            "inputs": meta.attrs.get("provenance", {}).get("inputs", {})}
 
 
 def check_extension(previous: dict | None, source: dict, roi_offset, shape) -> str | None:
@@ -142,6 +171,7 @@ def ingest(
     roi=None,
     pyramid_levels: int = 3,
     pyramid_factor: Sequence[int] = (1, 2, 2),
+    digest_block_shape: Sequence[int] | None = None,
 ) -> dict:
     """Read ``source`` into the array ``raw`` (uint8, z, y, x) of the OME-Zarr ``volume_root``; return a summary.
 
@@ -150,6 +180,11 @@ def ingest(
     frame. Reads ``chunk_shape[0]`` sections at a time. Normalization: :func:`plan_normalization`. Writes the
     pyramid (``io.build_pyramid``) and records provenance (input checksums, source, normalization) in the array's
     ``connectomix`` attributes. On any error the ``raw`` array is deleted before the error propagates.
+
+    ``digest_block_shape`` (voxels, z a multiple of ``chunk_shape[0]``): the summary's ``block_digests`` then gives
+    a digest of every block of that grid, so the workflow reruns exactly the blocks whose raw voxels changed. A
+    source whose files changed since the last ingest (size, modification time, sha256) is ingested afresh, as a
+    new dataset, normalization included.
     """
     from connectomix import io
     from connectomix.provenance import DIGEST_ATTR, record
@@ -180,7 +215,7 @@ def ingest(
         except ValueError:
             cleanup = lambda: None  # noqa: E731 - a refused shrink leaves the dataset as it was
             raise
-        same_dataset = relation is not None and (
+        same_dataset = relation is not None and _inputs_unchanged(previous, info) and (
             previous["dtype_in"] == str(info.dtype)
             and tuple(previous["voxel_size"]) == voxel_size and tuple(previous["offset_nm"]) == origin
             and tuple(previous["chunks"]) == tuple(min(c, s) for c, s in zip(chunk_shape, previous["roi"]["shape"])))
@@ -195,10 +230,11 @@ def ingest(
         if extend:
             cleanup = lambda: None  # noqa: E731 - a failed extension leaves the old box as it was
             array, _ = io.ensure_array(volume_root, RAW, roi.shape, np.uint8, chunk_shape, voxel_size, origin)
-            stats = _copy(reader, array, roi, norm, chunk_shape[0], keep=tuple(previous["roi"]["shape"]))
+            stats = _copy(reader, array, roi, norm, chunk_shape[0], keep=tuple(previous["roi"]["shape"]),
+                          digest_block_shape=digest_block_shape)
         else:
             array = io.create_array(volume_root, RAW, roi.shape, np.uint8, chunk_shape, voxel_size, origin)
-            stats = _copy(reader, array, roi, norm, chunk_shape[0])
+            stats = _copy(reader, array, roi, norm, chunk_shape[0], digest_block_shape=digest_block_shape)
         reader.close()
         reader = None
         if stats["out_min"] == stats["out_max"]:
@@ -248,19 +284,26 @@ def ingest(
     }
 
 
-def _copy(reader, array, roi, norm: Normalization, slab: int, keep=None) -> dict:
+def _copy(reader, array, roi, norm: Normalization, slab: int, keep=None, digest_block_shape=None) -> dict:
     """Stream the ROI into ``array`` ``slab`` sections at a time; output statistics along the way.
 
     ``keep`` (array voxels, z y x): the box at the array's origin that already holds data (a dataset being
     extended); it is read back from ``array`` for the statistics, and only the rest is read from the source and
     written. ``clipped`` counts the voxels read from the source. ``content_sha256``: the array's checksum, from
-    the slabs' digests."""
+    the slabs' digests; ``block_digests`` (with ``digest_block_shape``): a digest per block of that grid, from the
+    digests of its parts in each slab."""
     from connectomix.provenance import data_digest, merkle_digest
 
     ny, nx = roi.shape[1], roi.shape[2]
     hist = np.zeros(256, np.int64)
     clipped = 0
     parts = {}  # slab digests: the array's content checksum without reading it again
+    block_parts: dict[str, list[str]] = {}
+    if digest_block_shape is not None:
+        bz, by, bx = (int(v) for v in digest_block_shape)
+        if bz % slab:
+            raise ValueError(f"digest block shape {tuple(digest_block_shape)}: z must be a multiple of the chunk's "
+                             f"{slab} sections")
     for a0 in range(0, roi.shape[0], slab):
         a1 = min(a0 + slab, roi.shape[0])
         out = np.empty((a1 - a0, ny, nx), np.uint8)
@@ -286,6 +329,11 @@ def _copy(reader, array, roi, norm: Normalization, slab: int, keep=None) -> dict
             del block, part
         hist += np.bincount(out.ravel(), minlength=256)
         parts[f"z{a0:012d}"] = data_digest(out)
+        if digest_block_shape is not None:
+            for y0 in range(0, ny, by):
+                for x0 in range(0, nx, bx):
+                    block = f"z{a0 // bz}_y{y0 // by}_x{x0 // bx}"
+                    block_parts.setdefault(block, []).append(data_digest(out[:, y0:y0 + by, x0:x0 + bx]))
         del out
     total = int(hist.sum())
     nonzero = np.flatnonzero(hist)
@@ -297,4 +345,8 @@ def _copy(reader, array, roi, norm: Normalization, slab: int, keep=None) -> dict
         "out_max": int(nonzero[-1]),
         "out_mean": float((hist * np.arange(256)).sum() / total),
         "content_sha256": merkle_digest(array.shape, array.dtype, parts),
+        **({"block_digests": {"block_shape": [int(v) for v in digest_block_shape],
+                              "digests": {block: hashlib.sha256("|".join(digests).encode()).hexdigest()[:32]
+                                          for block, digests in block_parts.items()}}}
+           if digest_block_shape is not None else {}),
     }
