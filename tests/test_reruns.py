@@ -546,3 +546,46 @@ def test_extending_a_dataset_reruns_only_blocks_near_the_new_ones_and_keeps_ids(
     if kept == len(far):  # no lookup-table row of the far columns changed: nothing there may rerun
         assert rerun_far == 0, rerun_far
         assert relabeled <= near, sorted(relabeled)
+
+
+# --- 6. a changed source -----------------------------------------------------------------------------------------
+
+
+def test_a_replaced_source_reruns_what_read_it_and_equals_a_fresh_run(tmp_path):
+    """Replace a dataset's source file by other data of the same shape and run again: ingest reruns (the source's
+    identity is one of its params), the predict blocks whose raw voxels changed rerun (the blocks' digests from
+    ingest), everything after them follows, and the outputs equal a fresh run's on the new file."""
+    import h5py
+
+    from connectomix.phantom import PhantomParams, generate
+
+    def phantom_raw(seed):
+        params = {**TINY["datasets"][DATASET]["phantom"], "shape": list(GROW_OLD_SHAPE), "seed": seed}
+        return generate(PhantomParams.from_dict(params), (40, 8, 8)).raw
+
+    def write(path, raw):
+        with h5py.File(path, "w") as f:
+            f.create_dataset("stack", data=raw)
+
+    def config(source):
+        config = copy.deepcopy(TINY)
+        config["datasets"] = {"em": {"voxel_size": [40, 8, 8], "source": {"path": str(source), "key": "stack"}}}
+        config["blocks"] = {"shape": GROW_BLOCK, "per_job": [1, 1, 1]}
+        return config
+
+    source = tmp_path / "in" / "src.h5"
+    source.parent.mkdir()
+    write(source, phantom_raw(31))
+    work = tmp_path / "work"
+    write_config(work, config(source))
+    _snakemake(work, *CORES)
+    write(source, phantom_raw(32))
+    plan = _rule_counts(_jobs(_snakemake(work, *CORES, "--dry-run").stdout))
+    assert plan.get("ingest") == 1, plan
+    _snakemake(work, *CORES)
+    fresh = tmp_path / "fresh"
+    write_config(fresh, config(source))
+    _snakemake(fresh, *CORES)
+    rerun, expected = output_digests(work / "results"), output_digests(fresh / "results")
+    assert "em/volume.zarr/segmentation/0" in expected
+    assert rerun == expected, f"outputs that differ from a fresh run: {_diff(rerun, expected)}"
