@@ -251,7 +251,19 @@ def planning(r: dict) -> list[str]:
     return out
 
 
-SECTIONS = [phantom, predict, segment, skeletonize, synapses, end_to_end, planning]
+def bad_inputs(r: dict) -> list[str]:
+    bi = r["bad_inputs"]
+    out = ["## bad inputs: clear errors, nothing half-written", "",
+           source("bad_inputs") + f" {bi['summary']['passed']} of {bi['summary']['cases']} cases pass: the command "
+           "fails with an error of at most 5 lines naming the problem, leaves nothing a rerun would trust, and works "
+           "once the input is fixed.", ""]
+    out += table(["case", "exit", "names it", "clean", "rerun works", "passed"],
+                 [[row["case"], row["exit_code"], num(row["names_the_problem"]), num(row["nothing_half_written"]),
+                   num(row["rerun_after_fix_works"]), num(row["passed"])] for row in bi["rows"]])
+    return out
+
+
+SECTIONS = [phantom, predict, segment, skeletonize, synapses, end_to_end, planning, bad_inputs]
 
 
 def render(results: Path = RESULTS) -> str:
@@ -266,7 +278,7 @@ def render(results: Path = RESULTS) -> str:
              "`results/{dataset}/eval/metrics.json` (`python -m connectomix.summary results` prints them)."]
     for section in SECTIONS:
         lines += ["", *section(r)]
-    lines += ["", "ingest, export and evaluate have no benchmark JSON yet (their tests check them)."]
+    lines += ["", "export and evaluate have no benchmark JSON yet (their tests check them)."]
     return "\n".join(lines) + "\n"
 
 

@@ -200,12 +200,14 @@ def _assert_nothing_trusted_is_half_written(work: Path, incomplete: set) -> None
     assert checked, "nothing was checked"
 
 
-def test_killed_run_resumes_to_identical_outputs(clean_run, tmp_path):
+@pytest.mark.parametrize("seed", [KILL_SEED, 7, 2026])
+def test_killed_run_resumes_to_identical_outputs(clean_run, tmp_path, seed):
     """SIGKILL the run's whole process group three times, each time while a job runs: first inside the phantom job
-    once its directory outputs exist, then after two seeded numbers of finished jobs (plus seeded delays). After
+    once its directory outputs exist, then after two seeded numbers of finished jobs (plus seeded delays; one
+    fault-injection run per seed). After
     each kill nothing a rerun would trust is half-written; `snakemake --unlock` and the same command (make demo's:
     profiles/local) resume, and the outputs equal a clean run's."""
-    rng = random.Random(KILL_SEED)
+    rng = random.Random(seed)
     total = len(clean_run.jobs)
     # cumulative finished-job counts at which to kill; the last leaves >= 5 jobs so the run is still going
     points = sorted(rng.sample(range(1, total - 5), 2))
