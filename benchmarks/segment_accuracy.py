@@ -3,7 +3,7 @@ affinities. One command: ``python benchmarks/segment_accuracy.py`` -> benchmarks
 
 Inputs:
 * ``synthetic``: Voronoi cells with membranes, affinities from ground truth degraded by blur, noise, holes and
-  false boundaries (``connectomix.segment.synthetic``). Used while the phantom generator is absent.
+  false boundaries (``connectomix.synthetic.segment``). Used while the phantom generator is absent.
 * ``phantom`` (when ``connectomix.phantom`` exists): its gt/labels, the same degraded GT-derived affinities.
 * ``phantom-unet``: the default phantom (seed 7) predicted by the shipped U-Net (models/phantom, trained on seed 8):
   the affinities the demo segments.
@@ -27,8 +27,9 @@ import numpy as np
 
 from connectomix import io
 from connectomix.evaluate.segmentation import contingency, metrics, voi
-from connectomix.segment import stitch, synthetic as syn
+from connectomix.segment import stitch
 from connectomix.segment.fragments import NN_OFFSETS
+from connectomix.synthetic import segment as syn
 
 OUT = Path(__file__).resolve().parent / "results"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

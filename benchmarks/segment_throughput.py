@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from segment_accuracy import SHARED, affinities_from_boundary, quiet  # noqa: E402
 
 from connectomix import blockwise  # noqa: E402
-from connectomix.segment import stitch, synthetic as syn  # noqa: E402
+from connectomix.segment import stitch  # noqa: E402
+from connectomix.synthetic import segment as syn  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 WORKERS = len(os.sched_getaffinity(0))  # the blockwise steps again on this many processes (block jobs in parallel)

@@ -30,7 +30,7 @@ import yaml
 from connectomix.config import defaults
 from connectomix.skeletonize import core
 from connectomix.skeletonize.params import resolve
-from connectomix.skeletonize.synthetic import tiled_labels
+from connectomix.synthetic.skeletons import tiled_labels
 
 HERE = Path(__file__).resolve().parent
 VS = (40.0, 8.0, 8.0)

@@ -208,7 +208,7 @@ def synthetic_tissue(shape=(32, 256, 256), n_cells=60, n_synapses=80, seed=0, vo
     import pandas as pd
     from scipy import ndimage
 
-    from connectomix.segment.synthetic import voronoi_labels
+    from connectomix.synthetic.segment import voronoi_labels
 
     rng = np.random.default_rng(seed)
     labels = voronoi_labels(shape, n_cells, seed=seed, anisotropy=voxel_size, membrane=1)
@@ -271,13 +271,14 @@ def end_to_end(labels, clefts, gt_syn, gt_edges, neuron_ids, voxel_size, work, n
     from connectomix import connectome, io, synapses
     from connectomix.evaluate import connectome as ev_con
     from connectomix.evaluate import synapses as ev_syn
+    from connectomix.synthetic.synapse_maps import maps_from_ground_truth
 
-    maps = synapses.maps_from_ground_truth(labels, clefts, gt_syn, voxel_size, noise=noise, seed=1)
+    maps = maps_from_ground_truth(labels, clefts, gt_syn, voxel_size, noise=noise, seed=1)
     vol = work / "v.zarr"
     io.write_full(vol, "synapse_maps", maps, (3, 8, 64, 64), voxel_size, channels=("cleft", "pre", "post"))
     if segment:
         from connectomix.segment.stitch import segment_volume
-        from connectomix.segment.synthetic import affinities_from_labels, degrade, write_test_volume
+        from connectomix.synthetic.segment import affinities_from_labels, degrade, write_test_volume
 
         write_test_volume(vol, degrade(affinities_from_labels(labels), seed=0), voxel_size, (8, 64, 64), gt=labels)
         segment_volume(vol, work / "segment", None, block_shape, (8, 64, 64))

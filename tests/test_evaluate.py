@@ -82,7 +82,7 @@ def test_perfect_and_worst_objects():
 
 
 def test_threshold_sweep_equals_relabelled_segmentations(tmp_path):
-    from connectomix.segment import synthetic as syn
+    from connectomix.synthetic import segment as syn
     from connectomix.segment import params as seg_params
     from connectomix.segment.fragments import watershed_fragments
     from connectomix.segment.rag import volume_rag

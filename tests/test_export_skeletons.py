@@ -9,7 +9,7 @@ import pytest
 from connectomix import cli, io
 from connectomix.skeletonize import core
 from connectomix.skeletonize.morphology import skeletons_to_table, table_to_trees
-from connectomix.skeletonize.synthetic import synthetic_neurons
+from connectomix.synthetic.skeletons import synthetic_neurons
 
 VS = (40.0, 8.0, 8.0)
 SMALL = {"halo": [4, 24, 24], "teasar": {"const": 150, "soma_invalidation_const": 150,

@@ -9,10 +9,11 @@ import pytest
 from connectomix import blockwise, cli, io
 from connectomix.evaluate.segmentation import contingency, fragment_bound, metrics, voi
 from connectomix.segment import params as seg_params
-from connectomix.segment import stitch, synthetic as syn
+from connectomix.segment import stitch
 from connectomix.segment.agglomerate import apply_lut, hierarchical, lookup_table
 from connectomix.segment.fragments import block_of_fragment, fragment_id_base
 from connectomix.segment.rag import Rag, contract, merge_rags, volume_rag
+from connectomix.synthetic import segment as syn
 
 VOXEL = (40, 8, 8)
 SHAPE = (16, 96, 96)

@@ -10,13 +10,14 @@ from connectomix import io
 from connectomix.blocks import BlockGrid, Roi, read_marker
 from connectomix.config import defaults
 from connectomix.skeletonize import core, params as skparams
+from connectomix.skeletonize.merge import merge_pieces
 from connectomix.skeletonize.morphology import (
     AXON, DENDRITE, SOMA, compartments, morphology_table, skeletons_to_table, soma_ids, table_to_trees,
 )
 from connectomix.skeletonize.soma import boundary_distance, elongation, soma_sphere, soma_sphere_radius
-from connectomix.skeletonize.synthetic import _paint_capsule, synthetic_neurons
 from connectomix.skeletonize.trace import crop_to_roi
 from connectomix.skeletonize.tree import remove_ticks, smooth
+from connectomix.synthetic.skeletons import _paint_capsule, synthetic_neurons
 
 VS = (40.0, 8.0, 8.0)
 # TEASAR scaled to these small volumes (neurites ~50-70 nm, somata ~250 nm).
@@ -278,9 +279,9 @@ def test_merge_removes_cycles_and_joins_close_components():
     loop = core.Skel(sq, [[0, 1], [1, 2], [2, 3], [3, 0]], np.ones(4))
     far = core.Skel([[0, 280, 80], [0, 360, 80]], [[0, 1]], np.ones(2))
     stats = {}
-    out = core.merge_pieces([loop, far], {"join_distance_nm": 250, "tick_threshold_nm": 0}, stats)
+    out = merge_pieces([loop, far], {"join_distance_nm": 250, "tick_threshold_nm": 0}, stats)
     assert out.is_tree() and stats["cycle_edges_removed"] == 1 and stats["components_joined"] == 1
-    out2 = core.merge_pieces([loop, far], {"join_distance_nm": 150, "tick_threshold_nm": 0})
+    out2 = merge_pieces([loop, far], {"join_distance_nm": 150, "tick_threshold_nm": 0})
     assert out2.n_components() == 2  # beyond the limit: not joined
 
 

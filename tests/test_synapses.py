@@ -9,6 +9,7 @@ import pytest
 from connectomix import io
 from connectomix import synapses as syn
 from connectomix.evaluate import synapses as ev
+from connectomix.synthetic.synapse_maps import maps_from_ground_truth
 
 VS = (40.0, 8.0, 8.0)
 
@@ -373,7 +374,7 @@ def test_cli_help_and_gt_maps(tmp_path, capsys):
     clefts[CLEFTS["clear"][0]] = 77
     truth = pd.DataFrame({"id": np.array([77], np.uint64), "pre": np.array([1], np.uint64),
                           "post": np.array([2], np.uint64)})
-    maps = syn.maps_from_ground_truth(labels, clefts, truth, VS, noise=0.0)
+    maps = maps_from_ground_truth(labels, clefts, truth, VS, noise=0.0)
     assert maps[0][clefts > 0].min() > 200 and maps[0][clefts == 0].max() < 20
     assert maps[1][4, 18, 25] > 200 and maps[2][4, 18, 25] < 20  # pre side, 48 nm from the cleft
     assert maps[2][4, 18, 38] > 200 and maps[1][4, 18, 38] < 20

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from connectomix.provenance import version
+
 # command -> (module, one-line description)
 STAGES: dict[str, tuple[str, str]] = {
     "phantom": ("connectomix.phantom.cli", "generate the ground-truth phantom tissue block"),
@@ -18,9 +20,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "pyramid": ("connectomix.pyramid", "add a multiscale pyramid to an array of an OME-Zarr volume"),
     "train": ("connectomix.train.cli", "train the U-Net (affinities + synapse maps) on ground truth"),
     "predict": ("connectomix.predict", "blockwise U-Net inference: affinities and synapse maps"),
-    "segment": ("connectomix.segment", "watershed fragments, agglomeration, stitching, relabelling"),
-    "skeletonize": ("connectomix.skeletonize", "blockwise kimimaro skeletons, merged per segment; morphology"),
-    "synapses": ("connectomix.synapses", "synaptic clefts and partner assignment"),
+    "segment": ("connectomix.segment.cli", "watershed fragments, agglomeration, stitching, relabelling"),
+    "skeletonize": ("connectomix.skeletonize.cli", "blockwise kimimaro skeletons, merged per segment; morphology"),
+    "synapses": ("connectomix.synapses.cli", "synaptic clefts and partner assignment"),
     "connectome": ("connectomix.connectome.cli", "neurons, edges and connectome exports"),
     "coregister": ("connectomix.coregister.cli", "match two-photon ROIs to EM somata"),
     "analysis": ("connectomix.analysis.cli", "cell types, tuning and like-to-like analyses"),
@@ -41,14 +43,8 @@ def _top_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("stage", choices=sorted(STAGES), metavar="STAGE", help="the stage to run")
-    parser.add_argument("--version", action="version", version=f"connectomix {_version()}")
+    parser.add_argument("--version", action="version", version=f"connectomix {version()}")
     return parser
-
-
-def _version() -> str:
-    from connectomix.provenance import version
-
-    return version()
 
 
 def add_plugin_actions(subparsers, package: str, names) -> None:

@@ -26,6 +26,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from connectomix.blocks import atomic_write_json
+from connectomix.provenance import version
+
 NEAREST_OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
 SYNAPSE_CHANNELS = ["cleft", "pre", "post"]
 CHECKPOINT_FORMAT = 1
@@ -333,9 +336,6 @@ def save_checkpoint(out_dir: str | os.PathLike, model: UNet, meta: dict) -> dict
     ``meta`` carries training description, iterations and metrics; architecture, context, channels, version and
     the weights' sha256 are added here. Returns the JSON payload.
     """
-    from connectomix.blocks import atomic_write_json
-    from connectomix.provenance import version
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -24,8 +24,12 @@ from typing import Sequence
 
 import numpy as np
 
-from connectomix.blockwise import Stage, Step, pyramid_options
-from connectomix.io import read_padded
+from connectomix.blocks import atomic_write_json
+from connectomix.blockwise import Stage, Step, load_setup, new_setup, pyramid_options, read_markers, save_setup
+from connectomix.blockwise import add_arguments as blockwise_arguments
+from connectomix.config import defaults
+from connectomix.io import build_pyramid, ensure_array, open_array, read_meta, read_padded, update_attrs
+from connectomix.provenance import DIGEST_ATTR, array_digest, blocks_digest, data_digest, record, set_array_digest
 
 SCALE = 1.0 / 255.0
 
@@ -35,7 +39,7 @@ SCALE = 1.0 / 255.0
 
 def resolve_device(device: str = "auto", threads: int = 0):
     """'auto' -> CUDA when available, else CPU; CPU uses ``threads`` threads (0: all cores)."""
-    import torch
+    import torch  # lazy: heavy, and the Snakefile imports this module
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -61,7 +65,7 @@ class Predictor:
                  augment: str = "none", transpose: bool = True):
         import copy
 
-        import torch
+        import torch  # lazy: heavy, and the Snakefile imports this module
 
         self.arch = model.arch
         self.variants = augment_variants(augment, transpose)
@@ -103,9 +107,9 @@ class Predictor:
 
     def predict_many(self, source, boxes, volume_shape: Sequence[int] | None = None) -> list[np.ndarray]:
         """:meth:`predict` for several boxes (e.g. blocks) at once: tiles of equal shape share batches."""
-        import torch
+        import torch  # lazy: heavy, and the Snakefile imports this module
 
-        from connectomix.models import normalize_raw
+        from connectomix.models import normalize_raw  # imports torch
 
         volume_shape = tuple(volume_shape or source.shape)
         ctx = self.context
@@ -283,8 +287,6 @@ PARAMS = ("checkpoint", "tile_shape", "augment")
 def resolve(params: dict | None) -> dict:
     """The predict parameters setup records: ``checkpoint`` (required), ``tile_shape`` and ``augment`` (defaults
     from the config schema's ``predict`` section)."""
-    from connectomix.config import defaults
-
     params = dict(params or {})
     unknown = sorted(set(params) - set(PARAMS))
     if unknown or "checkpoint" not in params:
@@ -305,10 +307,7 @@ def setup(volume, work_dir, params, block_shape, chunk_shape=None, marker_dir=No
     Arrays that exist with the same layout and a shape no larger than ``raw``'s are kept, resized in place when the
     dataset grew (``io.ensure_array``): the blocks already predicted keep their output, and the workflow reruns
     only the blocks whose read ROI changed. Anything else is created afresh."""
-    from connectomix.blockwise import new_setup, save_setup
-    from connectomix.io import ensure_array, read_meta
-    from connectomix.models import read_checkpoint_meta
-    from connectomix.provenance import DIGEST_ATTR, array_digest, record
+    from connectomix.models import read_checkpoint_meta  # imports torch: lazy, as above
 
     params = resolve(params)
     ck = read_checkpoint_meta(params["checkpoint"])
@@ -338,8 +337,7 @@ def setup(volume, work_dir, params, block_shape, chunk_shape=None, marker_dir=No
 
 def _prepare(s: dict, options: dict) -> dict:
     """Once per block job: the device, the checkpoint (the one setup recorded), the predictor and the arrays."""
-    from connectomix.io import open_array
-    from connectomix.models import load_checkpoint
+    from connectomix.models import load_checkpoint  # imports torch: lazy, as above
 
     dev = resolve_device(options["device"], options["threads"])
     model, ck = load_checkpoint(s["params"]["checkpoint"], map_location=dev)
@@ -358,8 +356,6 @@ def _prepare(s: dict, options: dict) -> dict:
 def _predict_blocks(s: dict, blocks, context: dict) -> list[dict]:
     """Predict blocks together (tiles batched across them); each writes exactly its write ROI. ``augment``: see
     :class:`Predictor`; y/x transpositions only when the volume's y and x voxel sizes are equal."""
-    from connectomix.provenance import data_digest
-
     ck = context["ck"]
     n_aff = len(ck["offsets"])
     probs = context["predictor"].predict_many(context["raw"], [(b.write.offset, b.write.shape) for b in blocks],
@@ -380,11 +376,6 @@ def _predict_blocks(s: dict, blocks, context: dict) -> list[dict]:
 
 def finish(work_dir, summary=None, pyramid_levels=3, pyramid_factor=(1, 2, 2)) -> dict:
     """Check every block has its marker, set the arrays' digests, build both pyramids and write the summary."""
-    from connectomix.blocks import atomic_write_json
-    from connectomix.blockwise import load_setup, read_markers
-    from connectomix.io import build_pyramid, open_array, read_meta, update_attrs
-    from connectomix.provenance import blocks_digest, set_array_digest
-
     s = load_setup(work_dir, "predict")
     records = read_markers(s, "predict")
     volume = s["volume"]
@@ -471,8 +462,6 @@ def workflow_context(cfg: dict, phantom_datasets: Sequence[str]) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``predict setup | block | finish`` (connectomix.blockwise)."""
-    from connectomix.blockwise import add_arguments as blockwise_arguments
-
     blockwise_arguments(parser, STAGE)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from connectomix import __version__
+from connectomix.io import open_array, read_meta, update_attrs
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,16 +102,12 @@ def blocks_digest(array, markers: list, name: str) -> str:
 
 def set_array_digest(volume, name: str, digest: str) -> None:
     """Record ``digest`` as the content checksum of the array ``name`` in ``volume``."""
-    from connectomix.io import update_attrs
-
     update_attrs(volume, name, **{DIGEST_ATTR: digest})
 
 
 def array_digest(volume, name: str) -> str:
     """The recorded content checksum of an array; one written without it (by an older version or another tool) is
     hashed whole, which reads it once (not recorded: other jobs may be reading the attributes)."""
-    from connectomix.io import open_array, read_meta
-
     recorded = read_meta(volume, name).attrs.get(DIGEST_ATTR)
     return str(recorded) if recorded else array_checksum(open_array(volume, name))
 

@@ -22,7 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from connectomix.evaluate import write_stage_metrics
+from connectomix.io import open_array, read_meta
 from connectomix.provenance import input_digests, record
+from connectomix.skeletonize.core import skeletonize_whole
+from connectomix.skeletonize.params import resolve
+from connectomix.skeletonize.tree import smooth as smooth_skeleton
 
 
 def edge_lengths(skel) -> np.ndarray:
@@ -88,11 +92,6 @@ def evaluate(volume, seg_array: str = "segmentation", gt_array: str = "gt/labels
              parallel: int = 1) -> tuple[dict, dict]:
     """Skeletonize ``gt_array`` (whole volume) and score ``seg_array`` along the skeletons; returns
     ``(metrics, context)``."""
-    from connectomix.io import open_array, read_meta
-    from connectomix.skeletonize.core import skeletonize_whole
-    from connectomix.skeletonize.params import resolve
-    from connectomix.skeletonize.tree import smooth as smooth_skeleton
-
     p = resolve(params)
     meta = read_meta(volume, gt_array)
     gt = np.asarray(open_array(volume, gt_array)[...])

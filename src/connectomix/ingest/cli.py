@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from connectomix.blocks import atomic_write_json
 from connectomix.ingest.core import ingest
 
 
@@ -31,8 +32,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Run ``connectomix ingest``: ingest, then write the summary JSON (removing any stale one first)."""
-    from connectomix.blocks import atomic_write_json
-
     if args.summary:
         Path(args.summary).unlink(missing_ok=True)  # a failed run must not leave an old summary to trust
     try:

@@ -13,9 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
+from connectomix import io
+from connectomix.blocks import Roi
 from connectomix.ingest.normalize import Normalization, _check_finite, plan_normalization
 from connectomix.ingest.readers import _open_reader, probe
 from connectomix.ingest.source import MIN_SECTIONS, SourceInfo, _check_source
+from connectomix.provenance import DIGEST_ATTR, data_digest, file_checksum, merkle_digest, record
 
 RAW = "raw"
 CHECKSUM_MAX_BYTES = 256 << 20  # files larger than this are recorded by size and mtime, not sha256
@@ -23,8 +26,6 @@ CHECKSUM_BUDGET = 1 << 30  # total bytes hashed per ingest; past it, size and mt
 
 
 def _check_roi(roi, shape):
-    from connectomix.blocks import Roi
-
     if roi is None:
         return Roi((0, 0, 0), tuple(shape))
     if isinstance(roi, dict):
@@ -46,8 +47,6 @@ def _file_record(path: Path, budget: list[int]) -> dict:
     stat = path.stat()
     entry = {"bytes": stat.st_size, "mtime": stat.st_mtime}
     if stat.st_size <= CHECKSUM_MAX_BYTES and budget[0] >= stat.st_size > 0:
-        from connectomix.provenance import file_checksum
-
         entry["sha256"] = file_checksum(path)
         budget[0] -= stat.st_size
     return entry
@@ -122,8 +121,6 @@ def _volume_cleanup(volume_root: Path):
 def previous_ingest(volume_root) -> dict | None:
     """What the last ingest into ``volume_root`` recorded (``raw``'s ``ingest`` attributes, with the array's
     ``voxel_size``, ``offset_nm`` and ``chunks``), or None when there is no ``raw`` written by ingest."""
-    from connectomix import io
-
     if not io.has_array(volume_root, RAW):
         return None
     meta = io.read_meta(volume_root, RAW)
@@ -186,9 +183,6 @@ def ingest(
     source whose files changed since the last ingest (size, modification time, sha256) is ingested afresh, as a
     new dataset, normalization included.
     """
-    from connectomix import io
-    from connectomix.provenance import DIGEST_ATTR, record
-
     timings: dict[str, float] = {}
     t = time.perf_counter()
     volume_root = Path(volume_root)
@@ -292,8 +286,6 @@ def _copy(reader, array, roi, norm: Normalization, slab: int, keep=None, digest_
     written. ``clipped`` counts the voxels read from the source. ``content_sha256``: the array's checksum, from
     the slabs' digests; ``block_digests`` (with ``digest_block_shape``): a digest per block of that grid, from the
     digests of its parts in each slab."""
-    from connectomix.provenance import data_digest, merkle_digest
-
     ny, nx = roi.shape[1], roi.shape[2]
     hist = np.zeros(256, np.int64)
     clipped = 0

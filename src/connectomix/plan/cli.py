@@ -6,9 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from connectomix import config as cmx_config
 from connectomix.plan.core import default_rates_path, load_rates, make_plan, shape_from_size
 from connectomix.plan.refresh import refresh_rates
 from connectomix.plan.render import render
+from connectomix.predict import augment_variants
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,16 +58,12 @@ def run(args) -> int:
     block_shape, chunk_shape, pyramid = args.block_shape, args.chunk_shape, None
     per_job, max_jobs, passes = args.per_job or "auto", args.max_jobs, 1
     if args.config is not None:
-        from connectomix import config as cmx_config
-
         cfg = cmx_config.load(args.config)
         block_shape = block_shape or cfg["blocks"]["shape"]
         chunk_shape = chunk_shape or cfg["storage"]["chunk_shape"]
         pyramid = cfg["pyramid"]
         per_job = args.per_job or cfg["blocks"]["per_job"]
         max_jobs = max_jobs if max_jobs is not None else cfg["blocks"]["max_jobs"]
-        from connectomix.predict import augment_variants
-
         passes = len(augment_variants(cfg["predict"]["augment"], args.voxel_size[1] == args.voxel_size[2]))
     rates = load_rates(args.rates)
     plan = make_plan(shape, args.voxel_size, block_shape, chunk_shape, pyramid, rates, source=args.source,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from connectomix import config as cmx_config
 from connectomix.blocks import BlockBatches, BlockGrid, batch_shape_for
 from connectomix.plan.render import _zyx
 
@@ -161,8 +162,6 @@ def make_plan(
     """The plan as a dict: volume, grid, per-step jobs/hours, per-array storage, totals, references.
     ``predict_passes``: network passes per tile (test-time augmentation, ``predict.augment``), which divide the
     predict block rates (measured with one)."""
-    from connectomix import config as cmx_config
-
     defaults = cmx_config.validate({"datasets": {"d": {"voxel_size": [40, 8, 8], "phantom": {}}}})
     shape = _positive_triple(shape, "--shape")
     voxel_size = _positive_triple(voxel_size, "--voxel-size", float)

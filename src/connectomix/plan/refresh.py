@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from connectomix import config as cmx_config
+
 
 def _closest(rows, key, target):
     """The row whose `key` (a shape) has the volume closest to `target`'s, in log terms."""
@@ -150,8 +152,6 @@ def refresh_rates(rates_path: Path, bench_dir: Path | None, dataset_dir: Path | 
     Hand-written parts (references, reasons, storage dtypes) are kept; the version goes up by one when a number
     changes. Returns the new content.
     """
-    from connectomix import config as cmx_config
-
     rates = yaml.safe_load(Path(rates_path).read_text())
     before = json.dumps(rates, sort_keys=True)
     defaults = cmx_config.validate({"datasets": {"d": {"voxel_size": [40, 8, 8], "phantom": {}}}})

@@ -11,11 +11,12 @@ Actions (one Snakemake job each; the block steps take ``--blocks``; :mod:`connec
 
 ``W`` is ``results/{dataset}/segment``; block markers go to ``results/{dataset}/blocks/segment_{step}/{block}.json``.
 :func:`segment_volume` runs them all in one process.
+
+Modules: ``params``, ``fragments`` (watershed), ``rag`` (region adjacency graph), ``agglomerate``, ``stitch``
+(setup / block steps / finish, ``STAGE``), ``cli``; ``workflow`` holds helpers of the rules.
 """
 
 from __future__ import annotations
-
-import json
 
 from connectomix.segment.agglomerate import agglomerate as agglomerate_rag
 from connectomix.segment.agglomerate import apply_lut, hierarchical, lookup_table, mutex
@@ -30,17 +31,3 @@ __all__ = [
     "watershed_fragments",
 ]
 
-
-def add_arguments(parser) -> None:
-    """``segment setup | block | finish`` (connectomix.blockwise) and ``segment agglomerate``."""
-    from connectomix.blockwise import add_arguments as blockwise_arguments
-    from connectomix.segment import stitch
-
-    sub = blockwise_arguments(parser, STAGE)
-    p = sub.add_parser("agglomerate", help="merge block RAGs, agglomerate globally, write the lookup table")
-    p.add_argument("--work-dir", required=True, help="stage folder (results/{dataset}/segment)")
-    p.set_defaults(func=lambda args: print(json.dumps(stitch.agglomerate(args.work_dir), sort_keys=True)))
-
-
-def run(args) -> int:
-    return int(args.func(args) or 0)

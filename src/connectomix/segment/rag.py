@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from connectomix.segment.fragments import nn_channels
+
 BINS = 256
 
 
@@ -196,8 +198,6 @@ def merge_rags(rags: list[Rag], histograms: bool = True) -> Rag:
 
 def volume_rag(fragments: np.ndarray, affs: np.ndarray, offsets) -> Rag:
     """The whole-volume RAG in one go (tests, benchmarks): the same as merging every block's table."""
-    from connectomix.segment.fragments import nn_channels
-
     ch = nn_channels(offsets)
     return block_rag(fragments, np.ascontiguousarray(affs[ch]), (0, 0, 0))
 

@@ -13,6 +13,7 @@ through :mod:`connectomix.blockwise` (:data:`STAGE`), which writes their markers
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -20,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from connectomix import io, provenance
-from connectomix.blocks import Block, Roi, atomic_write_json, atomic_write_parquet
+from connectomix.blocks import Block, Roi, atomic_write_json, atomic_write_parquet, block_id
 from connectomix.blockwise import Stage, Step, grid_of, load_setup, new_setup, peak_rss_mb, pyramid_options
 from connectomix.blockwise import option, read_markers, run_step, save_setup
-from connectomix.segment import params as seg_params
 from connectomix.segment.agglomerate import agglomerate as run_agglomeration
 from connectomix.segment.agglomerate import apply_lut, lookup_table
-from connectomix.segment.fragments import NN_OFFSETS, block_fragments, nn_channels
+from connectomix.segment.fragments import LOCAL_BITS, NN_OFFSETS, block_fragments, block_of_fragment, nn_channels
+from connectomix.segment.params import fragment_mode, resolve
 from connectomix.segment.rag import Rag, block_rag, contract, majority_pairs, merge_rags
 
 AFFINITIES = "affinities"
@@ -41,7 +42,7 @@ def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, 
     Arrays that exist with the same layout and a shape no larger than the affinities' are kept (resized in place
     when the dataset grew: ``io.ensure_array``), so blocks done before keep their output."""
     work_dir = Path(work_dir)
-    params = seg_params.resolve(params)
+    params = resolve(params)
     meta = io.read_meta(volume, AFFINITIES)
     offsets = [list(map(int, o)) for o in meta.attrs.get("offsets", NN_OFFSETS)]
     nn_channels(offsets)  # fail early if the nearest-neighbour channels are missing
@@ -50,7 +51,7 @@ def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, 
     record = new_setup("segment", volume, work_dir, shape=shape, block_shape=block_shape, chunk_shape=chunks,
                        halo=params["halo"], voxel_size=meta.voxel_size, offset_nm=meta.offset_nm, params=params,
                        provenance=provenance.record(params), marker_dir=marker_dir,
-                       mode=seg_params.fragment_mode(params, meta.voxel_size), offsets=offsets)
+                       mode=fragment_mode(params, meta.voxel_size), offsets=offsets)
     record["arrays"] = {
         name: io.ensure_array(volume, name, shape, np.uint64, chunks, meta.voxel_size, meta.offset_nm,
                               is_label=True,
@@ -180,11 +181,6 @@ def lut_digests(fragments: np.ndarray, segments: np.ndarray) -> dict:
     left out: all their fragments are their own segments). A block's relabel output follows from its fragments
     and these rows, so the workflow reruns relabel only for blocks whose digest changed (e.g. after the dataset
     grew, blocks whose segments now reach into the new blocks)."""
-    import hashlib
-
-    from connectomix.blocks import block_id
-    from connectomix.segment.fragments import LOCAL_BITS, block_of_fragment
-
     fragments = np.asarray(fragments, np.uint64)
     segments = np.asarray(segments, np.uint64)
     if not len(fragments):

@@ -37,11 +37,11 @@ from typing import Sequence
 import numpy as np
 
 from connectomix.blocks import BlockGrid
-from connectomix.skeletonize.merge import finalize, merge_all, merge_pieces  # noqa: F401  (public API)
+from connectomix.skeletonize.merge import finalize, merge_all
 from connectomix.skeletonize.params import resolve
 from connectomix.skeletonize.soma import attach_soma, find_somata, mask_somata, soma_of, somata_nm
-from connectomix.skeletonize.trace import kimimaro_skeletons, load_pieces, save_pieces, skeletonize_block  # noqa: F401
-from connectomix.skeletonize.tree import Skel, _to_nm, to_tree  # noqa: F401
+from connectomix.skeletonize.trace import kimimaro_skeletons, skeletonize_block
+from connectomix.skeletonize.tree import Skel, _to_nm
 
 
 def skeletonize_whole(

@@ -5,13 +5,6 @@ from __future__ import annotations
 from connectomix import config
 
 
-def __getattr__(name: str):
-    # Only for the re-export in skeletonize/__init__.py (to drop with it): the defaults live in the schema.
-    if name == "DEFAULTS":
-        return config.defaults("skeletonize")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class _Resolved(dict):
     """A parameter set ``resolve`` has completed: resolving it again returns it as it is (the merge calls
     ``resolve`` for every segment, several times; a deep copy of the defaults each time adds up)."""

@@ -28,6 +28,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from connectomix import io
+from connectomix.blocks import BlockGrid
 from connectomix.skeletonize.params import resolve
 from connectomix.skeletonize.tree import Skel, _components, _to_nm
 
@@ -89,8 +91,6 @@ def soma_body(mask: np.ndarray, voxel_size, centre, radius_nm: float, opening_fr
 def read_plan(volume, array: str, radius_nm: float, voxels_per_radius: float) -> tuple[int, np.ndarray]:
     """The pyramid level and per-axis stride whose voxels are no larger than ``radius_nm / voxels_per_radius``
     (or level 0's, where those are larger already)."""
-    from connectomix import io
-
     levels = io.level_transforms(volume, array)
     target = radius_nm / voxels_per_radius
     base = np.asarray(levels[0][0])
@@ -112,8 +112,6 @@ def soma_bodies(volume, array: str, somata: pd.DataFrame, params: dict) -> pd.Da
     (the body reaches the volume's edge: its volume is a lower bound). ``params``: ``opening_fraction``,
     ``max_centroid_shift``, ``voxels_per_radius``, ``crop_radii`` (crop half-size in inscribed radii; doubled once
     when the body reaches a crop face inside the volume)."""
-    from connectomix import io
-
     out = {c: [] for c in ["id"] + BODY_COLUMNS}
     if not len(somata):
         return pd.DataFrame(out).astype({"id": np.uint64, "soma_truncated": bool})
@@ -362,9 +360,6 @@ def find_somata_in_volume(volume, array: str, params: dict | None = None, block_
     (``soma_candidates``) reads farther (a boundary distance is exact up to the halo). Returns the
     ``SOMATA_COLUMNS`` table: the centre as a level-0 voxel, its boundary distance and the sphere cleared around
     it (nm)."""
-    from connectomix import io
-    from connectomix.blocks import BlockGrid
-
     p = resolve(params)
     accept = float(p["teasar"]["soma_acceptance_threshold"])
     level, stride = read_plan(volume, array, accept, 4.0)

@@ -53,7 +53,7 @@ def balanced_bce(logits, target, mask, max_weight=20.0):
 
     Each class weight is clipped at ``max_weight``: a number, or one per channel (a sequence or tensor).
     """
-    import torch
+    import torch  # lazy: see train()
     import torch.nn.functional as F
 
     max_weight = torch.as_tensor(max_weight, dtype=logits.dtype, device=logits.device)
@@ -72,7 +72,7 @@ def balanced_bce(logits, target, mask, max_weight=20.0):
 
 def evaluate(model, data: TrainData, params: dict, device="cpu") -> dict:
     """Validation metrics of ``model`` on ``data`` (predicted as a whole volume, like inference does)."""
-    import torch
+    import torch  # lazy: see train()
 
     arch = model.arch
     model.eval()

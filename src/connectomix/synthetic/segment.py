@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from connectomix import io
+from connectomix.provenance import DIGEST_ATTR, data_digest
 from connectomix.segment.fragments import NN_OFFSETS
 
 
@@ -97,9 +99,6 @@ def write_test_volume(root, affs_u8: np.ndarray, voxel_size=(40, 8, 8), chunks=(
                       gt: np.ndarray | None = None) -> None:
     """Write ``affinities`` (and ``gt/labels``) into an OME-Zarr the way the predict stage / phantom do, content
     checksums included (readers record them instead of hashing the arrays again)."""
-    from connectomix import io
-    from connectomix.provenance import DIGEST_ATTR, data_digest
-
     names = [f"aff_{'_'.join(str(v) for v in o)}" for o in offsets]
     io.write_full(root, "affinities", affs_u8, (len(offsets),) + tuple(chunks), voxel_size, channels=names,
                   attrs={"offsets": [list(o) for o in offsets], "scale": 1 / 255, DIGEST_ATTR: data_digest(affs_u8)})
