@@ -27,20 +27,21 @@ wildcard_constraints:
 
 
 
+# in pipeline order
 include: "rules/phantom.smk"
 include: "rules/ingest.smk"
-include: "rules/coregister.smk"
-include: "rules/analysis.smk"
-include: "rules/segment.smk"
-include: "rules/evaluate.smk"
 include: "rules/predict.smk"
+include: "rules/segment.smk"
+include: "rules/skeletonize.smk"
 include: "rules/synapses.smk"
 include: "rules/connectome.smk"
-include: "rules/skeletonize.smk"
+include: "rules/coregister.smk"
+include: "rules/analysis.smk"
+include: "rules/evaluate.smk"
 include: "rules/export.smk"
 
 
 rule all:
     default_target: True
     input:
-        [path for targets in FINAL_TARGETS.values() for name in DATASETS for path in targets(name)],
+        [path for name in DATASETS for path in final_targets(name)],

@@ -5,8 +5,8 @@
     python benchmarks/plan_scale.py --profile-dir DIR    # also a cProfile of the largest finished case
 
 Each case is a synthetic config with one ingest dataset whose source is a zarr array of the wanted shape written
-as metadata only (no chunk is written, so a 10^5-block volume costs a few bytes of disk): `dataset_shape` in
-rules/common.smk reads the shape with connectomix.ingest.probe, exactly as for real data. The grid is
+as metadata only (no chunk is written, so a 10^5-block volume costs a few bytes of disk): `Workflow.shape` in
+connectomix.workflow reads the shape with connectomix.ingest.probe, exactly as for real data. The grid is
 (nz, ny, nx) blocks of the default blocks.shape. Every case runs `snakemake -n --quiet rules` in a fresh
 results folder, in these modes:
 

@@ -1,30 +1,19 @@
-# analysis: cell types, orientation tuning, like-to-like connectivity, connectivity tables and report figures.
-# Needs rules/coregister.smk (FUNCTIONAL, COREG_DATASETS, COREG_PHANTOMS).
+# analysis: cell types, orientation tuning, like-to-like connectivity, connectivity tables and report figures, for
+# the datasets with functional data (common.smk's FUNCTIONAL).
 
-ANALYSIS_DIR = f"{RESULTS}/{{dataset}}/analysis"
+ANALYSIS_DIR = PATHS.file("analysis")
 ANALYSIS_TABLES = ["cell_types", "tuning", "pairs", "like_to_like", "celltype_connectivity", "connection_vs_distance"]
-
-FINAL_TARGETS["analysis"] = lambda name: (
-    [f"{RESULTS}/{name}/analysis/like_to_like.json", f"{RESULTS}/{name}/analysis/summary.html"]
-    if name in FUNCTIONAL
-    else []
-)
-EVAL_TARGETS["analysis"] = lambda name: (
-    [f"{RESULTS}/{name}/eval/celltypes.json", f"{RESULTS}/{name}/eval/like_to_like.json"]
-    if name in FUNCTIONAL and is_phantom(name)
-    else []
-)
 
 
 rule analysis:
     wildcard_constraints:
-        dataset="|".join(COREG_DATASETS),
+        dataset=datasets_in("functional"),
     input:
-        neurons=f"{RESULTS}/{{dataset}}/neurons.parquet",
-        edges=f"{RESULTS}/{{dataset}}/edges.parquet",
-        morphology=f"{RESULTS}/{{dataset}}/morphology.parquet",
-        matches=f"{RESULTS}/{{dataset}}/matches.parquet",
-        transform=f"{RESULTS}/{{dataset}}/coregister.json",
+        neurons=PATHS.table("neurons"),
+        edges=PATHS.table("edges"),
+        morphology=PATHS.table("morphology"),
+        matches=PATHS.table("matches"),
+        transform=PATHS.summary("coregister"),
     output:
         tables=[f"{ANALYSIS_DIR}/{name}.parquet" for name in ANALYSIS_TABLES],
         summary_json=f"{ANALYSIS_DIR}/like_to_like.json",
@@ -82,64 +71,66 @@ rule analysis:
             ]
         ],
     params:
-        rois=lambda wc: FUNCTIONAL[wc.dataset]["rois"],
-        responses=lambda wc: FUNCTIONAL[wc.dataset]["responses"],
-        stimuli=lambda wc: FUNCTIONAL[wc.dataset]["stimuli"],
+        rois=functional_file("rois"),
+        responses=functional_file("responses"),
+        stimuli=functional_file("stimuli"),
         params=json_arg(CFG["analysis"]),
         # this dataset's slice of the config only: adding another dataset must not rerun this one
         config=lambda wc: json_arg({**CFG, "datasets": {wc.dataset: CFG["datasets"][wc.dataset]}}),
-        out_dir=lambda wc: f"{RESULTS}/{wc.dataset}/analysis",
+        out_dir=lambda wc: PATHS.file("analysis", wc.dataset),
     log:
-        f"{RESULTS}/{{dataset}}/logs/analysis.log",
+        PATHS.log("analysis"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **resources_of("analysis"),
     shell:
-        "python -m connectomix analysis --neurons {input.neurons} --edges {input.edges} "
-        "--morphology {input.morphology} --matches {input.matches} --transform {input.transform} "
-        "--rois {params.rois} --responses {params.responses} --stimuli {params.stimuli} "
-        "--params {params.params} --config-json {params.config} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m connectomix analysis --neurons {input.neurons:q} --edges {input.edges:q} "
+        "--morphology {input.morphology:q} --matches {input.matches:q} --transform {input.transform:q} "
+        "--rois {params.rois:q} --responses {params.responses:q} --stimuli {params.stimuli:q} "
+        "--params {params.params} --config-json {params.config} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule evaluate_analysis:
     wildcard_constraints:
-        dataset="|".join(COREG_PHANTOMS),
+        dataset=datasets_in("functional_phantom"),
     input:
-        cell_types=f"{RESULTS}/{{dataset}}/analysis/cell_types.parquet",
-        like_to_like=f"{RESULTS}/{{dataset}}/analysis/like_to_like.json",
-        neurons=f"{RESULTS}/{{dataset}}/neurons.parquet",
-        phantom=lambda wc: raw_volume_done(wc.dataset),
+        cell_types=f"{ANALYSIS_DIR}/cell_types.parquet",
+        like_to_like=f"{ANALYSIS_DIR}/like_to_like.json",
+        neurons=PATHS.table("neurons"),
+        phantom=raw_done,
     output:
         celltypes=report(
-            f"{RESULTS}/{{dataset}}/eval/celltypes.json",
+            PATHS.eval("celltypes"),
             caption="../report/metrics.rst",
             category="Metrics",
             subcategory="{dataset}",
         ),
         like_to_like=report(
-            f"{RESULTS}/{{dataset}}/eval/like_to_like.json",
+            PATHS.eval("like_to_like"),
             caption="../report/metrics.rst",
             category="Metrics",
             subcategory="{dataset}",
         ),
     params:
-        gt=lambda wc: f"{RESULTS}/{wc.dataset}/gt",
+        gt_neurons=lambda wc: PATHS.gt("neurons.parquet", wc.dataset),
+        gt_edges=lambda wc: PATHS.gt("edges.parquet", wc.dataset),
+        rois_gt=lambda wc: PATHS.gt("functional/rois.parquet", wc.dataset),
+        responses=lambda wc: PATHS.gt("functional/responses.npy", wc.dataset),
+        stimuli=lambda wc: PATHS.gt("functional/stimuli.parquet", wc.dataset),
         params=json_arg(CFG["analysis"]),
     log:
-        f"{RESULTS}/{{dataset}}/logs/evaluate_analysis.log",
+        PATHS.log("evaluate_analysis"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **resources_of("evaluate_analysis"),
     shell:
-        "python -m connectomix evaluate analysis --cell-types {input.cell_types} "
-        "--like-to-like {input.like_to_like} --neurons {input.neurons} --gt-neurons {params.gt}/neurons.parquet "
-        "--gt-edges {params.gt}/edges.parquet --rois-gt {params.gt}/functional/rois.parquet "
-        "--responses {params.gt}/functional/responses.npy --stimuli {params.gt}/functional/stimuli.parquet "
-        "--params {params.params} --celltypes-out {output.celltypes} "
-        "--like-to-like-out {output.like_to_like} > {log} 2>&1"
+        "python -m connectomix evaluate analysis --cell-types {input.cell_types:q} "
+        "--like-to-like {input.like_to_like:q} --neurons {input.neurons:q} --gt-neurons {params.gt_neurons:q} "
+        "--gt-edges {params.gt_edges:q} --rois-gt {params.rois_gt:q} "
+        "--responses {params.responses:q} --stimuli {params.stimuli:q} "
+        "--params {params.params} --celltypes-out {output.celltypes:q} "
+        "--like-to-like-out {output.like_to_like:q} > {log:q} 2>&1"

@@ -1,118 +1,114 @@
-# Shared helpers for all rules: the validated config, dataset shapes and the block grid.
-import hashlib
-import json
-import shlex
-from pathlib import Path
-
+# The validated config and the input, param and resource functions of the rule files, thin wrappers binding the config
+# to connectomix.workflow (paths, grids, targets, digests, resources), which holds the logic. A rule file uses
+# only the names defined here and its own.
 from connectomix import config as cmx_config
-from connectomix.blocks import BlockBatches, BlockGrid, batch_shape_for, parse_batch_id
+from connectomix.blocks import parse_batch_id
+from connectomix.workflow import Workflow, digests, targets
+from connectomix.workflow import predict as wf_predict, resources as wf_resources
+from connectomix.workflow.args import json_arg, roi_args as _roi_args, zyx
 
 # The one validation of the config: against the schema, defaults filled; an error is one line naming the key path.
 CFG = cmx_config.validate(config, source="config")
-REPO_DIR = Path(workflow.basedir)
-# Relative paths in the config are relative to the working directory, except the shipped model, which is
-# found in the repository when the working directory (--directory) has no copy of it.
-_checkpoint = Path(CFG.get("predict", {}).get("checkpoint", ""))
-if not _checkpoint.is_absolute() and not _checkpoint.exists() and (REPO_DIR / _checkpoint).exists():
-    CFG["predict"]["checkpoint"] = str(REPO_DIR / _checkpoint)
-RESULTS = CFG["results_dir"]
-DATASETS = list(CFG["datasets"])
+# The shipped model is found in the repository when the working directory (--directory) has no copy of it.
+wf_predict.locate_checkpoint(CFG, workflow.basedir)
+WF = Workflow(CFG)
+PATHS = WF.paths
+DATASETS = WF.datasets
+DATASET_GROUPS = targets.dataset_groups(WF)
+FUNCTIONAL = targets.functional_files(WF)
 ENV = "../envs/connectomix.yaml"
 
-# Final outputs per stage, registered by each stage's .smk as FINAL_TARGETS["stage"] = function(dataset) -> paths.
-# The default target (all) requests them for every dataset.
-FINAL_TARGETS = {}
-# Per-stage metric files (results/{dataset}/eval/{stage}.json), registered the same way as
-# EVAL_TARGETS["stage"] = function(dataset) -> paths; the metrics step merges them into eval/metrics.json.
-EVAL_TARGETS = {}
+
+def datasets_in(group):
+    """Wildcard constraint: the datasets of a group (connectomix.workflow.targets.dataset_groups)."""
+    return "|".join(DATASET_GROUPS[group] or ["__none__"])
+
+
+def final_targets(name):
+    """What the default rule asks for a dataset."""
+    return targets.final_targets(WF, name, DATASET_GROUPS)
+
+
+def eval_targets(name):
+    """Every eval/{stage}.json of a dataset."""
+    return targets.eval_targets(WF, name, DATASET_GROUPS)
 
 
 def dataset_cfg(name):
-    return CFG["datasets"][name]
+    return WF.dataset(name)
 
 
-def volume_path(name):
-    return f"{RESULTS}/{name}/volume.zarr"
+def dataset_dir(wc):
+    return PATHS.dataset_dir(wc.dataset)
 
 
-def is_phantom(name):
-    return "phantom" in dataset_cfg(name)
+def volume_of(wc):
+    return PATHS.volume(wc.dataset)
 
 
-_SHAPES = {}
+def marker_dir(wc):
+    return PATHS.marker_dir(wc.dataset)
 
 
-def dataset_shape(name):
-    """Volume shape (z, y, x) in voxels, known before any job runs (phantom params or the source's headers)."""
-    if name not in _SHAPES:
-        ds = dataset_cfg(name)
-        if "phantom" in ds:
-            from connectomix.phantom import PhantomParams
-
-            shape = tuple(PhantomParams.from_dict(ds["phantom"]).shape)
-        else:
-            from connectomix.ingest import probe
-
-            shape = tuple(ds["roi"]["shape"]) if "roi" in ds else tuple(probe(ds["source"]).shape)
-        _SHAPES[name] = shape
-    return _SHAPES[name]
+def work_dir(stage):
+    """Param function: a stage's work folder."""
+    return lambda wc: PATHS.work_dir(stage, wc.dataset)
 
 
-_GRIDS = {}
+def raw_done(wc):
+    """Input function: the file that says `raw` (with its pyramid) is complete."""
+    return WF.raw_done(wc.dataset)
 
 
-def block_grid(name, halo=(0, 0, 0)):
-    """The dataset's block grid with a stage's halo, built once per (dataset, halo): input functions and resource
-    callables ask for it once per job, and planning time matters at 10^4+ blocks (benchmarks/plan_scale.py)."""
-    key = (name, tuple(halo))
-    grid = _GRIDS.get(key)
-    if grid is None:
-        grid = _GRIDS[key] = BlockGrid(
-            dataset_shape(name), CFG["blocks"]["shape"], halo, CFG["storage"]["chunk_shape"]
-        )
-    return grid
+def roi_args(wc):
+    """CLI arguments cropping a dataset to its configured ROI (empty when it has none)."""
+    return _roi_args(dataset_cfg(wc.dataset).get("roi"))
 
 
-# Blockwise steps run one job per batch: a brick of blocks (blocks.per_job, "auto" by default: at most
-# blocks.max_jobs jobs per step). Snakemake spends a few ms planning each job, so 10^4-10^5 single-block jobs per
-# step would take minutes to plan (benchmarks/results/plan_scale.md). The CLIs still work on, and write a marker
-# for, every block; each batch job also writes blocks/{stage}/batches/{batch}.json, which the rules track.
-_BATCHES = {}
+def functional_file(part):
+    """Param function: a dataset's functional file (rois, responses or stimuli)."""
+    return lambda wc: FUNCTIONAL[wc.dataset][part]
 
 
-def block_batches(name):
-    if name not in _BATCHES:
-        grid = block_grid(name)
-        shape = batch_shape_for(grid.grid_shape, CFG["blocks"]["per_job"], CFG["blocks"]["max_jobs"])
-        _BATCHES[name] = BlockBatches(grid.grid_shape, shape)
-    return _BATCHES[name]
+def functional_inputs(wc):
+    return targets.functional_inputs(WF, wc.dataset)
 
 
-_BATCH_BLOCKS = {}
+_GROUND_TRUTH = {
+    "segmentation": targets.segmentation_gt,
+    "clefts": targets.clefts_gt,
+    "train": lambda wf, name: wf_predict.train_ground_truth(wf.cfg, name, wf.is_phantom(name)),
+}
 
 
-def _batch_blocks(name, batch):
-    key = (name, batch)
-    if key not in _BATCH_BLOCKS:
-        _BATCH_BLOCKS[key] = block_batches(name).blocks(batch)
-    return _BATCH_BLOCKS[key]
+def gt_files(kind):
+    """Input function: the ground-truth files of a dataset for `kind` (segmentation, clefts, train)."""
+    return lambda wc: _GROUND_TRUTH[kind](WF, wc.dataset)[0]
+
+
+def gt_args(kind):
+    """Param function: the CLI arguments locating them (shell-quoted)."""
+    return lambda wc: _GROUND_TRUTH[kind](WF, wc.dataset)[1]
+
+
+def resources_of(rule):
+    """A rule's mem_mb and runtime (connectomix.workflow.resources.COSTS)."""
+    return wf_resources.rule_resources(WF, rule)
 
 
 def batch_blocks(wc):
     """The block ids of a batch job, as CLI arguments."""
-    return " ".join(_batch_blocks(wc.dataset, wc.batch))
+    return " ".join(WF.batch_blocks(wc.dataset, wc.batch))
 
 
 def batch_record(wc):
     """The batch marker's content (shell-quoted JSON), written after the stage's CLI succeeded."""
-    return json_arg({"batch": wc.batch, "blocks": _batch_blocks(wc.dataset, wc.batch)})
+    return json_arg({"batch": wc.batch, "blocks": WF.batch_blocks(wc.dataset, wc.batch)})
 
 
-def batch_markers(stage):
-    """Input function: every batch marker of a blockwise stage (for the step that gathers it)."""
-    return lambda wc: [
-        f"{RESULTS}/{wc.dataset}/blocks/{stage}/batches/{b}.json" for b in block_batches(wc.dataset).ids()
-    ]
+def batch_markers(step):
+    """Input function: every batch marker of a blockwise step (for the step that gathers it)."""
+    return lambda wc: WF.batch_markers(wc.dataset, step)
 
 
 # Extending a dataset (a larger ROI, or a source that gained data; + directions only). The block grid is anchored
@@ -141,184 +137,40 @@ def setup_of(checkpoint):
     return lambda wc: ancient(getattr(checkpoints, checkpoint).get(dataset=wc.dataset).output[0])
 
 
-def synapses_halo(wc):
-    """The halo (voxels) of the synapses block jobs of a dataset (it depends on the voxel size)."""
-    from connectomix.synapses import cleft_halo, resolve
-
-    return cleft_halo(resolve(CFG["synapses"]), dataset_cfg(wc.dataset)["voxel_size"])
-
-
 def dataset_identity(wc):
     """Param: the dataset's config (for a source dataset without roi.shape: the ROI may grow), the storage chunks
     and the block shape, as JSON."""
-    ds = json.loads(json.dumps(dataset_cfg(wc.dataset)))
-    if "roi" in ds and not is_phantom(wc.dataset):
-        ds["roi"] = {"offset": ds["roi"]["offset"]}
-    return json.dumps({"dataset": ds, "chunks": CFG["storage"]["chunk_shape"], "block_shape": CFG["blocks"]["shape"]},
-                      sort_keys=True)
+    return WF.identity(wc.dataset)
 
 
-def batch_roi(halo=(0, 0, 0)):
-    """Param function: the read ROI (offset + shape) of a batch's blocks with `halo` + 1 voxel per axis. With the
-    batch id and the block shape it fixes each block's write and read ROI, and it changes for the blocks that
-    border new blocks when the dataset grows."""
-    grown = tuple(int(h) + 1 for h in halo)
-
-    def _roi(wc):
-        roi = block_grid(wc.dataset, grown).brick_read_roi(*parse_batch_id(wc.batch))
-        return f"{zyx(roi.offset)} + {zyx(roi.shape)}"
-
-    return _roi
+def batch_roi(stage=None):
+    """Param function: the read ROI (offset + shape) of a batch's blocks with `stage`'s halo + 1 voxel per axis
+    (None: no halo)."""
+    return lambda wc: WF.batch_roi(wc.dataset, wc.batch, WF.halo(stage, wc.dataset))
 
 
-def batches_meeting(stage, halo=(0, 0, 0)):
-    """Input function: the batch markers of blockwise `stage` holding a block whose write ROI meets the read ROI
-    (with `halo`) of this batch: the outputs of `stage` that this batch reads."""
-
-    def _markers(wc):
-        grid = block_grid(wc.dataset, halo)
-        first, last = grid.blocks_meeting(grid.brick_read_roi(*parse_batch_id(wc.batch)))
-        return [
-            f"{RESULTS}/{wc.dataset}/blocks/{stage}/batches/{b}.json"
-            for b in block_batches(wc.dataset).covering(first, last)
-        ]
-
-    return _markers
-
-
-def check_growth(name):
-    """A source dataset ingested before may only grow (connectomix.ingest.check_extension): fail before any job
-    runs when its ROI shrank."""
-    if is_phantom(name):
-        return
-    from connectomix.ingest import check_extension, previous_ingest
-
-    ds = dataset_cfg(name)
-    offset = ds["roi"]["offset"] if "roi" in ds else (0, 0, 0)
-    try:
-        check_extension(previous_ingest(volume_path(name)), ds["source"], offset, dataset_shape(name))
-    except ValueError as error:
-        raise ValueError(f"dataset {name}: {error}") from None
-
-
-_CACHED = {}
-
-
-def _load_cached(path, load):
-    """``load(path)``, read again only when the file changed (size, mtime): digest params are asked for once per
-    job, and planning time matters at 10^4+ blocks; None when the file does not exist (yet)."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    key = (stat.st_mtime_ns, stat.st_size)
-    cached = _CACHED.get(str(path))
-    if cached is None or cached[0] != key:
-        cached = _CACHED[str(path)] = (key, load(path))
-    return cached[1]
+def batches_meeting(step, stage):
+    """Input function: the batch markers of blockwise `step` that the blocks of this batch read, with `stage`'s
+    halo."""
+    return lambda wc: WF.batches_meeting(wc.dataset, wc.batch, step, WF.halo(stage, wc.dataset))
 
 
 def somata_digest(wc):
     """Param of skeletonize_block: a digest of the somata (skeletonize/somata.parquet, a checkpoint's output)
     whose cleared sphere reaches the batch's read ROI; once the checkpoint ran, the blocks whose somata changed
     rerun (a soma far away does not touch a block)."""
-    import pandas as pd
-
-    from connectomix.skeletonize.soma import somata_meeting
-
-    somata = _load_cached(f"{RESULTS}/{wc.dataset}/skeletonize/somata.parquet", pd.read_parquet)
-    if somata is None:
-        return "none"
-    roi = block_grid(wc.dataset, CFG["skeletonize"]["halo"]).brick_read_roi(*parse_batch_id(wc.batch))
-    rows = somata_meeting(somata, roi.offset, roi.shape, dataset_cfg(wc.dataset)["voxel_size"])
-    return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:32]
+    roi = WF.grid(wc.dataset, WF.halo("skeletonize", wc.dataset)).brick_read_roi(*parse_batch_id(wc.batch))
+    somata = PATHS.file("skeletonize/somata.parquet", wc.dataset)
+    return digests.somata_digest(somata, roi, dataset_cfg(wc.dataset)["voxel_size"])
 
 
 def lut_digest(wc):
     """Param of segment_relabel: a digest of the lookup-table rows of its blocks' fragments, from
     segment/lut_digests.json. segment_agglomerate (a checkpoint) writes that file; once it ran, Snakemake re-plans
     the relabel jobs and reruns those whose digest changed (and those whose fragments were recomputed)."""
-    digests = _load_cached(f"{RESULTS}/{wc.dataset}/segment/lut_digests.json", lambda p: json.loads(p.read_text()))
-    if digests is None:
-        return "none"
-    digest = hashlib.sha256()
-    for block in _batch_blocks(wc.dataset, wc.batch):
-        digest.update(f"{block}:{digests.get(block, '')};".encode())
-    return digest.hexdigest()[:32]
-
-
-_READ_VOXELS = {}
-
-
-def batch_read_voxels(wc, halo=(0, 0, 0)):
-    """(largest, total) read-ROI voxels over the blocks of a batch: blocks run one after another, so memory
-    follows the largest and runtime the total."""
-    key = (wc.dataset, tuple(halo), wc.batch)
-    if key not in _READ_VOXELS:
-        _READ_VOXELS[key] = block_grid(wc.dataset, halo).read_voxels(*parse_batch_id(wc.batch))
-    return _READ_VOXELS[key]
-
-
-def batch_resources(halo=(0, 0, 0), mem_factor=1, time_factor=1):
-    """mem_mb from the batch's largest block read ROI x mem_factor, runtime from its total x time_factor."""
-    return {
-        "mem_mb": lambda wc: cmx_config.job_resources(mem_factor * batch_read_voxels(wc, halo)[0], CFG)["mem_mb"],
-        "runtime": lambda wc: cmx_config.job_resources(time_factor * batch_read_voxels(wc, halo)[1], CFG)["runtime"],
-    }
-
-
-def voxels(name):
-    z, y, x = dataset_shape(name)
-    return z * y * x
-
-
-def raw_volume_done(name):
-    """The file that says `raw` (with its pyramid) is complete for a dataset."""
-    if is_phantom(name):
-        return f"{RESULTS}/{name}/gt/phantom.json"
-    return f"{RESULTS}/{name}/ingest.json"
-
-
-def roi_args(wc):
-    """CLI arguments cropping a dataset to its configured ROI (empty when it has none)."""
-    roi = dataset_cfg(wc.dataset).get("roi")
-    return f"--roi-offset {zyx(roi['offset'])} --roi-shape {zyx(roi['shape'])}" if roi else ""
-
-
-def dataset_dir(wc):
-    return f"{RESULTS}/{wc.dataset}"
-
-
-def volume_of(wc):
-    return volume_path(wc.dataset)
-
-
-def zyx(values):
-    return " ".join(str(v) for v in values)
-
-
-def json_arg(value):
-    """A mapping as one shell-quoted JSON argument."""
-    return shlex.quote(json.dumps(value, sort_keys=True))
-
-
-PHANTOM_DATASETS = [name for name in DATASETS if is_phantom(name)] or ["__none__"]
-SOURCE_DATASETS = [name for name in DATASETS if not is_phantom(name)] or ["__none__"]
-
-
-def slab_resources(factor=8):
-    """Resources for a job that streams a dataset slab by slab (memory bounded by one slab of sections)."""
-
-    def _slab(wc):
-        z, y, x = dataset_shape(wc.dataset)
-        return factor * min(z, CFG["storage"]["chunk_shape"][0]) * y * x
-
-    return {
-        "mem_mb": lambda wc: cmx_config.job_resources(_slab(wc), CFG)["mem_mb"],
-        "runtime": lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"],
-    }
+    lut = PATHS.file("segment/lut_digests.json", wc.dataset)
+    return digests.lut_digest(lut, WF.batch_blocks(wc.dataset, wc.batch))
 
 
 for _name in DATASETS:
-    check_growth(_name)
+    WF.check_growth(_name)

@@ -3,89 +3,81 @@
 
 CONNECTOME = CFG["connectome"]
 
-FINAL_TARGETS["connectome"] = lambda name: [
-    f"{RESULTS}/{name}/neurons.parquet",
-    f"{RESULTS}/{name}/edges.parquet",
-    f"{RESULTS}/{name}/export/export.json",
-]
-EVAL_TARGETS["connectome"] = lambda name: [f"{RESULTS}/{name}/eval/connectome.json"] if is_phantom(name) else []
-
 
 rule connectome:
     input:
-        synapses=f"{RESULTS}/{{dataset}}/synapses.parquet",
-        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
-        morphology=f"{RESULTS}/{{dataset}}/morphology.parquet",
+        synapses=PATHS.table("synapses"),
+        segments=PATHS.table("segments"),
+        morphology=PATHS.table("morphology"),
     output:
-        neurons=f"{RESULTS}/{{dataset}}/neurons.parquet",
-        edges=f"{RESULTS}/{{dataset}}/edges.parquet",
-        edges_all=f"{RESULTS}/{{dataset}}/edges_all.parquet",
-        matrix=f"{RESULTS}/{{dataset}}/connectome/connectivity.npz",
-        figure=f"{RESULTS}/{{dataset}}/connectome/connectivity.png",
-        summary=f"{RESULTS}/{{dataset}}/connectome/summary.json",
+        neurons=PATHS.table("neurons"),
+        edges=PATHS.table("edges"),
+        edges_all=PATHS.table("edges_all"),
+        matrix=PATHS.file("connectome/connectivity.npz"),
+        figure=PATHS.file("connectome/connectivity.png"),
+        summary=PATHS.file("connectome/summary.json"),
     params:
         out_dir=dataset_dir,
         volume=volume_of,
         spec=json_arg(CONNECTOME),
     log:
-        f"{RESULTS}/{{dataset}}/logs/connectome/build.log",
+        PATHS.log("connectome/build"),
     conda:
         ENV
     threads: 1
     resources:
-        **slab_resources(16),
+        **resources_of("connectome"),
     shell:
-        "python -m connectomix connectome --synapses {input.synapses} --segments {input.segments} "
-        "--morphology {input.morphology} --volume {params.volume} --params {params.spec} "
-        "--out-dir {params.out_dir} --name {wildcards.dataset} > {log} 2>&1"
+        "python -m connectomix connectome --synapses {input.synapses:q} --segments {input.segments:q} "
+        "--morphology {input.morphology:q} --volume {params.volume:q} --params {params.spec} "
+        "--out-dir {params.out_dir:q} --name {wildcards.dataset:q} > {log:q} 2>&1"
 
 
 rule export_connectome:
     input:
-        synapses=f"{RESULTS}/{{dataset}}/synapses.parquet",
-        neurons=f"{RESULTS}/{{dataset}}/neurons.parquet",
-        edges=f"{RESULTS}/{{dataset}}/edges.parquet",
+        synapses=PATHS.table("synapses"),
+        neurons=PATHS.table("neurons"),
+        edges=PATHS.table("edges"),
     output:
-        summary=f"{RESULTS}/{{dataset}}/export/export.json",
-        graphml=f"{RESULTS}/{{dataset}}/export/connectome.graphml",
-        cave=f"{RESULTS}/{{dataset}}/export/cave_synapses.csv",
+        summary=PATHS.file("export/export.json"),
+        graphml=PATHS.file("export/connectome.graphml"),
+        cave=PATHS.file("export/cave_synapses.csv"),
     params:
-        out_dir=lambda wc: f"{RESULTS}/{wc.dataset}/export",
+        out_dir=lambda wc: PATHS.file("export", wc.dataset),
         name=CONNECTOME["neuprint_dataset"],
         voxel_size=lambda wc: zyx(dataset_cfg(wc.dataset)["voxel_size"]),
     log:
-        f"{RESULTS}/{{dataset}}/logs/connectome/export.log",
+        PATHS.log("connectome/export"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=CFG["resources"]["min_mem_mb"],
-        runtime=CFG["resources"]["min_runtime_min"],
+        **resources_of("export_connectome"),
     shell:
-        "python -m connectomix export connectome --synapses {input.synapses} --neurons {input.neurons} "
-        "--edges {input.edges} --out-dir {params.out_dir} --dataset-name {params.name} "
-        "--voxel-size {params.voxel_size} > {log} 2>&1"
+        "python -m connectomix export connectome --synapses {input.synapses:q} --neurons {input.neurons:q} "
+        "--edges {input.edges:q} --out-dir {params.out_dir:q} --dataset-name {params.name:q} "
+        "--voxel-size {params.voxel_size} > {log:q} 2>&1"
 
 
 rule evaluate_connectome:
     wildcard_constraints:
-        dataset="|".join(PHANTOM_DATASETS),
+        dataset=datasets_in("phantom"),
     input:
-        edges=f"{RESULTS}/{{dataset}}/edges.parquet",
-        gt=f"{RESULTS}/{{dataset}}/gt/phantom.json",
+        edges=PATHS.table("edges"),
+        gt=PATHS.phantom_summary(),
     output:
-        metrics=f"{RESULTS}/{{dataset}}/eval/connectome.json",
+        metrics=PATHS.eval("connectome"),
     params:
         volume=volume_of,
-        gt_edges=lambda wc: f"{RESULTS}/{wc.dataset}/gt/edges.parquet",
+        gt_edges=lambda wc: PATHS.gt("edges.parquet", wc.dataset),
         min_synapses=CONNECTOME["evaluation"]["min_synapses"],
     log:
-        f"{RESULTS}/{{dataset}}/logs/evaluate/connectome.log",
+        PATHS.log("evaluate/connectome"),
     conda:
         ENV
     threads: 1
     resources:
-        **slab_resources(16),
+        **resources_of("evaluate_connectome"),
     shell:
-        "python -m connectomix evaluate connectome --edges {input.edges} --gt-edges {params.gt_edges} "
-        "--volume {params.volume} --min-synapses {params.min_synapses} --out {output.metrics} > {log} 2>&1"
+        "python -m connectomix evaluate connectome --edges {input.edges:q} --gt-edges {params.gt_edges:q} "
+        "--volume {params.volume:q} --min-synapses {params.min_synapses} --out {output.metrics:q} > {log:q} 2>&1"

@@ -1,90 +1,66 @@
-# coregister: two-photon ROIs -> EM somata (affine fit + one-to-one ILP assignment), matches.parquet.
+# coregister: two-photon ROIs -> EM somata (affine fit + one-to-one ILP assignment), matches.parquet. Datasets with
+# functional data (coregister.functional, or a phantom's gt/functional/): common.smk's FUNCTIONAL.
 
 COREG = CFG["coregister"]
-# Functional files per dataset: configured under coregister.functional (three tables, or one NWB file passed as
-# all three), else the phantom's gt/functional/.
-FUNCTIONAL = {
-    name: ({part: COREG["functional"][name]["nwb"] for part in ("rois", "responses", "stimuli")}
-           if "nwb" in COREG["functional"].get(name, {}) else COREG["functional"].get(name))
-    or {
-        "rois": f"{RESULTS}/{name}/gt/functional/rois.parquet",
-        "responses": f"{RESULTS}/{name}/gt/functional/responses.npy",
-        "stimuli": f"{RESULTS}/{name}/gt/functional/stimuli.parquet",
-    }
-    for name in DATASETS
-    if name in COREG["functional"] or is_phantom(name)
-}
-# What a job waits for: the configured files, or the phantom's summary (written after its gt/functional/ files).
-FUNCTIONAL_INPUTS = {
-    name: sorted(set(COREG["functional"][name].values())) if name in COREG["functional"] else [raw_volume_done(name)]
-    for name in FUNCTIONAL
-}
-COREG_DATASETS = list(FUNCTIONAL) or ["__none__"]
-COREG_PHANTOMS = [name for name in FUNCTIONAL if is_phantom(name)] or ["__none__"]
-
-FINAL_TARGETS["coregister"] = lambda name: [f"{RESULTS}/{name}/matches.parquet"] if name in FUNCTIONAL else []
-EVAL_TARGETS["coregister"] = lambda name: (
-    [f"{RESULTS}/{name}/eval/coregister.json"] if name in FUNCTIONAL and is_phantom(name) else []
-)
 
 
 rule coregister:
     wildcard_constraints:
-        dataset="|".join(COREG_DATASETS),
+        dataset=datasets_in("functional"),
     input:
-        neurons=f"{RESULTS}/{{dataset}}/neurons.parquet",
-        functional=lambda wc: FUNCTIONAL_INPUTS[wc.dataset],
+        neurons=PATHS.table("neurons"),
+        functional=functional_inputs,
     output:
-        matches=f"{RESULTS}/{{dataset}}/matches.parquet",
-        transform=f"{RESULTS}/{{dataset}}/coregister.json",
+        matches=PATHS.table("matches"),
+        transform=PATHS.summary("coregister"),
     params:
-        rois=lambda wc: FUNCTIONAL[wc.dataset]["rois"],
-        responses=lambda wc: FUNCTIONAL[wc.dataset]["responses"],
-        stimuli=lambda wc: FUNCTIONAL[wc.dataset]["stimuli"],
+        rois=functional_file("rois"),
+        responses=functional_file("responses"),
+        stimuli=functional_file("stimuli"),
         params=json_arg({k: v for k, v in COREG.items() if k not in ("functional", "landmarks")}),
         landmarks=lambda wc: json_arg(COREG["landmarks"].get(wc.dataset, [])),
     log:
-        f"{RESULTS}/{{dataset}}/logs/coregister.log",
+        PATHS.log("coregister"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **resources_of("coregister"),
     shell:
-        "python -m connectomix coregister --rois {params.rois} --responses {params.responses} "
-        "--stimuli {params.stimuli} --neurons {input.neurons} --params {params.params} "
-        "--landmarks {params.landmarks} --out {output.matches} --transform {output.transform} > {log} 2>&1"
+        "python -m connectomix coregister --rois {params.rois:q} --responses {params.responses:q} "
+        "--stimuli {params.stimuli:q} --neurons {input.neurons:q} --params {params.params} "
+        "--landmarks {params.landmarks} --out {output.matches:q} --transform {output.transform:q} > {log:q} 2>&1"
 
 
 rule evaluate_coregister:
     wildcard_constraints:
-        dataset="|".join(COREG_PHANTOMS),
+        dataset=datasets_in("functional_phantom"),
     input:
-        matches=f"{RESULTS}/{{dataset}}/matches.parquet",
-        transform=f"{RESULTS}/{{dataset}}/coregister.json",
-        neurons=f"{RESULTS}/{{dataset}}/neurons.parquet",
-        phantom=lambda wc: raw_volume_done(wc.dataset),
+        matches=PATHS.table("matches"),
+        transform=PATHS.summary("coregister"),
+        neurons=PATHS.table("neurons"),
+        phantom=raw_done,
     output:
         report(
-            f"{RESULTS}/{{dataset}}/eval/coregister.json",
+            PATHS.eval("coregister"),
             caption="../report/metrics.rst",
             category="Metrics",
             subcategory="{dataset}",
         ),
     params:
-        gt=lambda wc: f"{RESULTS}/{wc.dataset}/gt",
+        rois_gt=lambda wc: PATHS.gt("functional/rois.parquet", wc.dataset),
+        affine_gt=lambda wc: PATHS.gt("functional/affine.json", wc.dataset),
+        gt_neurons=lambda wc: PATHS.gt("neurons.parquet", wc.dataset),
         radius=CFG["analysis"]["soma_match_radius_nm"],
     log:
-        f"{RESULTS}/{{dataset}}/logs/evaluate_coregister.log",
+        PATHS.log("evaluate_coregister"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **resources_of("evaluate_coregister"),
     shell:
-        "python -m connectomix evaluate coregister --matches {input.matches} --transform {input.transform} "
-        "--rois-gt {params.gt}/functional/rois.parquet --affine-gt {params.gt}/functional/affine.json "
-        "--neurons {input.neurons} --gt-neurons {params.gt}/neurons.parquet --radius-nm {params.radius} "
-        "--out {output} > {log} 2>&1"
+        "python -m connectomix evaluate coregister --matches {input.matches:q} --transform {input.transform:q} "
+        "--rois-gt {params.rois_gt:q} --affine-gt {params.affine_gt:q} "
+        "--neurons {input.neurons:q} --gt-neurons {params.gt_neurons:q} --radius-nm {params.radius} "
+        "--out {output:q} > {log:q} 2>&1"

@@ -2,78 +2,71 @@
 # Neuroglancer state JSON (image + segmentation + skeleton layers).
 
 EXPORT = CFG["export"]
-
-
-FINAL_TARGETS["export_skeletons"] = lambda name: [
-    f"{RESULTS}/{name}/neuroglancer.json",
-    f"{RESULTS}/{name}/skeletons/export.json",
-]
+PRECOMPUTED = PATHS.file("precomputed/segmentation")
 
 
 rule export_precomputed_segmentation:
     input:
-        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
+        segments=PATHS.table("segments"),
     output:
-        info=f"{RESULTS}/{{dataset}}/precomputed/segmentation/info",
+        info=f"{PRECOMPUTED}/info",
     params:
         volume=volume_of,
-        out=lambda wc: f"{RESULTS}/{wc.dataset}/precomputed/segmentation",
+        out=lambda wc: PATHS.file("precomputed/segmentation", wc.dataset),
         encoding=EXPORT["segmentation_encoding"],
     log:
-        f"{RESULTS}/{{dataset}}/logs/export/precomputed_segmentation.log",
+        PATHS.log("export/precomputed_segmentation"),
     conda:
         ENV
     threads: 1
     resources:
-        **slab_resources(),
+        **resources_of("export_precomputed_segmentation"),
     shell:
-        "python -m connectomix export neuroglancer --volume {params.volume} --array segmentation "
-        "--precomputed {params.out} --encoding {params.encoding} > {log} 2>&1"
+        "python -m connectomix export neuroglancer --volume {params.volume:q} --array segmentation "
+        "--precomputed {params.out:q} --encoding {params.encoding:q} > {log:q} 2>&1"
 
 
 rule export_skeletons:
     input:
-        skeletons=f"{RESULTS}/{{dataset}}/skeletons.parquet",
-        info=f"{RESULTS}/{{dataset}}/precomputed/segmentation/info",
+        skeletons=PATHS.table("skeletons"),
+        info=f"{PRECOMPUTED}/info",
     output:
-        summary=f"{RESULTS}/{{dataset}}/skeletons/export.json",
+        summary=PATHS.file("skeletons/export.json"),
     params:
-        swc=lambda wc: f"{RESULTS}/{wc.dataset}/skeletons/swc",
-        precomputed=lambda wc: f"{RESULTS}/{wc.dataset}/precomputed/segmentation",
+        swc=lambda wc: PATHS.file("skeletons/swc", wc.dataset),
+        precomputed=lambda wc: PATHS.file("precomputed/segmentation", wc.dataset),
         spec=json_arg(CFG["skeletonize"]),
     log:
-        f"{RESULTS}/{{dataset}}/logs/export/skeletons.log",
+        PATHS.log("export/skeletons"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=CFG["resources"]["min_mem_mb"],
-        runtime=CFG["resources"]["min_runtime_min"],
+        **resources_of("export_skeletons"),
     shell:
-        "python -m connectomix export skeletons --skeletons {input.skeletons} --params {params.spec} "
-        "--swc-dir {params.swc} --precomputed {params.precomputed} --summary {output.summary} > {log} 2>&1"
+        "python -m connectomix export skeletons --skeletons {input.skeletons:q} --params {params.spec} "
+        "--swc-dir {params.swc:q} --precomputed {params.precomputed:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule export_neuroglancer_state:
     input:
-        info=f"{RESULTS}/{{dataset}}/precomputed/segmentation/info",
-        skeletons=f"{RESULTS}/{{dataset}}/skeletons/export.json",
-        morphology=f"{RESULTS}/{{dataset}}/morphology.parquet",
+        info=f"{PRECOMPUTED}/info",
+        skeletons=PATHS.file("skeletons/export.json"),
+        morphology=PATHS.table("morphology"),
     output:
-        state=f"{RESULTS}/{{dataset}}/neuroglancer.json",
+        state=PATHS.file("neuroglancer.json"),
     params:
         volume=volume_of,
         base_url=lambda wc: EXPORT["neuroglancer_base_url"].replace("{dataset}", wc.dataset),
         top=EXPORT["selected_segments"],
     log:
-        f"{RESULTS}/{{dataset}}/logs/export/neuroglancer_state.log",
+        PATHS.log("export/neuroglancer_state"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=CFG["resources"]["min_mem_mb"],
-        runtime=CFG["resources"]["min_runtime_min"],
+        **resources_of("export_neuroglancer_state"),
     shell:
-        "python -m connectomix export neuroglancer --volume {params.volume} --array segmentation "
-        "--state {output.state} --base-url {params.base_url} --morphology {input.morphology} "
-        "--top {params.top} > {log} 2>&1"
+        "python -m connectomix export neuroglancer --volume {params.volume:q} --array segmentation "
+        "--state {output.state:q} --base-url {params.base_url:q} --morphology {input.morphology:q} "
+        "--top {params.top} > {log:q} 2>&1"

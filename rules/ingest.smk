@@ -1,16 +1,13 @@
 # ingest: raw EM sections (TIFF, PNG/JPEG, HDF5, zarr, N5) -> `raw` in the dataset's OME-Zarr, with its pyramid.
 
 
-FINAL_TARGETS["ingest"] = lambda name: [] if is_phantom(name) else [raw_volume_done(name)]
-
-
 rule ingest:
     wildcard_constraints:
-        dataset="|".join(SOURCE_DATASETS),
+        dataset=datasets_in("source"),
     # `raw` is not a declared output: Snakemake would delete it before a rerun, and extending a dataset (a larger
     # ROI, or a source with more data) grows it in place, keeping the voxels ingested before (connectomix.ingest).
     output:
-        summary=f"{RESULTS}/{{dataset}}/ingest.json",
+        summary=PATHS.summary("ingest"),
     params:
         volume=volume_of,
         source=lambda wc: json_arg(dataset_cfg(wc.dataset)["source"]),
@@ -18,20 +15,20 @@ rule ingest:
         offset=lambda wc: zyx(dataset_cfg(wc.dataset)["offset_nm"]),
         roi=roi_args,
         # the volume's shape: a source that gained data (no roi) reruns ingest, which extends `raw`
-        shape=lambda wc: zyx(dataset_shape(wc.dataset)),
+        shape=lambda wc: zyx(WF.shape(wc.dataset)),
         chunks=zyx(CFG["storage"]["chunk_shape"]),
         levels=CFG["pyramid"]["levels"],
         factor=zyx(CFG["pyramid"]["factor"]),
     log:
-        f"{RESULTS}/{{dataset}}/logs/ingest.log",
+        PATHS.log("ingest"),
     conda:
         ENV
     threads: 1
     resources:
-        **slab_resources(),
+        **resources_of("ingest"),
     shell:
         "python -m connectomix ingest --source {params.source} "
-        "--volume {params.volume} --voxel-size {params.voxel_size} "
+        "--volume {params.volume:q} --voxel-size {params.voxel_size} "
         "--offset-nm {params.offset} --chunk-shape {params.chunks} {params.roi} "
         "--pyramid-levels {params.levels} --pyramid-factor {params.factor} "
-        "--summary {output.summary} > {log} 2>&1"
+        "--summary {output.summary:q} > {log:q} 2>&1"

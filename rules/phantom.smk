@@ -1,16 +1,13 @@
 # phantom: a synthetic EM block with full ground truth (the default dataset).
 
 
-FINAL_TARGETS["phantom"] = lambda name: [raw_volume_done(name)] if is_phantom(name) else []
-
-
 rule phantom:
     wildcard_constraints:
-        dataset="|".join(PHANTOM_DATASETS),
+        dataset=datasets_in("phantom"),
     output:
-        summary=f"{RESULTS}/{{dataset}}/gt/phantom.json",
-        raw=directory(f"{RESULTS}/{{dataset}}/volume.zarr/raw"),
-        gt=directory(f"{RESULTS}/{{dataset}}/volume.zarr/gt"),
+        summary=PATHS.phantom_summary(),
+        raw=directory(PATHS.array("raw")),
+        gt=directory(PATHS.array("gt")),
     params:
         out_dir=dataset_dir,
         volume=volume_of,
@@ -21,15 +18,14 @@ rule phantom:
         levels=CFG["pyramid"]["levels"],
         factor=zyx(CFG["pyramid"]["factor"]),
     log:
-        f"{RESULTS}/{{dataset}}/logs/phantom.log",
+        PATHS.log("phantom"),
     conda:
         ENV
     threads: 2
     resources:
-        mem_mb=lambda wc: cmx_config.job_resources(40 * voxels(wc.dataset), CFG)["mem_mb"],
-        runtime=lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"],
+        **resources_of("phantom"),
     shell:
-        "python -m connectomix phantom --out-dir {params.out_dir} "
-        "--volume {params.volume} --params {params.spec} "
+        "python -m connectomix phantom --out-dir {params.out_dir:q} "
+        "--volume {params.volume:q} --params {params.spec} "
         "--voxel-size {params.voxel_size} --offset-nm {params.offset} --chunk-shape {params.chunks} "
-        "--pyramid-levels {params.levels} --pyramid-factor {params.factor} > {log} 2>&1"
+        "--pyramid-levels {params.levels} --pyramid-factor {params.factor} > {log:q} 2>&1"

@@ -1,93 +1,89 @@
 # segment: affinities -> fragments (per block) -> RAG edges (per block) -> global agglomeration -> segmentation
-# (per block) -> segments.parquet + pyramid. Block ids are those of block_grid(); blockwise steps run one job per
-# batch of blocks (block_batches); block markers under blocks/{stage}/, batch markers under blocks/{stage}/batches/.
+# (per block) -> segments.parquet + pyramid. Blockwise steps run one job per batch of blocks (WF.batches); block
+# markers under blocks/{stage}/, batch markers under blocks/{stage}/batches/.
+# Evaluation: phantoms (gt/labels) and datasets listed in segment.evaluation.ground_truth.
 
 SEGMENT = CFG["segment"]
-segment_work_dir = lambda wc: f"{RESULTS}/{wc.dataset}/segment"
-# resources from the voxels a block reads (its read ROI)
-segment_block_resources = batch_resources(SEGMENT["halo"])
 
 
 # A checkpoint: see "Extending a dataset" in rules/common.smk. It needs the affinities array, not the predictions.
 checkpoint segment_setup:
     input:
-        predict=f"{RESULTS}/{{dataset}}/predict/setup.json",
+        predict=PATHS.setup("predict"),
     output:
-        setup=f"{RESULTS}/{{dataset}}/segment/setup.json",
+        setup=PATHS.setup("segment"),
     params:
-        work=segment_work_dir,
+        work=work_dir("segment"),
         volume=volume_of,
-        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks",
+        markers=marker_dir,
         seg=json_arg(SEGMENT),
         block=zyx(CFG["blocks"]["shape"]),
         chunks=zyx(CFG["storage"]["chunk_shape"]),
     log:
-        f"{RESULTS}/{{dataset}}/logs/segment/setup.log",
+        PATHS.log("segment/setup"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=CFG["resources"]["min_mem_mb"],
-        runtime=CFG["resources"]["min_runtime_min"],
+        **resources_of("segment_setup"),
     shell:
-        "python -m connectomix segment setup --volume {params.volume} --work-dir {params.work} "
+        "python -m connectomix segment setup --volume {params.volume:q} --work-dir {params.work:q} "
         "--params {params.seg} --block-shape {params.block} --chunk-shape {params.chunks} "
-        "--marker-dir {params.markers} > {log} 2>&1"
+        "--marker-dir {params.markers:q} > {log:q} 2>&1"
 
 
 rule segment_fragments:
     input:
         setup=setup_of("segment_setup"),
         # the predict batches whose affinities its blocks read
-        affinities=batches_meeting("predict", SEGMENT["halo"]),
+        affinities=batches_meeting("predict", "segment"),
     output:
-        marker=f"{RESULTS}/{{dataset}}/blocks/segment_fragments/batches/{{batch}}.json",
+        marker=PATHS.batch_marker("segment_fragments"),
     params:
         identity=dataset_identity,
-        roi=batch_roi(SEGMENT["halo"]),
+        roi=batch_roi("segment"),
         seg=json_arg(SEGMENT),
-        work=segment_work_dir,
+        work=work_dir("segment"),
         blocks=batch_blocks,
         record=batch_record,
     log:
-        f"{RESULTS}/{{dataset}}/logs/segment/fragments/{{batch}}.log",
+        PATHS.log("segment/fragments/{batch}"),
     conda:
         ENV
     threads: 1
     resources:
-        **segment_block_resources,
+        **resources_of("segment_fragments"),
     shell:
-        "python -m connectomix segment block --step fragments --work-dir {params.work} --blocks {params.blocks} "
-        "> {log} 2>&1 "
-        "&& echo {params.record} > {output.marker}"
+        "python -m connectomix segment block --step fragments --work-dir {params.work:q} --blocks {params.blocks} "
+        "> {log:q} 2>&1 "
+        "&& echo {params.record} > {output.marker:q}"
 
 
 rule segment_rag:
     input:
         # the fragments of its blocks and of the blocks just below them (in this batch or the ones below it)
-        fragments=lambda wc: [
-            f"{RESULTS}/{wc.dataset}/blocks/segment_fragments/batches/{b}.json"
-            for b in block_batches(wc.dataset).lower_neighbours(wc.batch)
-        ],
+        fragments=lambda wc: WF.batch_markers(
+            wc.dataset, "segment_fragments", WF.batches(wc.dataset).lower_neighbours(wc.batch)
+        ),
     output:
-        marker=f"{RESULTS}/{{dataset}}/blocks/segment_rag/batches/{{batch}}.json",
+        marker=PATHS.batch_marker("segment_rag"),
     params:
         identity=dataset_identity,
         roi=batch_roi(),
-        work=segment_work_dir,
+        work=work_dir("segment"),
         blocks=batch_blocks,
         record=batch_record,
     log:
-        f"{RESULTS}/{{dataset}}/logs/segment/rag/{{batch}}.log",
+        PATHS.log("segment/rag/{batch}"),
     conda:
         ENV
     threads: 1
     resources:
-        **segment_block_resources,
+        **resources_of("segment_rag"),
     shell:
-        "python -m connectomix segment block --step rag --work-dir {params.work} --blocks {params.blocks} "
-        "> {log} 2>&1 "
-        "&& echo {params.record} > {output.marker}"
+        "python -m connectomix segment block --step rag --work-dir {params.work:q} --blocks {params.blocks} "
+        "> {log:q} 2>&1 "
+        "&& echo {params.record} > {output.marker:q}"
 
 
 # A checkpoint: which relabel batches must rerun depends on the lookup table it writes (lut_digest).
@@ -95,20 +91,18 @@ checkpoint segment_agglomerate:
     input:
         rag=batch_markers("segment_rag"),
     output:
-        summary=f"{RESULTS}/{{dataset}}/segment/agglomerate.json",
+        summary=PATHS.file("segment/agglomerate.json"),
     params:
-        work=segment_work_dir,
+        work=work_dir("segment"),
     log:
-        f"{RESULTS}/{{dataset}}/logs/segment/agglomerate.log",
+        PATHS.log("segment/agglomerate"),
     conda:
         ENV
     threads: 1
     resources:
-        # the graph holds a few edges per fragment; fragments are a small fraction of the voxels
-        mem_mb=lambda wc: cmx_config.job_resources(voxels(wc.dataset) // 4, CFG)["mem_mb"],
-        runtime=lambda wc: cmx_config.job_resources(voxels(wc.dataset) // 4, CFG)["runtime"],
+        **resources_of("segment_agglomerate"),
     shell:
-        "python -m connectomix segment agglomerate --work-dir {params.work} > {log} 2>&1"
+        "python -m connectomix segment agglomerate --work-dir {params.work:q} > {log:q} 2>&1"
 
 
 rule segment_relabel:
@@ -116,50 +110,73 @@ rule segment_relabel:
         # ancient: after the checkpoint ran, a batch reruns when its lookup-table rows changed (params.lut) or its
         # fragments were recomputed; a dry run cannot know the rows yet and lists every batch
         agglomerate=lambda wc: ancient(checkpoints.segment_agglomerate.get(dataset=wc.dataset).output.summary),
-        fragments=f"{RESULTS}/{{dataset}}/blocks/segment_fragments/batches/{{batch}}.json",
+        fragments=PATHS.batch_marker("segment_fragments"),
     output:
-        marker=f"{RESULTS}/{{dataset}}/blocks/segment_relabel/batches/{{batch}}.json",
+        marker=PATHS.batch_marker("segment_relabel"),
     params:
         identity=dataset_identity,
         lut=lut_digest,
-        work=segment_work_dir,
+        work=work_dir("segment"),
         blocks=batch_blocks,
         record=batch_record,
     log:
-        f"{RESULTS}/{{dataset}}/logs/segment/relabel/{{batch}}.log",
+        PATHS.log("segment/relabel/{batch}"),
     conda:
         ENV
     threads: 1
     resources:
-        **segment_block_resources,
+        **resources_of("segment_relabel"),
     shell:
-        "python -m connectomix segment block --step relabel --work-dir {params.work} --blocks {params.blocks} "
-        "> {log} 2>&1 "
-        "&& echo {params.record} > {output.marker}"
+        "python -m connectomix segment block --step relabel --work-dir {params.work:q} --blocks {params.blocks} "
+        "> {log:q} 2>&1 "
+        "&& echo {params.record} > {output.marker:q}"
 
 
 rule segment_finish:
     input:
         relabel=batch_markers("segment_relabel"),
         # the affinities' checksum (provenance) is set by predict_finish
-        predict=f"{RESULTS}/{{dataset}}/predict.json",
+        predict=PATHS.summary("predict"),
     output:
-        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
-        summary=f"{RESULTS}/{{dataset}}/segment.json",
+        segments=PATHS.table("segments"),
+        summary=PATHS.summary("segment"),
     params:
-        work=segment_work_dir,
+        work=work_dir("segment"),
         levels=CFG["pyramid"]["levels"],
         factor=zyx(CFG["pyramid"]["factor"]),
     log:
-        f"{RESULTS}/{{dataset}}/logs/segment/finish.log",
+        PATHS.log("segment/finish"),
     conda:
         ENV
     threads: 2
     resources:
-        **slab_resources(),
+        **resources_of("segment_finish"),
     shell:
-        "python -m connectomix segment finish --work-dir {params.work} --segments {output.segments} "
-        "--summary {output.summary} --pyramid-levels {params.levels} --pyramid-factor {params.factor} > {log} 2>&1"
+        "python -m connectomix segment finish --work-dir {params.work:q} --segments {output.segments:q} "
+        "--summary {output.summary:q} --pyramid-levels {params.levels} --pyramid-factor {params.factor} "
+        "> {log:q} 2>&1"
 
 
-FINAL_TARGETS["segment"] = lambda name: [f"{RESULTS}/{name}/segment.json", f"{RESULTS}/{name}/segments.parquet"]
+rule evaluate_segmentation:
+    wildcard_constraints:
+        dataset=datasets_in("segment_eval"),
+    input:
+        segment=PATHS.summary("segment"),
+        gt=gt_files("segmentation"),
+    output:
+        metrics=PATHS.eval("segmentation"),
+        plot=PATHS.file("eval/segmentation_sweep.png"),
+    params:
+        gt=gt_args("segmentation"),
+        volume=volume_of,
+        work=work_dir("segment"),
+    log:
+        PATHS.log("evaluate/segmentation"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **resources_of("evaluate_segmentation"),
+    shell:
+        "python -m connectomix evaluate segmentation --volume {params.volume:q} --work-dir {params.work:q} "
+        "{params.gt} --out {output.metrics:q} --plot {output.plot:q} --dataset {wildcards.dataset:q} > {log:q} 2>&1"

@@ -5,14 +5,6 @@
 # Evaluation (phantoms): ERL and split/merge counts of the segmentation along ground-truth skeletons.
 
 SKELETONIZE = CFG["skeletonize"]
-skeletonize_work_dir = lambda wc: f"{RESULTS}/{wc.dataset}/skeletonize"
-
-
-FINAL_TARGETS["skeletonize"] = lambda name: [
-    f"{RESULTS}/{name}/skeletons.parquet",
-    f"{RESULTS}/{name}/morphology.parquet",
-]
-EVAL_TARGETS["skeletons"] = lambda name: [f"{RESULTS}/{name}/eval/skeletons.json"] if is_phantom(name) else []
 
 
 # The stage's setup (setup.json: parameters, block grid) and the somata (whole volume, once), in one job. A
@@ -20,37 +12,36 @@ EVAL_TARGETS["skeletons"] = lambda name: [f"{RESULTS}/{name}/eval/skeletons.json
 checkpoint skeletonize_somata:
     input:
         # the segmentation with its pyramid (segment_finish builds it)
-        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
+        segments=PATHS.table("segments"),
     output:
-        somata=f"{RESULTS}/{{dataset}}/skeletonize/somata.parquet",
-        setup=f"{RESULTS}/{{dataset}}/skeletonize/setup.json",
+        somata=PATHS.file("skeletonize/somata.parquet"),
+        setup=PATHS.setup("skeletonize"),
     params:
         volume=volume_of,
-        work=skeletonize_work_dir,
-        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks",
+        work=work_dir("skeletonize"),
+        markers=marker_dir,
         spec=json_arg(SKELETONIZE),
         block=zyx(CFG["blocks"]["shape"]),
         chunks=zyx(CFG["storage"]["chunk_shape"]),
     log:
-        f"{RESULTS}/{{dataset}}/logs/skeletonize/somata.log",
+        PATHS.log("skeletonize/somata"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=CFG["resources"]["min_mem_mb"],
-        runtime=CFG["resources"]["min_runtime_min"],
+        **resources_of("skeletonize_somata"),
     shell:
-        "(python -m connectomix skeletonize setup --volume {params.volume} --work-dir {params.work} "
+        "(python -m connectomix skeletonize setup --volume {params.volume:q} --work-dir {params.work:q} "
         "--params {params.spec} --block-shape {params.block} --chunk-shape {params.chunks} "
-        "--marker-dir {params.markers} --array segmentation "
-        "&& python -m connectomix skeletonize somata --work-dir {params.work}) > {log} 2>&1"
+        "--marker-dir {params.markers:q} --array segmentation "
+        "&& python -m connectomix skeletonize somata --work-dir {params.work:q}) > {log:q} 2>&1"
 
 
 rule skeletonize_block:
     input:
         # the relabel batches whose segmentation its blocks read (not segments.parquet, which every extension of
         # the dataset rewrites: blocks whose segmentation did not change are not rerun)
-        segmentation=batches_meeting("segment_relabel", SKELETONIZE["halo"]),
+        segmentation=batches_meeting("segment_relabel", "skeletonize"),
         # behind the agglomeration checkpoint, so that these jobs are planned again once it ran: before, every
         # relabel job counts as rerunning (its lookup-table rows are not known yet)
         agglomerate=setup_of("segment_agglomerate"),
@@ -58,97 +49,93 @@ rule skeletonize_block:
         # job writes the stage's setup.json
         somata=setup_of("skeletonize_somata"),
     output:
-        marker=f"{RESULTS}/{{dataset}}/blocks/skeletonize/batches/{{batch}}.json",
+        marker=PATHS.batch_marker("skeletonize"),
     params:
         identity=dataset_identity,
-        roi=batch_roi(SKELETONIZE["halo"]),
+        roi=batch_roi("skeletonize"),
         somata=somata_digest,
         spec=json_arg(SKELETONIZE),
-        work=skeletonize_work_dir,
+        work=work_dir("skeletonize"),
         blocks=batch_blocks,
         record=batch_record,
     log:
-        f"{RESULTS}/{{dataset}}/logs/skeletonize/{{batch}}.log",
+        PATHS.log("skeletonize/{batch}"),
     conda:
         ENV
     threads: 1
     resources:
-        # from the voxels each block reads (its read ROI)
-        **batch_resources(SKELETONIZE["halo"], mem_factor=12, time_factor=4),
+        **resources_of("skeletonize_block"),
     shell:
-        "python -m connectomix skeletonize block --work-dir {params.work} --blocks {params.blocks} "
-        "--threads {threads} > {log} 2>&1 && echo {params.record} > {output.marker}"
+        "python -m connectomix skeletonize block --work-dir {params.work:q} --blocks {params.blocks} "
+        "--threads {threads} > {log:q} 2>&1 && echo {params.record} > {output.marker:q}"
 
 
 rule skeletonize_merge:
     input:
-        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
+        segments=PATHS.table("segments"),
         markers=batch_markers("skeletonize"),
-        somata=f"{RESULTS}/{{dataset}}/skeletonize/somata.parquet",
+        somata=PATHS.file("skeletonize/somata.parquet"),
     output:
-        skeletons=f"{RESULTS}/{{dataset}}/skeletons.parquet",
-        summary=f"{RESULTS}/{{dataset}}/skeletonize/merge.json",
+        skeletons=PATHS.table("skeletons"),
+        summary=PATHS.file("skeletonize/merge.json"),
     params:
-        work=skeletonize_work_dir,
+        work=work_dir("skeletonize"),
         spec=json_arg(SKELETONIZE),
     log:
-        f"{RESULTS}/{{dataset}}/logs/skeletonize/merge.log",
+        PATHS.log("skeletonize/merge"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["mem_mb"],
-        runtime=lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"],
+        **resources_of("skeletonize_merge"),
     shell:
-        "python -m connectomix skeletonize finish --work-dir {params.work} --segments {input.segments} "
-        "--skeletons {output.skeletons} --summary {output.summary} > {log} 2>&1"
+        "python -m connectomix skeletonize finish --work-dir {params.work:q} --segments {input.segments:q} "
+        "--skeletons {output.skeletons:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule skeletonize_morphology:
     input:
-        skeletons=f"{RESULTS}/{{dataset}}/skeletons.parquet",
+        skeletons=PATHS.table("skeletons"),
     output:
-        morphology=f"{RESULTS}/{{dataset}}/morphology.parquet",
-        summary=f"{RESULTS}/{{dataset}}/skeletonize/morphology.json",
+        morphology=PATHS.table("morphology"),
+        summary=PATHS.file("skeletonize/morphology.json"),
     params:
         spec=json_arg(SKELETONIZE),
         # somata are measured as bodies on the segmentation (read around each soma; skeletons come after it)
         volume=volume_of,
     log:
-        f"{RESULTS}/{{dataset}}/logs/skeletonize/morphology.log",
+        PATHS.log("skeletonize/morphology"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=CFG["resources"]["min_mem_mb"],
-        runtime=CFG["resources"]["min_runtime_min"],
+        **resources_of("skeletonize_morphology"),
     shell:
-        "python -m connectomix skeletonize morphology --skeletons {input.skeletons} --params {params.spec} "
-        "--volume {params.volume} --array segmentation "
-        "--out {output.morphology} --summary {output.summary} > {log} 2>&1"
+        "python -m connectomix skeletonize morphology --skeletons {input.skeletons:q} --params {params.spec} "
+        "--volume {params.volume:q} --array segmentation "
+        "--out {output.morphology:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule evaluate_skeletons:
     wildcard_constraints:
-        dataset="|".join(PHANTOM_DATASETS),
+        dataset=datasets_in("phantom"),
     input:
-        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
-        gt=f"{RESULTS}/{{dataset}}/gt/phantom.json",
+        segments=PATHS.table("segments"),
+        gt=PATHS.phantom_summary(),
     output:
-        metrics=f"{RESULTS}/{{dataset}}/eval/skeletons.json",
+        metrics=PATHS.eval("skeletons"),
     params:
         volume=volume_of,
-        objects=lambda wc: f"{RESULTS}/{wc.dataset}/gt/objects.parquet",
+        objects=lambda wc: PATHS.gt("objects.parquet", wc.dataset),
         spec=json_arg(SKELETONIZE),
     log:
-        f"{RESULTS}/{{dataset}}/logs/evaluate/skeletons.log",
+        PATHS.log("evaluate/skeletons"),
     conda:
         ENV
     threads: 2
     resources:
-        mem_mb=lambda wc: cmx_config.job_resources(24 * voxels(wc.dataset), CFG)["mem_mb"],
-        runtime=lambda wc: cmx_config.job_resources(4 * voxels(wc.dataset), CFG)["runtime"],
+        **resources_of("evaluate_skeletons"),
     shell:
-        "python -m connectomix evaluate skeletons --volume {params.volume} --seg-array segmentation "
-        "--gt-array gt/labels --objects {params.objects} --params {params.spec} --threads {threads} "
-        "--dataset {wildcards.dataset} --out {output.metrics} > {log} 2>&1"
+        "python -m connectomix evaluate skeletons --volume {params.volume:q} --seg-array segmentation "
+        "--gt-array gt/labels --objects {params.objects:q} --params {params.spec} --threads {threads} "
+        "--dataset {wildcards.dataset:q} --out {output.metrics:q} > {log:q} 2>&1"

@@ -1,141 +1,128 @@
 # synapses: synapse_maps (cleft/pre/post) + segmentation -> clefts (per block, one job per batch of blocks) ->
-# stitched clefts, partners -> synapses.parquet (CAVE-style). Block ids are those of block_grid(); block markers
-# under blocks/synapses/, batch markers under blocks/synapses/batches/.
-
-from connectomix.config import file_args
+# stitched clefts, partners -> synapses.parquet (CAVE-style). Block markers under blocks/synapses/, batch markers
+# under blocks/synapses/batches/.
+# Evaluation: phantoms (gt/synapses.parquet), and real datasets with cleft masks (eval/clefts.json).
 
 SYNAPSES = CFG["synapses"]
-# real datasets with cleft masks: their detected clefts are scored against them (eval/clefts.json)
-CLEFT_GT = {name: gt for name, gt in SYNAPSES["evaluation"]["ground_truth"].items()
-            if name in DATASETS and not is_phantom(name)}
-
-FINAL_TARGETS["synapses"] = lambda name: [f"{RESULTS}/{name}/synapses.parquet"]
-EVAL_TARGETS["synapses"] = lambda name: [f"{RESULTS}/{name}/eval/synapses.json"] if is_phantom(name) else []
-EVAL_TARGETS["clefts"] = lambda name: [f"{RESULTS}/{name}/eval/clefts.json"] if name in CLEFT_GT else []
 
 
 # A checkpoint: see "Extending a dataset" in rules/common.smk. It needs the synapse_maps array, not the predictions.
 checkpoint synapses_setup:
     input:
-        predict=f"{RESULTS}/{{dataset}}/predict/setup.json",
+        predict=PATHS.setup("predict"),
     output:
-        setup=f"{RESULTS}/{{dataset}}/synapses/setup.json",
+        setup=PATHS.setup("synapses"),
     params:
-        work=lambda wc: f"{RESULTS}/{wc.dataset}/synapses",
+        work=work_dir("synapses"),
         volume=volume_of,
-        markers=lambda wc: f"{RESULTS}/{wc.dataset}/blocks",
+        markers=marker_dir,
         spec=json_arg(SYNAPSES),
         block=zyx(CFG["blocks"]["shape"]),
     log:
-        f"{RESULTS}/{{dataset}}/logs/synapses/setup.log",
+        PATHS.log("synapses/setup"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=CFG["resources"]["min_mem_mb"],
-        runtime=CFG["resources"]["min_runtime_min"],
+        **resources_of("synapses_setup"),
     shell:
-        "python -m connectomix synapses setup --volume {params.volume} --work-dir {params.work} "
-        "--params {params.spec} --block-shape {params.block} --marker-dir {params.markers} > {log} 2>&1"
+        "python -m connectomix synapses setup --volume {params.volume:q} --work-dir {params.work:q} "
+        "--params {params.spec} --block-shape {params.block} --marker-dir {params.markers:q} > {log:q} 2>&1"
 
 
 rule synapses_block:
     input:
         setup=setup_of("synapses_setup"),
         # the predict batches whose synapse maps its blocks read
-        maps=lambda wc: batches_meeting("predict", synapses_halo(wc))(wc),
+        maps=batches_meeting("predict", "synapses"),
     output:
-        marker=f"{RESULTS}/{{dataset}}/blocks/synapses/batches/{{batch}}.json",
+        marker=PATHS.batch_marker("synapses"),
     params:
         identity=dataset_identity,
-        roi=lambda wc: batch_roi(synapses_halo(wc))(wc),
+        roi=batch_roi("synapses"),
         spec=json_arg(SYNAPSES),
-        work=lambda wc: f"{RESULTS}/{wc.dataset}/synapses",
+        work=work_dir("synapses"),
         blocks=batch_blocks,
         record=batch_record,
     log:
-        f"{RESULTS}/{{dataset}}/logs/synapses/blocks/{{batch}}.log",
+        PATHS.log("synapses/blocks/{batch}"),
     conda:
         ENV
     threads: 1
     resources:
-        # 4 channels of uint8/float32 per read voxel, plus labels
-        **batch_resources(mem_factor=24),
+        **resources_of("synapses_block"),
     shell:
-        "python -m connectomix synapses block --work-dir {params.work} --blocks {params.blocks} > {log} 2>&1 "
-        "&& echo {params.record} > {output.marker}"
+        "python -m connectomix synapses block --work-dir {params.work:q} --blocks {params.blocks} > {log:q} 2>&1 "
+        "&& echo {params.record} > {output.marker:q}"
 
 
 rule synapses_stitch:
     input:
         markers=batch_markers("synapses"),
-        segments=f"{RESULTS}/{{dataset}}/segments.parquet",
+        segments=PATHS.table("segments"),
         # the synapse maps' checksum (provenance) is set by predict_finish
-        predict=f"{RESULTS}/{{dataset}}/predict.json",
+        predict=PATHS.summary("predict"),
     output:
-        synapses=f"{RESULTS}/{{dataset}}/synapses.parquet",
-        clefts=f"{RESULTS}/{{dataset}}/synapses/clefts.parquet",
-        summary=f"{RESULTS}/{{dataset}}/synapses/summary.json",
+        synapses=PATHS.table("synapses"),
+        clefts=PATHS.file("synapses/clefts.parquet"),
+        summary=PATHS.file("synapses/summary.json"),
     params:
-        work=lambda wc: f"{RESULTS}/{wc.dataset}/synapses",
+        work=work_dir("synapses"),
     log:
-        f"{RESULTS}/{{dataset}}/logs/synapses/stitch.log",
+        PATHS.log("synapses/stitch"),
     conda:
         ENV
     threads: 1
     resources:
-        # one block (+ partner halo) at a time: EDT indices dominate
-        mem_mb=lambda wc: cmx_config.job_resources(80 * block_grid(wc.dataset, (4, 32, 32)).block((0, 0, 0)).read.size, CFG)["mem_mb"],
-        runtime=lambda wc: cmx_config.job_resources(4 * voxels(wc.dataset), CFG)["runtime"],
+        **resources_of("synapses_stitch"),
     shell:
-        "python -m connectomix synapses finish --work-dir {params.work} --synapses {output.synapses} "
-        "--clefts {output.clefts} --summary {output.summary} > {log} 2>&1"
+        "python -m connectomix synapses finish --work-dir {params.work:q} --synapses {output.synapses:q} "
+        "--clefts {output.clefts:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
 rule evaluate_synapses:
     wildcard_constraints:
-        dataset="|".join(PHANTOM_DATASETS),
+        dataset=datasets_in("phantom"),
     input:
-        synapses=f"{RESULTS}/{{dataset}}/synapses.parquet",
-        gt=f"{RESULTS}/{{dataset}}/gt/phantom.json",
+        synapses=PATHS.table("synapses"),
+        gt=PATHS.phantom_summary(),
     output:
-        metrics=f"{RESULTS}/{{dataset}}/eval/synapses.json",
+        metrics=PATHS.eval("synapses"),
     params:
         volume=volume_of,
-        gt_synapses=lambda wc: f"{RESULTS}/{wc.dataset}/gt/synapses.parquet",
+        gt_synapses=lambda wc: PATHS.gt("synapses.parquet", wc.dataset),
         tolerance=SYNAPSES["evaluation"]["tolerance_nm"],
     log:
-        f"{RESULTS}/{{dataset}}/logs/evaluate/synapses.log",
+        PATHS.log("evaluate/synapses"),
     conda:
         ENV
     threads: 1
     resources:
-        **slab_resources(16),
+        **resources_of("evaluate_synapses"),
     shell:
-        "python -m connectomix evaluate synapses --synapses {input.synapses} --gt-synapses {params.gt_synapses} "
-        "--volume {params.volume} --tolerance-nm {params.tolerance} --out {output.metrics} > {log} 2>&1"
+        "python -m connectomix evaluate synapses --synapses {input.synapses:q} --gt-synapses {params.gt_synapses:q} "
+        "--volume {params.volume:q} --tolerance-nm {params.tolerance} --out {output.metrics:q} > {log:q} 2>&1"
 
 
 rule evaluate_clefts:
     wildcard_constraints:
-        dataset="|".join(CLEFT_GT or ["__none__"]),
+        dataset=datasets_in("cleft_eval"),
     input:
-        synapses=f"{RESULTS}/{{dataset}}/synapses.parquet",
-        gt=lambda wc: CLEFT_GT[wc.dataset]["path"],
+        synapses=PATHS.table("synapses"),
+        gt=gt_files("clefts"),
     output:
-        metrics=f"{RESULTS}/{{dataset}}/eval/clefts.json",
+        metrics=PATHS.eval("clefts"),
     params:
         volume=volume_of,
-        gt=lambda wc: file_args(CLEFT_GT[wc.dataset], roi=dataset_cfg(wc.dataset).get("roi")),
+        gt=gt_args("clefts"),
         tolerance=SYNAPSES["evaluation"]["tolerance_nm"],
     log:
-        f"{RESULTS}/{{dataset}}/logs/evaluate/clefts.log",
+        PATHS.log("evaluate/clefts"),
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=lambda wc: cmx_config.job_resources(4 * voxels(wc.dataset), CFG)["mem_mb"],
-        runtime=lambda wc: cmx_config.job_resources(voxels(wc.dataset), CFG)["runtime"],
+        **resources_of("evaluate_clefts"),
     shell:
-        "python -m connectomix evaluate clefts --volume {params.volume} {params.gt} "
-        "--tolerance-nm {params.tolerance} --out {output.metrics} > {log} 2>&1"
+        "python -m connectomix evaluate clefts --volume {params.volume:q} {params.gt} "
+        "--tolerance-nm {params.tolerance} --out {output.metrics:q} > {log:q} 2>&1"

@@ -53,10 +53,11 @@ def snakemake_cmd(work: Path, *args: str) -> list:
             "--configfile", str(work / "config.yaml"), *args]
 
 
-def failure_report(result: subprocess.CompletedProcess, work: Path, tail: int = 2000) -> str:
-    """Snakemake's output and the tail of every job log under work/results, for an assertion message."""
+def failure_report(result: subprocess.CompletedProcess, work: Path, tail: int = 2000,
+                   results: str = "results") -> str:
+    """Snakemake's output and the tail of every job log under work/{results}, for an assertion message."""
     logs = "\n".join(f"== {p}\n{p.read_text(errors='replace')[-tail:]}"
-                     for p in sorted((work / "results").rglob("*.log")))
+                     for p in sorted((work / results).rglob("*.log")))
     return f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}\n{logs}"
 
 

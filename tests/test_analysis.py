@@ -325,26 +325,16 @@ def test_like_to_like_metrics_compare_with_the_ground_truth_run():
 
 
 TINY_SNAKEFILE = """
-from connectomix import config as cmx_config
-
 report: "{repo}/report/workflow.rst"
 
-CFG = cmx_config.validate(config)
-RESULTS = CFG["results_dir"]
-DATASETS = list(CFG["datasets"])
-ENV = "{repo}/envs/connectomix.yaml"
-FINAL_TARGETS = {{}}
-EVAL_TARGETS = {{}}
-is_phantom = lambda name: "phantom" in CFG["datasets"][name]
-raw_volume_done = lambda name: f"{{RESULTS}}/{{name}}/gt/phantom.json"
-json_arg = lambda value: __import__("shlex").quote(__import__("json").dumps(value, sort_keys=True))
-
+include: "{repo}/rules/common.smk"
 include: "{repo}/rules/coregister.smk"
 include: "{repo}/rules/analysis.smk"
 
 rule all:
     input:
-        [p for t in list(FINAL_TARGETS.values()) + list(EVAL_TARGETS.values()) for n in DATASETS for p in t(n)],
+        [p for n in DATASETS for p in [PATHS.file("analysis/summary.html", n), PATHS.eval("coregister", n),
+                                       PATHS.eval("celltypes", n), PATHS.eval("like_to_like", n)]],
 """
 
 

@@ -116,14 +116,27 @@ def test_batches_cover_every_block_exactly_once(grid_shape, batch_shape):
             grid_shape, (1, 1, 1)).ids()
 
 
+def _lower_neighbours(block: str) -> list[str]:
+    """This block and the blocks just below it along z, y and x (whose fragments its RAG step reads)."""
+    from connectomix.blocks import block_id, parse_block_id
+
+    index = parse_block_id(block)
+    out = [block]
+    for axis in range(3):
+        if index[axis] > 0:
+            lower = list(index)
+            lower[axis] -= 1
+            out.append(block_id(lower))
+    return out
+
+
 def test_batch_lower_neighbours_hold_every_lower_neighbour_block():
     from connectomix.blocks import BlockBatches
-    from connectomix.segment.workflow import lower_neighbours
 
     batches = BlockBatches((7, 5, 9), (2, 3, 4))
     owner = {b: batch for batch in batches.ids() for b in batches.blocks(batch)}
     for batch in batches.ids():
-        needed = {owner[n] for b in batches.blocks(batch) for n in lower_neighbours(b)}
+        needed = {owner[n] for b in batches.blocks(batch) for n in _lower_neighbours(b)}
         assert needed == set(batches.lower_neighbours(batch)), batch
     with pytest.raises(ValueError, match="not a brick"):
         batches.blocks("z1-2_y0-2_x0-3")  # misaligned

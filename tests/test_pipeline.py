@@ -1,6 +1,7 @@
 """End to end: the whole workflow on a small phantom, through Snakemake, as `make demo` runs it.
 
-One block per stage keeps it within CI's budget; block invariance has its own tests per stage.
+One block per stage keeps it within CI's budget; block invariance has its own tests per stage. The results folder
+has a name with a space, quotes, `$` and `;`: every path reaches the jobs' shell commands quoted (issue 27).
 """
 
 import json
@@ -11,20 +12,35 @@ import pandas as pd
 import pytest
 from helpers import TINY, failure_report, snakemake_cmd, snakemake_env, write_config
 
+RESULTS = "it's a \"test\" $dir;"
+
+
+def _files(root: Path) -> set:
+    """Every file under root, relative to it, but Snakemake's own records (.snakemake/)."""
+    return {p.relative_to(root) for p in root.rglob("*") if p.is_file() and ".snakemake" not in p.parts}
+
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline")
-    write_config(work, TINY)
+    write_config(work, {**TINY, "results_dir": RESULTS})
+    before = _files(work)
     cmd = snakemake_cmd(work, "--cores", "2", "--quiet", "rules")
     env = snakemake_env()
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    assert result.returncode == 0, failure_report(result, work)
-    return work / "results" / "tiny", cmd, env
+    assert result.returncode == 0, failure_report(result, work, results=RESULTS)
+    return work / RESULTS / "tiny", cmd, env, sorted(_files(work) - before)
+
+
+def test_every_output_lands_in_a_results_dir_named_with_shell_characters(pipeline_run):
+    out, _, _, new = pipeline_run
+    outside = [p for p in new if p.parts[0] != RESULTS]
+    assert not outside, f"files written outside the results folder: {outside[:20]}"
+    assert (out / "eval" / "metrics.json").exists() and (out / "neuroglancer.json").exists()
 
 
 def test_pipeline_writes_every_stage_output(pipeline_run):
-    out, _, _ = pipeline_run
+    out, _, _, _ = pipeline_run
     for name in ("gt/phantom.json", "segments.parquet", "morphology.parquet", "synapses.parquet",
                  "neurons.parquet", "edges.parquet", "matches.parquet", "eval/metrics.json",
                  "neuroglancer.json"):
@@ -40,7 +56,7 @@ def test_pipeline_writes_every_stage_output(pipeline_run):
 
 
 def test_pipeline_metrics_are_measured_against_ground_truth(pipeline_run):
-    out, _, _ = pipeline_run
+    out, _, _, _ = pipeline_run
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     for key in ("segmentation.voi_split", "segmentation.voi_merge", "segmentation.arand",
                 "synapses.f1", "connectome.edge_f1", "coregister.accuracy", "skeletons.erl_nm",
@@ -59,7 +75,7 @@ def test_pipeline_metrics_are_measured_against_ground_truth(pipeline_run):
 @pytest.mark.xfail(strict=True, reason="issue 4's VOI <= 0.15 is not met: the U-Net's affinities limit it, "
                                       "mostly between sections (benchmarks/results/segment_errors.md)")
 def test_pipeline_segmentation_meets_the_accuracy_target(pipeline_run):
-    out, _, _ = pipeline_run
+    out, _, _, _ = pipeline_run
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["segmentation.voi_split"] + metrics["segmentation.voi_merge"] <= 0.15
 
@@ -77,7 +93,7 @@ def _entropy_bits(out: Path) -> float:
 
 
 def test_rerun_does_nothing(pipeline_run):
-    _, cmd, env = pipeline_run
+    _, cmd, env, _ = pipeline_run
     result = subprocess.run(cmd[:-2] + ["-n"], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert "Nothing to be done" in result.stdout + result.stderr

@@ -52,11 +52,12 @@ def _rules() -> dict:
 
 
 def _blockwise_rules() -> set:
-    """Rules with one job per block or per batch of blocks: a {block} or {batch} wildcard in their output."""
+    """Rules with one job per batch of blocks: their output is a batch marker (PATHS.batch_marker, whose pattern
+    holds the {batch} wildcard)."""
     blockwise = set()
     for name, text in _rules().items():
         output = re.search(r"\n    output:\n(.*?)\n    \w+:", text, re.S)
-        if output and re.search(r"\{\{(block|batch)\}\}", output.group(1)):
+        if output and "PATHS.batch_marker(" in output.group(1):
             blockwise.add(name)
     return blockwise
 

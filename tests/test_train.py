@@ -319,28 +319,28 @@ def test_cli_trains_on_ground_truth_kept_in_a_file(tmp_path):
 
 
 def test_workflow_trains_a_real_dataset_on_its_evaluation_ground_truth():
-    from connectomix.predict import workflow_train_ground_truth
+    from connectomix.workflow.predict import train_ground_truth
 
     cfg = {"datasets": {"gala-train": {"roi": {"offset": [0, 2, 3], "shape": [4, 5, 6]}}, "isbi": {}},
            "segment": {"evaluation": {"ground_truth": {
                "gala-train": {"path": "gt dir/train.h5", "key": "stack", "format": "hdf5"},
                "isbi": {"path": "labels", "format": "png-membrane", "per_section": True}}}}}
-    assert workflow_train_ground_truth(cfg, "phantom", True) == ([], "")
-    files, args = workflow_train_ground_truth(cfg, "gala-train", False)
+    assert train_ground_truth(cfg, "phantom", True) == ([], "")
+    files, args = train_ground_truth(cfg, "gala-train", False)
     assert files == ["gt dir/train.h5"]
     assert args == "--gt-file 'gt dir/train.h5' --gt-format hdf5 --gt-key stack --gt-roi-offset 0 2 3"
     # per-section (2D) labels train the in-plane affinities only; cleft masks come from synapses.evaluation
-    assert workflow_train_ground_truth(cfg, "isbi", False) == (
+    assert train_ground_truth(cfg, "isbi", False) == (
         ["labels"], "--gt-file labels --gt-format png-membrane --gt-per-section")
     cfg["datasets"]["vnc"] = {"roi": {"offset": [8, 0, 0], "shape": [4, 64, 64]}}
     cfg["segment"]["evaluation"]["ground_truth"]["vnc"] = {"path": "vnc/membranes", "format": "png-boundary",
                                                            "per_section": True}
     cfg["synapses"] = {"evaluation": {"ground_truth": {"vnc": {"path": "vnc/synapses", "format": "png-mask"}}}}
-    assert workflow_train_ground_truth(cfg, "vnc", False) == (
+    assert train_ground_truth(cfg, "vnc", False) == (
         ["vnc/membranes", "vnc/synapses"], "--gt-file vnc/membranes --gt-format png-boundary --gt-per-section "
         "--clefts-file vnc/synapses --clefts-format png-mask --gt-roi-offset 8 0 0")
     with pytest.raises(ValueError, match="segment.evaluation.ground_truth.other"):
-        workflow_train_ground_truth({**cfg, "datasets": {"other": {}}}, "other", False)
+        train_ground_truth({**cfg, "datasets": {"other": {}}}, "other", False)
 
 
 def test_cli_trains_on_2d_section_labels_and_cleft_masks(tmp_path):

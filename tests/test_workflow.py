@@ -1,5 +1,6 @@
 """The workflow house: CLI, config schema, Snakemake lint and dry-run plans, env pins."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,142 @@ def test_every_rule_declares_conda_threads_and_resources():
                 continue
             for key in ("conda:", "threads:", "resources:", "log:"):
                 assert key in block, f"{smk.name}: rule {name} lacks {key}"
+
+
+# --- connectomix.workflow: the workflow's glue, without Snakemake ----------------------------------------------
+
+TINY_PHANTOM = {"seed": 3, "shape": [16, 128, 128], "n_neurons": 6, "n_synapses": 8, "n_orphan_synapses": 8,
+                "soma_radius_nm": 170.0, "dendrite_length_nm": 700.0, "axon_length_nm": 1500.0}
+
+
+def _workflow(**overrides):
+    """A Workflow on a phantom and a real dataset with segmentation and cleft ground truth (no file is read)."""
+    from connectomix.workflow import Workflow
+    from connectomix.workflow.predict import locate_checkpoint
+
+    raw = {"voxel_size": [40, 8, 8], "source": {"path": "em dir/raw.h5", "key": "raw"},
+           "roi": {"offset": [0, 2, 3], "shape": [16, 100, 100]}}
+    config = {"results_dir": "out dir", "datasets": {"ph": {"voxel_size": [40, 8, 8], "phantom": TINY_PHANTOM},
+                                                    "real": raw},
+              "segment": {"evaluation": {"ground_truth": {"real": {"path": "gt.h5", "key": "labels"}}}},
+              "synapses": {"evaluation": {"ground_truth": {"real": {"path": "clefts.h5", "key": "c"}}}},
+              "storage": {"chunk_shape": [8, 64, 64]}, "blocks": {"shape": [16, 64, 64]}, **overrides}
+    cfg = cmx_config.validate(config)
+    locate_checkpoint(cfg, REPO)
+    return Workflow(cfg)
+
+
+def test_paths_are_the_documented_layout():
+    from connectomix.workflow import Paths
+
+    paths = Paths("results")
+    assert paths.volume() == "results/{dataset}/volume.zarr"
+    assert paths.array("raw", "ph") == "results/ph/volume.zarr/raw"
+    assert paths.batch_marker("segment_rag") == "results/{dataset}/blocks/segment_rag/batches/{batch}.json"
+    assert paths.setup("predict", "ph") == "results/ph/predict/setup.json"
+    assert paths.table("segments", "ph") == "results/ph/segments.parquet"
+    assert paths.eval("clefts", "ph") == "results/ph/eval/clefts.json"
+    assert paths.metrics("ph") == "results/ph/eval/metrics.json"
+    assert paths.log("predict/{batch}") == "results/{dataset}/logs/predict/{batch}.log"
+    assert paths.raw_done(True, "ph") == "results/ph/gt/phantom.json"
+    assert paths.raw_done(False, "ph") == "results/ph/ingest.json"
+    assert paths.model_dir("ph") == "results/models/ph"
+    contracts = (REPO / "docs" / "data-contracts.md").read_text()
+    for documented in ("blocks/{stage}/batches/{batch}.json", "eval/metrics.json", "volume.zarr", "gt/phantom.json"):
+        assert documented in contracts
+
+
+def test_targets_follow_each_dataset_and_its_ground_truth():
+    from connectomix.workflow import targets
+
+    wf = _workflow()
+    groups = targets.dataset_groups(wf)
+    assert groups["phantom"] == groups["functional"] == groups["functional_phantom"] == ["ph"]
+    assert groups["source"] == groups["cleft_eval"] == ["real"]
+    assert groups["segment_eval"] == ["ph", "real"]
+    assert [Path(p).name for p in targets.eval_targets(wf, "real")] == ["segmentation.json", "clefts.json"]
+    assert [Path(p).stem for p in targets.eval_targets(wf, "ph")] == [
+        "segmentation", "skeletons", "synapses", "connectome", "coregister", "celltypes", "like_to_like"]
+    real = targets.final_targets(wf, "real")
+    assert real[0] == "out dir/real/ingest.json" and "out dir/real/eval/metrics.json" in real
+    assert not any("matches" in p or "analysis" in p for p in real)
+    assert "out dir/ph/analysis/summary.html" in targets.final_targets(wf, "ph")
+    # ground truth as input files and shell-quoted arguments, cropped from the dataset's ROI offset
+    assert targets.segmentation_gt(wf, "ph") == (["out dir/ph/gt/phantom.json"], "--gt-array gt/labels")
+    files, args = targets.segmentation_gt(wf, "real")
+    assert files == ["gt.h5"] and args.startswith("--gt-file gt.h5 --gt-format auto --gt-key labels --gt-roi-offset 0 2 3")
+    assert targets.clefts_gt(wf, "real")[1].endswith("--gt-key c --gt-roi-offset 0 2 3")
+    assert targets.functional_files(wf)["ph"]["responses"] == "out dir/ph/gt/functional/responses.npy"
+    assert targets.functional_inputs(wf, "ph") == ["out dir/ph/gt/phantom.json"]
+
+
+def _rule_names():
+    names = set()
+    for smk in (REPO / "rules").glob("*.smk"):
+        text = smk.read_text()
+        names |= set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, flags=re.M))
+        assert "mem_mb=" not in text, f"{smk.name}: resources come from connectomix.workflow.resources"
+    return names
+
+
+def test_every_rule_has_its_costs_in_the_package():
+    from connectomix.workflow.resources import COSTS
+
+    assert set(COSTS) == _rule_names()
+
+
+def test_resources_scale_with_the_block_shape_and_the_stage_halo():
+    from types import SimpleNamespace
+
+    from connectomix.workflow.resources import job_resources, rule_resources
+
+    wf = _workflow()
+    job = SimpleNamespace(dataset="ph", batch="z0-0_y0-0_x0-0")
+    # a batch's memory follows its largest block read ROI: the write ROI grown by the stage's halo
+    halo = wf.halo("segment", "ph")
+    largest, total = wf.batch_read_voxels("ph", job.batch, halo)
+    assert largest == total == wf.grid("ph", halo).block((0, 0, 0)).read.size > 16 * 64 * 64
+    low = {"resources": {"min_mem_mb": 1, "min_runtime_min": 1}}
+    assert rule_resources(_workflow(**low), "segment_fragments")["mem_mb"](job) == job_resources(
+        largest, {"resources": {**wf.cfg["resources"], **low["resources"]}})["mem_mb"]
+    for rule in ("segment_fragments", "skeletonize_block", "predict_block", "synapses_stitch", "ingest"):
+        one = rule_resources(_workflow(**low), rule)
+        big = rule_resources(_workflow(blocks={"shape": [16, 128, 128]}, **low), rule)
+        assert big["mem_mb"](job) >= one["mem_mb"](job), rule
+    assert rule_resources(_workflow(blocks={"shape": [16, 128, 128]}, **low), "segment_fragments")["mem_mb"](
+        job) > rule_resources(_workflow(**low), "segment_fragments")["mem_mb"](job)
+    assert rule_resources(wf, "coregister") == {"mem_mb": 2000, "runtime": 30}
+    assert rule_resources(wf, "metrics")["mem_mb"] == wf.cfg["resources"]["min_mem_mb"]
+    assert rule_resources(wf, "train")["runtime"](job) >= 30
+
+
+def test_block_params_name_the_batch_roi_and_the_dataset_identity():
+    import json
+
+    wf = _workflow()
+    # the read ROI with the halo + 1 voxel (it changes for the blocks next to new ones), clipped to the volume
+    assert wf.batch_roi("ph", "z0-0_y0-1_x0-0") == "0 0 0 + 16 128 65"
+    assert wf.batch_roi("ph", "z0-0_y0-0_x0-0", (0, 2, 2)) == "0 0 0 + 16 67 67"
+    assert wf.batch_markers("ph", "predict", ["z0-0_y0-0_x0-0"]) == [
+        "out dir/ph/blocks/predict/batches/z0-0_y0-0_x0-0.json"]
+    # a source dataset's ROI may grow: its shape is not part of what every block depends on
+    assert json.loads(wf.identity("real"))["dataset"]["roi"] == {"offset": [0, 2, 3]}
+    assert "shape" in json.loads(wf.identity("ph"))["dataset"]["phantom"]
+
+
+def test_digests_follow_the_files_a_checkpoint_rewrites(tmp_path):
+    import json
+    import os
+
+    from connectomix.workflow.digests import load_cached, lut_digest
+
+    lut = tmp_path / "lut_digests.json"
+    assert lut_digest(lut, ["z0_y0_x0"]) == "none"
+    lut.write_text(json.dumps({"z0_y0_x0": "a", "z0_y0_x1": "b"}))
+    first = lut_digest(lut, ["z0_y0_x0"]), lut_digest(lut, ["z0_y0_x1"])
+    lut.write_text(json.dumps({"z0_y0_x0": "a", "z0_y0_x1": "c"}))
+    os.utime(lut, ns=(1, 1))  # another mtime: read again
+    assert lut_digest(lut, ["z0_y0_x0"]) == first[0] and lut_digest(lut, ["z0_y0_x1"]) != first[1]
+    reads = []
+    load_cached(lut, reads.append)
+    assert reads == []  # unchanged since the last read: from the cache

@@ -165,33 +165,6 @@ def _merge(base: dict, update: dict, path: str, node: dict, root: dict) -> dict:
     return out
 
 
-def file_args(entry: dict, prefix: str = "gt", roi: dict | None = None) -> str:
-    """CLI arguments for a file entry of the config (``path``, optional ``format`` and ``key``): ``--{prefix}-file``,
-    ``--{prefix}-format`` and ``--{prefix}-key``, then ``--gt-roi-offset`` when a dataset ``roi`` is given (the
-    file covers the whole source; the job crops it from the ROI's offset)."""
-    import shlex
-
-    args = f"--{prefix}-file {shlex.quote(entry['path'])} --{prefix}-format {entry.get('format', 'auto')}"
-    if "key" in entry:
-        args += f" --{prefix}-key {shlex.quote(entry['key'])}"
-    return args + roi_offset_args(roi)
-
-
-def roi_offset_args(roi: dict | None) -> str:
-    """`` --gt-roi-offset Z Y X`` for a dataset ROI (files of the whole source are cropped from its offset), or ''."""
-    return f" --gt-roi-offset {' '.join(map(str, roi['offset']))}" if roi else ""
-
-
-def job_resources(read_voxels: int, config: dict) -> dict:
-    """mem_mb and runtime (minutes) for a job that reads ``read_voxels`` voxels, from the `resources` section."""
-    res = config["resources"]
-    mvox = read_voxels / 1e6
-    return {
-        "mem_mb": max(res["min_mem_mb"], int(res["mem_mb_per_mvoxel"] * mvox)),
-        "runtime": max(res["min_runtime_min"], int(res["runtime_min_per_mvoxel"] * mvox + 0.999)),
-    }
-
-
 # --- CLI: `connectomix check-config` ---------------------------------------------------------------------
 
 

@@ -17,9 +17,7 @@ summary JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -401,60 +399,6 @@ def finish(work_dir, summary=None, pyramid_levels=3, pyramid_factor=(1, 2, 2)) -
 
 STAGE = Stage("predict", setup, (Step("predict", _predict_blocks, _prepare, batched=True),), finish,
               runtime=("threads", "device", "batch_size"), finish_options=pyramid_options(3))
-
-
-# --- workflow helpers (rules/predict.smk) ----------------------------------------------------------------------
-
-
-def workflow_checkpoint(cfg: dict, phantom_datasets: Sequence[str]) -> str:
-    """The checkpoint folder the workflow predicts with: trained here (``train.enabled``) or the shipped one."""
-    if not cfg["train"]["enabled"]:
-        return cfg["predict"]["checkpoint"]
-    return f"{cfg['results_dir']}/models/{workflow_train_dataset(cfg, phantom_datasets)}"
-
-
-def workflow_train_dataset(cfg: dict, phantom_datasets: Sequence[str]) -> str:
-    """``train.dataset``, else the first phantom dataset (ground truth is needed)."""
-    name = cfg["train"]["dataset"] or next(iter(phantom_datasets), None)
-    if name is None or name not in cfg["datasets"]:
-        raise ValueError("train.enabled needs train.dataset (a dataset with ground truth) or a phantom dataset")
-    return name
-
-
-def workflow_train_ground_truth(cfg: dict, dataset: str, is_phantom: bool) -> tuple[list[str], str]:
-    """(input files, CLI arguments) locating the training labels: a phantom's own ``gt/labels`` (none), else the
-    dataset's entry in ``segment.evaluation.ground_truth`` (the same labels its segmentation is evaluated against),
-    and its cleft masks in ``synapses.evaluation.ground_truth`` when it has them. Per-section (2D) labels train the
-    in-plane affinities only (``--gt-per-section``: the z affinities get no target)."""
-    from connectomix.config import file_args, roi_offset_args
-
-    if is_phantom:
-        return [], ""
-    gt = cfg["segment"]["evaluation"]["ground_truth"].get(dataset)
-    if gt is None:
-        raise ValueError(f"train.dataset {dataset!r} is not a phantom: give its ground-truth labels in "
-                         f"segment.evaluation.ground_truth.{dataset} (path, key, format)")
-    files = [gt["path"]]
-    args = file_args(gt)
-    if gt.get("per_section") or gt.get("format") in ("png-membrane", "png-boundary"):
-        args += " --gt-per-section"
-    clefts = cfg.get("synapses", {}).get("evaluation", {}).get("ground_truth", {}).get(dataset)
-    if clefts:
-        files.append(clefts["path"])
-        args += " " + file_args(clefts, "clefts")
-    return files, args + roi_offset_args(cfg["datasets"][dataset].get("roi"))
-
-
-def workflow_context(cfg: dict, phantom_datasets: Sequence[str]) -> list[int]:
-    """The network's halo (z, y, x voxels): from the checkpoint JSON, or from ``train.model`` when training here."""
-    if cfg["train"]["enabled"]:
-        from connectomix.models import architecture_from_params  # torch: the Snakefile imports this module
-
-        return list(architecture_from_params(cfg["train"]["model"]).context)
-    path = Path(workflow_checkpoint(cfg, phantom_datasets)) / "checkpoint.json"
-    if not path.exists():
-        raise FileNotFoundError(f"predict.checkpoint: no checkpoint at {path.parent} (see models/README.md)")
-    return list(json.loads(path.read_text())["context"])
 
 
 # --- CLI -----------------------------------------------------------------------------------------------------

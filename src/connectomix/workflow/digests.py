@@ -1,0 +1,51 @@
+"""Digests the block rules take as params, so that a checkpoint's new output reruns exactly the batches it changes
+(see "Extending a dataset" in rules/common.smk). They read files a checkpoint wrote, at most once per change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+_CACHED: dict = {}
+
+
+def load_cached(path, load):
+    """``load(path)``, read again only when the file changed (size, mtime): digest params are asked for once per
+    job, and planning time matters at 10^4+ blocks; None when the file does not exist (yet)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    key = (stat.st_mtime_ns, stat.st_size)
+    cached = _CACHED.get(str(path))
+    if cached is None or cached[0] != key:
+        cached = _CACHED[str(path)] = (key, load(path))
+    return cached[1]
+
+
+def lut_digest(lut_digests, blocks) -> str:
+    """A digest of the lookup-table rows of the fragments of ``blocks``, from ``segment/lut_digests.json`` (written
+    by segment_agglomerate, a checkpoint); "none" before it exists."""
+    digests = load_cached(lut_digests, lambda p: json.loads(p.read_text()))
+    if digests is None:
+        return "none"
+    digest = hashlib.sha256()
+    for block in blocks:
+        digest.update(f"{block}:{digests.get(block, '')};".encode())
+    return digest.hexdigest()[:32]
+
+
+def somata_digest(somata, roi, voxel_size) -> str:
+    """A digest of the somata (``skeletonize/somata.parquet``, a checkpoint's output) whose cleared sphere reaches
+    ``roi`` (a batch's read ROI): a soma far away does not touch a block. "none" before the file exists."""
+    import pandas as pd
+
+    from connectomix.skeletonize.soma import somata_meeting
+
+    table = load_cached(somata, pd.read_parquet)
+    if table is None:
+        return "none"
+    rows = somata_meeting(table, roi.offset, roi.shape, voxel_size)
+    return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:32]
