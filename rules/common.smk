@@ -6,6 +6,7 @@ from connectomix.blocks import parse_batch_id
 from connectomix.workflow import Workflow, digests, targets
 from connectomix.workflow import predict as wf_predict, resources as wf_resources
 from connectomix.workflow.args import json_arg, roi_args as _roi_args, zyx
+from connectomix.ingest import source_identity as ingest_source_identity
 
 # The one validation of the config: against the schema, defaults filled; an error is one line naming the key path.
 CFG = cmx_config.validate(config, source="config")
@@ -164,12 +165,46 @@ def somata_digest(wc):
     return digests.somata_digest(somata, roi, dataset_cfg(wc.dataset)["voxel_size"])
 
 
+def raw_reads(*stages, extra=(0, 0, 0)):
+    """Param function: a digest of the raw voxels a batch's result depends on, through the chain of `stages` that
+    read them (their halos add up, plus `extra`): e.g. a fragments block reads affinities (segment halo), each
+    predicted from raw (predict halo). It is known once ingest ran, so a changed source reruns exactly the batches
+    whose raw changed; a phantom's raw follows its params, which dataset_identity holds."""
+
+    def _digest(wc):
+        if WF.is_phantom(wc.dataset):
+            return "phantom"
+        halo = [int(e) for e in extra]
+        for stage in stages:
+            halo = [h + int(s) for h, s in zip(halo, WF.halo(stage, wc.dataset))]
+        return digests.raw_digest(PATHS.summary("ingest", wc.dataset), WF.blocks_read(wc.dataset, wc.batch, halo))
+
+    return _digest
+
+
+def source_identity(wc):
+    """Param of ingest: the identity (names, sizes, modification times) of the files the source reads, so that a
+    replaced or edited source file reruns ingest."""
+    return ingest_source_identity(dataset_cfg(wc.dataset)["source"])
+
+
 def lut_digest(wc):
     """Param of segment_relabel: a digest of the lookup-table rows of its blocks' fragments, from
     segment/lut_digests.json. segment_agglomerate (a checkpoint) writes that file; once it ran, Snakemake re-plans
     the relabel jobs and reruns those whose digest changed (and those whose fragments were recomputed)."""
     lut = PATHS.file("segment/lut_digests.json", wc.dataset)
     return digests.lut_digest(lut, WF.batch_blocks(wc.dataset, wc.batch))
+
+
+def lut_read(stage):
+    """Param function: like lut_digest, over the blocks a batch reads with `stage`'s halo (the segmentation a
+    skeleton block reads is their fragments through the lookup table)."""
+
+    def _digest(wc):
+        lut = PATHS.file("segment/lut_digests.json", wc.dataset)
+        return digests.lut_digest(lut, WF.blocks_read(wc.dataset, wc.batch, WF.halo(stage, wc.dataset)))
+
+    return _digest
 
 
 for _name in DATASETS:

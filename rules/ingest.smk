@@ -17,6 +17,10 @@ rule ingest:
         # the volume's shape: a source that gained data (no roi) reruns ingest, which extends `raw`
         shape=lambda wc: zyx(WF.shape(wc.dataset)),
         chunks=zyx(CFG["storage"]["chunk_shape"]),
+        # a replaced or edited source file reruns ingest (its data is then ingested afresh)
+        identity=source_identity,
+        # per-block digests of raw in the summary: predict reruns the blocks whose voxels changed
+        blocks=zyx(CFG["blocks"]["shape"]),
         levels=CFG["pyramid"]["levels"],
         factor=zyx(CFG["pyramid"]["factor"]),
     log:
@@ -30,5 +34,5 @@ rule ingest:
         "python -m connectomix ingest --source {params.source} "
         "--volume {params.volume:q} --voxel-size {params.voxel_size} "
         "--offset-nm {params.offset} --chunk-shape {params.chunks} {params.roi} "
-        "--pyramid-levels {params.levels} --pyramid-factor {params.factor} "
+        "--pyramid-levels {params.levels} --pyramid-factor {params.factor} --digest-block-shape {params.blocks} "
         "--summary {output.summary:q} > {log:q} 2>&1"

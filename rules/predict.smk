@@ -77,6 +77,8 @@ rule predict_block:
     params:
         identity=dataset_identity,
         roi=batch_roi("predict"),
+        # the raw voxels its blocks read (ingest's block digests): a changed source reruns only those blocks
+        raw=raw_reads("predict"),
         spec=json_arg(PREDICT_SPEC),
         work=work_dir("predict"),
         blocks=batch_blocks,

@@ -42,6 +42,8 @@ rule segment_fragments:
     params:
         identity=dataset_identity,
         roi=batch_roi("segment"),
+        # the raw voxels behind the affinities its blocks read
+        raw=raw_reads("segment", "predict"),
         seg=json_arg(SEGMENT),
         work=work_dir("segment"),
         blocks=batch_blocks,

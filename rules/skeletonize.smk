@@ -53,6 +53,9 @@ rule skeletonize_block:
     params:
         identity=dataset_identity,
         roi=batch_roi("skeletonize"),
+        # the segmentation its blocks read: the raw voxels behind its fragments, and their lookup-table rows
+        raw=raw_reads("skeletonize", "segment", "predict", extra=(1, 1, 1)),
+        lut=lut_read("skeletonize"),
         somata=somata_digest,
         spec=json_arg(SKELETONIZE),
         work=work_dir("skeletonize"),

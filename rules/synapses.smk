@@ -40,6 +40,8 @@ rule synapses_block:
     params:
         identity=dataset_identity,
         roi=batch_roi("synapses"),
+        # the raw voxels behind the synapse maps its blocks read
+        raw=raw_reads("synapses", "predict"),
         spec=json_arg(SYNAPSES),
         work=work_dir("synapses"),
         blocks=batch_blocks,

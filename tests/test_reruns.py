@@ -585,6 +585,8 @@ def test_a_replaced_source_reruns_what_read_it_and_equals_a_fresh_run(tmp_path):
     plan = _rule_counts(_jobs(_snakemake(work, *CORES, "--dry-run").stdout))
     assert plan.get("ingest") == 1, plan
     _snakemake(work, *CORES)
+    again = _snakemake(work, *CORES, "--dry-run")
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-3000:]
     fresh = tmp_path / "fresh"
     write_config(fresh, config(source))
     _snakemake(fresh, *CORES)

@@ -92,7 +92,7 @@ def fragments_block(s: dict, block: Block, context=None) -> dict:
     tmp = faces.with_suffix(".tmp.npz")
     np.savez(tmp, **views)
     tmp.replace(faces)
-    return {"fragments": count}
+    return {"fragments": count, "sha256": {FRAGMENTS: provenance.data_digest(labels)}}
 
 
 def _rag_roi(block: Block) -> tuple[Roi, tuple[int, int, int]]:

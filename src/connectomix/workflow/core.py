@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from connectomix.blocks import BlockBatches, BlockGrid, batch_shape_for, parse_batch_id
+from connectomix.blocks import BlockBatches, BlockGrid, batch_shape_for, block_id, parse_batch_id
 from connectomix.workflow import predict
 from connectomix.workflow.args import zyx
 from connectomix.workflow.paths import Paths
@@ -159,6 +159,13 @@ class Workflow:
         grid = self.grid(name, halo)
         first, last = grid.blocks_meeting(grid.brick_read_roi(*parse_batch_id(batch)))
         return self.batch_markers(name, step, self.batches(name).covering(first, last))
+
+    def blocks_read(self, name: str, batch: str, halo=(0, 0, 0)) -> list[str]:
+        """The ids of the blocks whose write ROI meets the read ROI (with ``halo``) of a batch's blocks."""
+        grid = self.grid(name, halo)
+        first, last = grid.blocks_meeting(grid.brick_read_roi(*parse_batch_id(batch)))
+        return [block_id((z, y, x)) for z in range(first[0], last[0] + 1) for y in range(first[1], last[1] + 1)
+                for x in range(first[2], last[2] + 1)]
 
     def batch_read_voxels(self, name: str, batch: str, halo=(0, 0, 0)) -> tuple[int, int]:
         """(largest, total) read-ROI voxels over the blocks of a batch: blocks run one after another, so memory

@@ -49,3 +49,18 @@ def somata_digest(somata, roi, voxel_size) -> str:
         return "none"
     rows = somata_meeting(table, roi.offset, roi.shape, voxel_size)
     return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()[:32]
+
+
+def raw_digest(ingest_summary, blocks) -> str:
+    """A digest of the raw voxels of ``blocks`` (ids), from the per-block digests ingest wrote to its summary
+    (``ingest.json``, ``block_digests``): a predict batch takes it as a param, so a changed source reruns exactly the
+    blocks that read changed voxels once ingest (and the predict setup, a checkpoint) ran. "none" before it exists."""
+    summary = load_cached(ingest_summary, lambda p: json.loads(p.read_text()))
+    if summary is None:
+        return "none"
+    digests = summary.get("block_digests", {}).get("digests", {})
+    digest = hashlib.sha256()
+    for block in blocks:
+        digest.update(f"{block}:{digests.get(block, '')};".encode())
+    return digest.hexdigest()[:32]
+
