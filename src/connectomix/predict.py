@@ -305,10 +305,10 @@ def setup(volume, work_dir, params, block_shape, chunk_shape=None, marker_dir=No
     Arrays that exist with the same layout and a shape no larger than ``raw``'s are kept, resized in place when the
     dataset grew (``io.ensure_array``): the blocks already predicted keep their output, and the workflow reruns
     only the blocks whose read ROI changed. Anything else is created afresh."""
-    from connectomix.models import read_checkpoint_meta  # imports torch: lazy, as above
+    from connectomix.models import load_checkpoint  # imports torch: lazy, as above
 
     params = resolve(params)
-    ck = read_checkpoint_meta(params["checkpoint"])
+    _, ck = load_checkpoint(params["checkpoint"])  # refuse a bad model here, before any block job starts
     raw = read_meta(volume, "raw")
     shape = raw.spatial_shape
     chunk_shape = tuple(chunk_shape or raw.spatial_chunks)
