@@ -25,12 +25,8 @@ import numpy as np
 import yaml
 
 from connectomix import io
-from connectomix.evaluate.segmentation import contingency
 from connectomix.models import Architecture, read_checkpoint_meta
-from connectomix.segment.agglomerate import apply_lut, lookup_table
-from connectomix.segment.rag import Rag
-from connectomix.segment.stitch import join_face_cuts
-from segment_errors import majority, z_contacts
+from segment_errors import graph_truth
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -58,15 +54,8 @@ def edge_decisions(dataset: Path) -> dict:
     """F1 of the agglomeration's "same object" decisions on the region graph's z and in-plane edges, against the
     majority ground-truth objects of the two regions (edges touching an unlabelled region are left out)."""
     volume, work = dataset / "volume.zarr", dataset / "segment"
-    fragments = np.asarray(io.open_array(volume, "fragments")[...])
     segmentation = np.asarray(io.open_array(volume, "segmentation")[...])
-    gt = np.asarray(io.open_array(volume, "gt/labels")[...])
-    nodes, forced, graph = join_face_cuts(Rag.from_npz(work / "graph.npz"), histograms=False)
-    regions = apply_lut(fragments, *lookup_table(nodes, forced))
-    is_z = z_contacts(regions, graph) > graph.count / 2
-    ids = np.unique(np.concatenate([graph.u, graph.v]))
-    owner = majority(contingency(gt, regions), ids)
-    ou, ov = owner[np.searchsorted(ids, graph.u)], owner[np.searchsorted(ids, graph.v)]
+    _, _, _, _, graph, regions, is_z, (ou, ov) = graph_truth(volume, work)
     known = (ou > 0) & (ov > 0)
     flat_r, flat_s = regions.ravel(), segmentation.ravel()
     first = np.unique(flat_r, return_index=True)

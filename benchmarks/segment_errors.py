@@ -51,6 +51,20 @@ def z_contacts(regions: np.ndarray, graph: Rag) -> np.ndarray:
     return np.array([keys.get((int(u), int(v)), 0) for u, v in zip(graph.u, graph.v)], np.float64)
 
 
+def graph_truth(volume: Path, work: Path):
+    """The finished run's region graph as the workflow joins it, with ground truth per edge: (fragments, gt,
+    nodes, forced merges, graph, regions, is_z per edge, (majority object of u, of v) per edge)."""
+    fragments = np.asarray(io.open_array(volume, "fragments")[...])
+    gt = np.asarray(io.open_array(volume, "gt/labels")[...])
+    nodes, forced, graph = join_face_cuts(Rag.from_npz(work / "graph.npz"), histograms=False)
+    regions = apply_lut(fragments, *lookup_table(nodes, forced))
+    is_z = z_contacts(regions, graph) > graph.count / 2
+    ids = np.unique(np.concatenate([graph.u, graph.v]))
+    owner = majority(contingency(gt, regions), ids)
+    return (fragments, gt, nodes, forced, graph, regions, is_z,
+            (owner[np.searchsorted(ids, graph.u)], owner[np.searchsorted(ids, graph.v)]))
+
+
 def _label(dataset: Path) -> str:
     """A phantom's seed (from its gt/phantom.json), else the folder."""
     record = dataset / "gt" / "phantom.json"
@@ -67,15 +81,7 @@ def analyse(dataset: Path) -> dict:
             sys.exit(f"{need} is missing: run the workflow (make demo) on a dataset with ground truth first")
     setup = json.loads((work / "setup.json").read_text())
     threshold = float(setup["params"]["agglomerate"]["threshold"])
-    fragments = np.asarray(io.open_array(volume, "fragments")[...])
-    gt = np.asarray(io.open_array(volume, "gt/labels")[...])
-    rag = Rag.from_npz(work / "graph.npz")
-    nodes, forced, graph = join_face_cuts(rag, histograms=False)  # as the workflow joins them
-    regions = apply_lut(fragments, *lookup_table(nodes, forced))
-    is_z = z_contacts(regions, graph) > graph.count / 2
-    ids = np.unique(np.concatenate([graph.u, graph.v]))
-    owner = majority(contingency(gt, regions), ids)
-    ou, ov = owner[np.searchsorted(ids, graph.u)], owner[np.searchsorted(ids, graph.v)]
+    fragments, gt, nodes, forced, graph, regions, is_z, (ou, ov) = graph_truth(volume, work)
     known = (ou > 0) & (ov > 0)
     truth = (ou == ov).astype(np.float64)
     base = contingency(gt, fragments)
