@@ -43,6 +43,7 @@ class Case:
     problem: str  # regex the error message must match (naming the problem and the file or key)
     fix: Callable[[Path], list[str] | None]  # repairs the input; returns new arguments where the fix needs them
     leftovers: tuple[str, ...] = ("out/volume.zarr/raw", "out/ingest.json")  # must not exist after the failure
+    tool: str = "connectomix"  # or "snakemake": the workflow in the case's folder (its config.yaml)
 
 
 def _stack(shape=(6, 32, 32), seed=0) -> np.ndarray:
@@ -252,6 +253,37 @@ def _fix_pickled(d: Path) -> None:
     shutil.copytree(REPO / "models" / "phantom", d / "model")
 
 
+# --- workflow cases: Snakemake on the case folder's config.yaml ---------------------------------------------------
+
+
+def _quoted_results_dir(d: Path) -> list[str]:
+    """A results folder whose name the shell would interpret if a rule left it unquoted."""
+    config = {"results_dir": str(d / 'it\'s a "test" $dir;'), "datasets": dict(PHANTOM)}
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    (d / "before").write_text("\n".join(sorted(p.name for p in d.iterdir())))
+    return ["--until", "phantom"]
+
+
+def _stray_files(d: Path) -> list[str] | None:
+    """The fix is none (the run must work as it is): fail the rerun when the first run left a file outside."""
+    before = set((d / "before").read_text().split("\n")) | {"before", ".snakemake", 'it\'s a "test" $dir;'}
+    stray = sorted(p.name for p in d.iterdir() if p.name not in before)
+    return ["--until", "phantom"] if not stray else ["--this-is-not-an-option", *stray]
+
+
+def _replaced_source(d: Path) -> list[str]:
+    """Ingest a source, then replace its file by other data of the same shape: the next run must re-ingest."""
+    _h5(d / "em.h5", _stack((16, 64, 64), 1))
+    config = {"results_dir": str(d / "results"),
+              "datasets": {"em": {"voxel_size": [40, 8, 8], "source": {"path": str(d / "em.h5"), "key": "stack"}}},
+              "storage": {"chunk_shape": [8, 64, 64]}, "blocks": {"shape": [16, 64, 64]}}
+    (d / "config.yaml").write_text(yaml.safe_dump(config))
+    if _snakemake(["--until", "ingest"], d).returncode:
+        raise RuntimeError("the first ingest failed")
+    _h5(d / "em.h5", _stack((16, 64, 64), 2))
+    return ["--until", "ingest", "--dry-run"]
+
+
 CASES = [
     Case("truncated multi-page TIFF", "a stack cut at a page header (a copy that stopped)", _truncated_multipage,
          r"stack\.tif: corrupt or truncated TIFF .*last readable page is 5",
@@ -296,6 +328,10 @@ CASES = [
     Case("bare weights file", "a .pt file given as the model", _bare_weights,
          r"weights\.pt is a weights file, not a checkpoint: a checkpoint is a folder", _fix_bare_weights,
          ("out/predict/setup.json", "volume.zarr/affinities")),
+    Case("results dir with quotes", "results_dir named it's a \"test\" $dir; (shell metacharacters)",
+         _quoted_results_dir, r"", _stray_files, (), tool="snakemake"),
+    Case("replaced source file", "the source replaced by other data of the same shape", _replaced_source,
+         r"rule ingest", lambda d: ["--until", "ingest"], (), tool="snakemake"),
     Case("pickled weights", "weights that would run code when unpickled", _pickled_weights,
          r"not a plain tensor state dict .*was refused: loading anything else can run code", _fix_pickled,
          ("out/predict/setup.json", "volume.zarr/affinities")),
@@ -308,9 +344,30 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           env=env, timeout=600)
 
 
+def _snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                           str(cwd), "--configfile", str(cwd / "config.yaml"), "--cores", "2", *args], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=1200)
+
+
 def run_case(case: Case, folder: Path) -> dict:
+    """A case's verdict. An error case must fail, naming the problem; a workflow case ("snakemake") must work as a
+    user expects: the run succeeds and leaves nothing outside its folders, or the dry run plans the rerun."""
     folder.mkdir(parents=True)
     args = case.make(folder)
+    if case.tool == "snakemake":
+        first = _snakemake(args, folder)
+        again = _snakemake(case.fix(folder) or args, folder)
+        out = first.stdout + first.stderr
+        row = {"case": case.name, "input": case.what, "exit_code": first.returncode, "fails": False,
+               "names_the_problem": bool(re.search(case.problem, out)) if case.problem else True,
+               "lines": 0, "nothing_half_written": True, "left_behind": [],
+               "rerun_after_fix_works": again.returncode == 0,
+               "message": (out.strip().splitlines() or [""])[-1][:300]}
+        row["passed"] = first.returncode == 0 and row["names_the_problem"] and row["rerun_after_fix_works"]
+        return row
     bad = _cli(args, folder)
     message = (bad.stderr.strip().splitlines() or [""])[-1]
     left = [p for p in case.leftovers if (folder / p).exists()]
@@ -352,7 +409,9 @@ def main(argv=None) -> int:
     lines = [f"# Bad inputs: {summary['passed']} of {summary['cases']} cases pass", "",
              "Each case: the command on the broken input must fail (exit), with an error of at most 5 lines naming "
              "the problem (message), leave nothing a rerun would trust (clean), and work once the input is fixed "
-             "(rerun). `python benchmarks/bad_inputs.py`.", "",
+             "(rerun). Workflow cases (exit 0) must work as they are: a results folder with shell metacharacters "
+             "writes nothing outside it, and a replaced source file makes the next run re-ingest. "
+             "`python benchmarks/bad_inputs.py`.", "",
              "| case | input | exit | message names it | clean | rerun | passed |", "|---|---|---|---|---|---|---|"]
     yes = lambda v: "yes" if v else "**no**"  # noqa: E731
     for r in rows:
