@@ -25,16 +25,21 @@ def load_cached(path, load):
     return cached[1]
 
 
+def _blocks_digest(digests: dict, blocks) -> str:
+    """One digest over the per-block digests of ``blocks`` (a block without one counts as empty)."""
+    digest = hashlib.sha256()
+    for block in blocks:
+        digest.update(f"{block}:{digests.get(block, '')};".encode())
+    return digest.hexdigest()[:32]
+
+
 def lut_digest(lut_digests, blocks) -> str:
     """A digest of the lookup-table rows of the fragments of ``blocks``, from ``segment/lut_digests.json`` (written
     by segment_agglomerate, a checkpoint); "none" before it exists."""
     digests = load_cached(lut_digests, lambda p: json.loads(p.read_text()))
     if digests is None:
         return "none"
-    digest = hashlib.sha256()
-    for block in blocks:
-        digest.update(f"{block}:{digests.get(block, '')};".encode())
-    return digest.hexdigest()[:32]
+    return _blocks_digest(digests, blocks)
 
 
 def somata_digest(somata, roi, voxel_size) -> str:
@@ -59,8 +64,5 @@ def raw_digest(ingest_summary, blocks) -> str:
     if summary is None:
         return "none"
     digests = summary.get("block_digests", {}).get("digests", {})
-    digest = hashlib.sha256()
-    for block in blocks:
-        digest.update(f"{block}:{digests.get(block, '')};".encode())
-    return digest.hexdigest()[:32]
+    return _blocks_digest(digests, blocks)
 
