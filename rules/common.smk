@@ -11,7 +11,7 @@ from connectomix.ingest import source_identity as ingest_source_identity
 # The one validation of the config: against the schema, defaults filled; an error is one line naming the key path.
 CFG = cmx_config.validate(config, source="config")
 # The shipped model is found in the repository when the working directory (--directory) has no copy of it.
-wf_predict.locate_checkpoint(CFG, workflow.basedir)
+wf_predict.locate_shipped_models(CFG, workflow.basedir)
 WF = Workflow(CFG)
 PATHS = WF.paths
 DATASETS = WF.datasets

@@ -4,12 +4,15 @@
 # Evaluation: phantoms (gt/labels) and datasets listed in segment.evaluation.ground_truth.
 
 SEGMENT = CFG["segment"]
+# method 'learned': the edge classifier (the setup checks it and copies it into the stage folder)
+EDGE_MODEL = [SEGMENT["agglomerate"]["edge_model"]] if SEGMENT["agglomerate"]["method"] == "learned" else []
 
 
 # A checkpoint: see "Extending a dataset" in rules/common.smk. It needs the affinities array, not the predictions.
 checkpoint segment_setup:
     input:
         predict=PATHS.setup("predict"),
+        edge_model=EDGE_MODEL,
     output:
         setup=PATHS.setup("segment"),
     params:
@@ -92,6 +95,8 @@ rule segment_rag:
 checkpoint segment_agglomerate:
     input:
         rag=batch_markers("segment_rag"),
+        # not ancient: a new edge model reruns the setup (which copies it) and then this
+        setup=PATHS.setup("segment"),
     output:
         summary=PATHS.file("segment/agglomerate.json"),
     params:

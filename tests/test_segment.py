@@ -120,8 +120,9 @@ def test_block_rags_merge_to_the_volume_rag(tmp_path, voronoi):
     merged = merge_rags([Rag.from_npz(tmp_path / "w" / "edges" / f"{b}.npz") for b in grid.ids()])
     frags = np.asarray(io.open_array(root, "fragments")[...])
     whole = volume_rag(frags, affs, syn.NN_OFFSETS)
-    for field in ("u", "v", "count", "total"):
+    for field in ("u", "v", "count", "total", "count_z"):
         assert np.array_equal(getattr(merged, field), getattr(whole, field)), field
+    assert 0 < merged.count_z.sum() < merged.count.sum()
     assert np.allclose(merged.quantile(50), whole.quantile(50))
     assert len(merged.same_u) > 0  # face-cut fragments were found
     # fragment ids are unique per block and written only inside the block that made them
@@ -135,7 +136,7 @@ def test_block_rags_merge_to_the_volume_rag(tmp_path, voronoi):
     target = np.full(len(source), merged.u.min(), np.uint64)
     full, lean = contract(merged, source, target), contract(merged, source, target, histograms=False)
     assert len(full) < len(merged) and len(full.hist_edge) > 0 and len(lean.hist_edge) == 0
-    for field in ("u", "v", "count", "total"):
+    for field in ("u", "v", "count", "total", "count_z"):
         assert np.array_equal(getattr(full, field), getattr(lean, field)), field
     for a, b in zip(hierarchical(full, 0.5), hierarchical(lean, 0.5)):
         assert np.array_equal(a, b)

@@ -207,7 +207,7 @@ TINY_PHANTOM = {"seed": 3, "shape": [16, 128, 128], "n_neurons": 6, "n_synapses"
 def _workflow(**overrides):
     """A Workflow on a phantom and a real dataset with segmentation and cleft ground truth (no file is read)."""
     from connectomix.workflow import Workflow
-    from connectomix.workflow.predict import locate_checkpoint
+    from connectomix.workflow.predict import locate_shipped_models
 
     raw = {"voxel_size": [40, 8, 8], "source": {"path": "em dir/raw.h5", "key": "raw"},
            "roi": {"offset": [0, 2, 3], "shape": [16, 100, 100]}}
@@ -217,7 +217,7 @@ def _workflow(**overrides):
               "synapses": {"evaluation": {"ground_truth": {"real": {"path": "clefts.h5", "key": "c"}}}},
               "storage": {"chunk_shape": [8, 64, 64]}, "blocks": {"shape": [16, 64, 64]}, **overrides}
     cfg = cmx_config.validate(config)
-    locate_checkpoint(cfg, REPO)
+    locate_shipped_models(cfg, REPO)
     return Workflow(cfg)
 
 

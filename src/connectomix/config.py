@@ -103,6 +103,10 @@ def _check_consistency(config: dict, source: str) -> None:
         if unknown:
             raise ValueError(f"{source}: {key} names dataset {', '.join(map(repr, unknown))}, which is not in "
                              f"datasets (known: {', '.join(sorted(names))})")
+    agglomerate = config["segment"]["agglomerate"]
+    if agglomerate["method"] == "learned" and not agglomerate.get("edge_model"):
+        raise ValueError(f"{source}: segment.agglomerate.method 'learned' needs segment.agglomerate.edge_model, "
+                         "the path of a model written by `connectomix segment train-edges`")
     chunk = config["storage"]["chunk_shape"]
     block = config["blocks"]["shape"]
     if any(b % c for b, c in zip(block, chunk)):

@@ -21,7 +21,7 @@ from connectomix import io
 from connectomix.evaluate import write_stage_metrics
 from connectomix.segment.agglomerate import apply_lut, lookup_table
 from connectomix.segment.rag import Rag
-from connectomix.segment.stitch import agglomerate_graph
+from connectomix.segment.stitch import agglomerate_graph, stage_edge_model
 
 
 @dataclass
@@ -312,9 +312,10 @@ def evaluate(volume, work_dir, out, gt_array=None, gt_file=None, gt_key=None, gt
     sweep = []
     params = setup_record["params"]
     thresholds = thresholds or params["evaluation"]["thresholds"]
-    if params["agglomerate"]["method"] in ("mean", "quantile"):
+    if params["agglomerate"]["method"] in ("mean", "quantile", "learned"):
         rag = Rag.from_npz(work_dir / "graph.npz")
-        nodes, merges = agglomerate_graph(rag, params, threshold=max(thresholds) + 1e-9)
+        nodes, merges = agglomerate_graph(rag, params, threshold=max(thresholds) + 1e-9,
+                                          edge_model=stage_edge_model(work_dir))
         sweep = threshold_sweep(gt, frags, nodes, merges, thresholds, ignore, sections,
                                 None if sections else frag_table)
     if plot:  # the workflow expects the figure: without a sweep (mutex: no merge threshold) it says so

@@ -5,6 +5,7 @@
   ``1 - affinity statistic``, re-scoring merged contacts from their pooled statistics, until the lowest score
   reaches the threshold. Scores only grow, so the merge history prefix up to t is the segmentation at threshold t.
 * ``mutex``: mutex watershed (mwatershed) on the RAG, edge weight = mean affinity - ``mutex_bias``.
+* ``learned``: ``mean`` on P(same object) from a trained edge classifier (:mod:`connectomix.segment.edges`).
 
 A segment's id is the lowest fragment id it contains, so it depends only on the segment's content.
 """
@@ -15,6 +16,7 @@ import heapq
 
 import numpy as np
 
+from connectomix.segment.edges import learned_graph
 from connectomix.segment.rag import BINS, Rag
 
 
@@ -174,14 +176,20 @@ def mutex(rag: Rag, bias: float) -> tuple[np.ndarray, np.ndarray]:
     return nodes, merges
 
 
-def agglomerate(rag: Rag, params: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Run the configured method (``params['agglomerate']``) on the merged RAG; returns (nodes, merges)."""
+def agglomerate(rag: Rag, params: dict, edge_model=None) -> tuple[np.ndarray, np.ndarray]:
+    """Run the configured method (``params['agglomerate']``) on the merged RAG; returns (nodes, merges).
+    ``edge_model`` (:class:`connectomix.segment.edges.EdgeModel`) scores the edges for method 'learned'."""
     p = params["agglomerate"]
     if p["method"] in ("mean", "quantile"):
         return hierarchical(rag, p["threshold"], p["method"], p["quantile"])
     if p["method"] == "mutex":
         return mutex(rag, p["mutex_bias"])
-    raise ValueError(f"segment.agglomerate.method must be 'mean', 'quantile' or 'mutex', got {p['method']!r}")
+    if p["method"] == "learned":
+        if edge_model is None:
+            raise ValueError("segment.agglomerate.method 'learned' needs an edge model (agglomerate.edge_model)")
+        return hierarchical(learned_graph(rag, edge_model), p["threshold"], "mean")
+    raise ValueError(f"segment.agglomerate.method must be 'mean', 'quantile', 'mutex' or 'learned', "
+                     f"got {p['method']!r}")
 
 
 def lookup_table(nodes: np.ndarray, merges: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:

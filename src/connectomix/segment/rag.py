@@ -23,7 +23,8 @@ BINS = 256
 class Rag:
     """Edges ``(u, v)`` with ``u < v`` (fragment ids), ``count`` contacts, ``total`` sum of uint8 affinities, and a
     sparse histogram: rows ``hist_edge`` (index into the edges), ``hist_bin`` (0..255), ``hist_count``.
-    ``same_u``/``same_v`` list fragment pairs that are one fragment cut by a block face (joined before scoring)."""
+    ``same_u``/``same_v`` list fragment pairs that are one fragment cut by a block face (joined before scoring);
+    ``count_z`` the contacts between sections per edge (empty for a table written without it)."""
 
     u: np.ndarray
     v: np.ndarray
@@ -34,6 +35,7 @@ class Rag:
     hist_count: np.ndarray
     same_u: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     same_v: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    count_z: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
 
     def __len__(self) -> int:
         return len(self.u)
@@ -53,7 +55,11 @@ class Rag:
     @classmethod
     def from_npz(cls, path) -> "Rag":
         with np.load(path) as f:
-            return cls(**{k: f[k] for k in cls.__dataclass_fields__})
+            return cls(**{k: f[k] for k in cls.__dataclass_fields__ if k in f})
+
+    def has_count_z(self) -> bool:
+        """Whether the table counts its contacts between sections per edge (``count_z``)."""
+        return len(self.count_z) == len(self)
 
     @classmethod
     def empty(cls) -> "Rag":
@@ -98,18 +104,19 @@ def _sorted_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], rank[dense]
 
 
-def _pairs_to_rag(u: np.ndarray, v: np.ndarray, aff: np.ndarray, histograms: bool = True) -> Rag:
+def _pairs_to_rag(u: np.ndarray, v: np.ndarray, aff: np.ndarray, histograms: bool = True,
+                  is_z: np.ndarray | None = None) -> Rag:
     """Edge table from contact pairs (any order, zeros and self pairs already removed) and their uint8 values.
     One sort of (edge, value) keys gives the histogram; counts and sums follow from it. Without ``histograms``
-    the table leaves the histogram rows out."""
+    the table leaves the histogram rows out. ``is_z`` flags the contacts between sections (``Rag.count_z``)."""
     if len(u) == 0:
         return Rag.empty()
     lo = np.minimum(u, v)
     hi = np.maximum(u, v)
     nodes, inverse = _sorted_ids(np.concatenate([lo, hi]))
     n = len(nodes)
-    key = inverse[: len(lo)].astype(np.int64) * n + inverse[len(lo):]
-    hkey, hcount = np.unique(key * BINS + aff.astype(np.int64), return_counts=True)
+    pair_key = inverse[: len(lo)].astype(np.int64) * n + inverse[len(lo):]
+    hkey, hcount = np.unique(pair_key * BINS + aff.astype(np.int64), return_counts=True)
     key, bins = hkey // BINS, hkey % BINS
     first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     keys = key[first]
@@ -120,7 +127,13 @@ def _pairs_to_rag(u: np.ndarray, v: np.ndarray, aff: np.ndarray, histograms: boo
         hist = _no_histograms()
     count = np.add.reduceat(hcount, first).astype(np.uint64)
     total = np.add.reduceat(hcount * bins, first).astype(np.uint64)
-    return Rag(nodes[keys // n].astype(np.uint64), nodes[keys % n].astype(np.uint64), count, total, *hist)
+    count_z = np.zeros(0, np.uint64)
+    if is_z is not None:
+        zkeys, zcount = np.unique(pair_key[is_z], return_counts=True)
+        count_z = np.zeros(len(keys), np.uint64)
+        count_z[np.searchsorted(keys, zkeys)] = zcount
+    return Rag(nodes[keys // n].astype(np.uint64), nodes[keys % n].astype(np.uint64), count, total, *hist,
+               count_z=count_z)
 
 
 def block_rag(fragments: np.ndarray, affs: np.ndarray, pad, histograms: bool = True) -> Rag:
@@ -135,7 +148,7 @@ def block_rag(fragments: np.ndarray, affs: np.ndarray, pad, histograms: bool = T
         raise ValueError(f"affinities must be uint8 (value/255), got {affs.dtype}")
     pad = [int(p) for p in pad]
     wshape = affs.shape[1:]
-    us, vs, values = [], [], []
+    us, vs, values, along_z = [], [], [], []
     for d in range(3):
         own = [slice(p, p + s) for p, s in zip(pad, wshape)]
         low = list(own)
@@ -152,7 +165,9 @@ def block_rag(fragments: np.ndarray, affs: np.ndarray, pad, histograms: bool = T
         us.append(a[keep])
         vs.append(b[keep])
         values.append(val[keep])
-    return _pairs_to_rag(np.concatenate(us), np.concatenate(vs), np.concatenate(values), histograms)
+        along_z.append(np.full(int(keep.sum()), d == 0))
+    return _pairs_to_rag(np.concatenate(us), np.concatenate(vs), np.concatenate(values), histograms,
+                         np.concatenate(along_z))
 
 
 def merge_rags(rags: list[Rag], histograms: bool = True) -> Rag:
@@ -174,9 +189,13 @@ def merge_rags(rags: list[Rag], histograms: bool = True) -> Rag:
     keys, edge = np.unique(key, return_inverse=True)
     count = np.bincount(edge, weights=np.concatenate([r.count for r in rags]).astype(np.float64))
     total = np.bincount(edge, weights=np.concatenate([r.total for r in rags]).astype(np.float64))
+    count_z = np.zeros(0, np.uint64)
+    if all(r.has_count_z() for r in rags):
+        count_z = np.bincount(edge, weights=np.concatenate([r.count_z for r in rags]).astype(np.float64),
+                              minlength=len(keys)).astype(np.uint64)
     if not histograms:
         return Rag(nodes[keys // n].astype(np.uint64), nodes[keys % n].astype(np.uint64), count.astype(np.uint64),
-                   total.astype(np.uint64), *_no_histograms(), same_u, same_v)
+                   total.astype(np.uint64), *_no_histograms(), same_u, same_v, count_z)
     # histogram rows: re-point each block's local edge index to the merged edge index
     starts = np.cumsum([0] + [len(r) for r in rags[:-1]])
     hedge = np.concatenate([edge[s + r.hist_edge] for s, r in zip(starts, rags)]).astype(np.int64)
@@ -193,6 +212,7 @@ def merge_rags(rags: list[Rag], histograms: bool = True) -> Rag:
         hist_count=hcount.astype(np.uint64),
         same_u=same_u,
         same_v=same_v,
+        count_z=count_z,
     )
 
 
@@ -247,5 +267,6 @@ def contract(rag: Rag, source: np.ndarray, target: np.ndarray, histograms: bool 
         hist = (index[rag.hist_edge[hkeep]], rag.hist_bin[hkeep], rag.hist_count[hkeep])
     else:  # merge_rags would drop them: do not gather them
         hist = _no_histograms()
-    sub = Rag(lo[keep], hi[keep], rag.count[keep], rag.total[keep], *hist)
+    sub = Rag(lo[keep], hi[keep], rag.count[keep], rag.total[keep], *hist,
+              count_z=rag.count_z[keep] if rag.has_count_z() else np.zeros(0, np.uint64))
     return merge_rags([sub], histograms)

@@ -3,7 +3,8 @@ block) -> finish. Results do not depend on the block size beyond the fragments' 
 agglomeration merges (their contacts have high affinity).
 
 Files under ``work_dir`` (``results/{dataset}/segment/``): ``setup.json``, ``edges/{block}.npz`` (block RAG
-tables) and ``graph.npz`` (merged RAG), both with affinity histograms only for the quantile method, ``merges.npz``
+tables) and ``graph.npz`` (merged RAG), both with affinity histograms only for the quantile and learned methods,
+``edge_model.json`` (method 'learned': the setup's copy of the edge classifier), ``merges.npz``
 (nodes + merge history), ``lut.npz`` (fragment -> segment), ``lut_digests.json`` (per block, a digest of its
 fragments' rows in the lookup table: the workflow reruns a block's relabel only when it changed),
 ``stats/{block}.parquet`` (per-block segment statistics). The block steps (``fragments``, ``rag``, ``relabel``) run
@@ -26,6 +27,7 @@ from connectomix.blockwise import Stage, Step, grid_of, load_setup, new_setup, p
 from connectomix.blockwise import option, read_markers, run_step, save_setup
 from connectomix.segment.agglomerate import agglomerate as run_agglomeration
 from connectomix.segment.agglomerate import apply_lut, lookup_table
+from connectomix.segment.edges import EdgeModel
 from connectomix.segment.fragments import LOCAL_BITS, NN_OFFSETS, block_fragments, block_of_fragment, nn_channels
 from connectomix.segment.params import fragment_mode, resolve
 from connectomix.segment.rag import Rag, block_rag, contract, majority_pairs, merge_rags
@@ -33,6 +35,12 @@ from connectomix.segment.rag import Rag, block_rag, contract, majority_pairs, me
 AFFINITIES = "affinities"
 FRAGMENTS = "fragments"
 SEGMENTATION = "segmentation"
+EDGE_MODEL = "edge_model.json"
+
+
+def affinities_weights(attrs: dict) -> str | None:
+    """The sha256 of the U-Net weights that predicted an affinities array (its provenance), if recorded."""
+    return (attrs.get("provenance") or {}).get("config", {}).get("weights_sha256")
 
 
 def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, marker_dir=None) -> dict:
@@ -48,10 +56,11 @@ def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, 
     nn_channels(offsets)  # fail early if the nearest-neighbour channels are missing
     shape = meta.spatial_shape
     chunks = tuple(chunk_shape or meta.spatial_chunks)
+    edge_model = _install_edge_model(params, work_dir, affinities_weights(meta.attrs))
     record = new_setup("segment", volume, work_dir, shape=shape, block_shape=block_shape, chunk_shape=chunks,
                        halo=params["halo"], voxel_size=meta.voxel_size, offset_nm=meta.offset_nm, params=params,
                        provenance=provenance.record(params), marker_dir=marker_dir,
-                       mode=fragment_mode(params, meta.voxel_size), offsets=offsets)
+                       mode=fragment_mode(params, meta.voxel_size), offsets=offsets, edge_model=edge_model)
     record["arrays"] = {
         name: io.ensure_array(volume, name, shape, np.uint64, chunks, meta.voxel_size, meta.offset_nm,
                               is_label=True,
@@ -162,7 +171,7 @@ def agglomerate(work_dir) -> dict:
     rag = merge_rags([Rag.from_npz(work_dir / "edges" / f"{b}.npz") for b in grid.ids()],
                      histograms=_reads_histograms(s["params"]))
     rag.to_npz(work_dir / "graph.npz")
-    nodes, merges = agglomerate_graph(rag, s["params"])
+    nodes, merges = agglomerate_graph(rag, s["params"], edge_model=stage_edge_model(work_dir))
     np.savez(work_dir / "merges.npz", nodes=nodes, merges=merges)
     fragments, segments = lookup_table(nodes, merges)
     np.savez(work_dir / "lut.npz", fragments=fragments, segments=segments)
@@ -199,13 +208,15 @@ def lut_digests(fragments: np.ndarray, segments: np.ndarray) -> dict:
     return out
 
 
-def agglomerate_graph(rag: Rag, params: dict, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def agglomerate_graph(rag: Rag, params: dict, threshold: float | None = None,
+                      edge_model: EdgeModel | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Join face-cut fragments (``rag.same_*``, merge score -1), then agglomerate the contracted graph with the
-    configured method (``threshold`` overrides the configured one). Returns (nodes, merges) over fragment ids."""
+    configured method (``threshold`` overrides the configured one; ``edge_model`` scores edges for 'learned').
+    Returns (nodes, merges) over fragment ids."""
     if threshold is not None:
         params = {**params, "agglomerate": {**params["agglomerate"], "threshold": threshold}}
     nodes, forced, graph = join_face_cuts(rag, histograms=_reads_histograms(params))
-    _, merges = run_agglomeration(graph, params)
+    _, merges = run_agglomeration(graph, params, edge_model)
     return nodes, np.concatenate([forced, merges])
 
 
@@ -220,8 +231,36 @@ def join_face_cuts(rag: Rag, histograms: bool = True) -> tuple[np.ndarray, np.nd
 
 
 def _reads_histograms(params: dict) -> bool:
-    """Whether the configured agglomeration reads the RAG's affinity histograms (only ``quantile`` does)."""
-    return params["agglomerate"]["method"] == "quantile"
+    """Whether the configured agglomeration reads the RAG's affinity histograms (``quantile`` and ``learned``)."""
+    return params["agglomerate"]["method"] in ("quantile", "learned")
+
+
+def stage_edge_model(work_dir) -> EdgeModel | None:
+    """The edge model the setup copied into the stage folder (method 'learned'), else None."""
+    path = Path(work_dir) / EDGE_MODEL
+    return EdgeModel.load(path) if path.exists() else None
+
+
+def _install_edge_model(params: dict, work_dir: Path, affinities_sha: str | None) -> dict | None:
+    """For method 'learned': check the configured edge model (readable, trained on affinities of the U-Net that
+    made these) and copy it into the stage folder; returns what the setup records about it."""
+    copy = work_dir / EDGE_MODEL
+    if params["agglomerate"]["method"] != "learned":
+        copy.unlink(missing_ok=True)
+        return None
+    path = params["agglomerate"]["edge_model"]
+    if not path:
+        raise ValueError("segment.agglomerate.method 'learned' needs segment.agglomerate.edge_model: the path of "
+                         "a model written by `connectomix segment train-edges`")
+    model = EdgeModel.load(path)
+    trained_on = model.record.get("training", {}).get("affinities_weights_sha256")
+    if trained_on and affinities_sha and affinities_sha not in trained_on:
+        raise ValueError(f"edge model {path} was trained on affinities of the U-Net with weights "
+                         f"{', '.join(s[:12] for s in trained_on)}, but these come from {affinities_sha[:12]}: "
+                         "retrain it on this U-Net's affinities (segment train-edges) or use method 'mean'")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    sha = model.save(copy)
+    return {"path": str(path), "sha256": sha}
 
 
 def load_lut(work_dir) -> tuple[np.ndarray, np.ndarray]:

@@ -10,13 +10,16 @@ from typing import Sequence
 from connectomix.workflow.args import file_args, roi_offset_args
 
 
-def locate_checkpoint(cfg: dict, repo_dir) -> None:
-    """Relative paths in the config are relative to the working directory, except the shipped model: when the
-    working directory (``--directory``) has no copy of ``predict.checkpoint``, the repository's is used (``cfg`` is
-    changed in place)."""
-    checkpoint = Path(cfg["predict"]["checkpoint"])
-    if not checkpoint.is_absolute() and not checkpoint.exists() and (Path(repo_dir) / checkpoint).exists():
-        cfg["predict"]["checkpoint"] = str(Path(repo_dir) / checkpoint)
+def locate_shipped_models(cfg: dict, repo_dir) -> None:
+    """Relative paths in the config are relative to the working directory, except the shipped models: when the
+    working directory (``--directory``) has no copy of ``predict.checkpoint`` or ``segment.agglomerate.edge_model``,
+    the repository's is used (``cfg`` is changed in place)."""
+    for section, key in (("predict", None), ("segment", "agglomerate")):
+        node = cfg[section] if key is None else cfg[section][key]
+        name = "checkpoint" if key is None else "edge_model"
+        path = node.get(name)
+        if path and not Path(path).is_absolute() and not Path(path).exists() and (Path(repo_dir) / path).exists():
+            node[name] = str(Path(repo_dir) / path)
 
 
 def checkpoint_dir(cfg: dict, phantom_datasets: Sequence[str]) -> str:
