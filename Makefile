@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CORES  ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slurm test-all bench results-doc lint lock clean help
+.PHONY: demo test test-slurm test-all bench results-doc lint lock clean help train-gpu
 
 help:
 	@echo "make demo      run the whole workflow on config.yaml (the phantom); outputs under results/"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench     run the benchmarks (tables under benchmarks/results/), then make results-doc"
 	@echo "make results-doc  regenerate docs/results.md from benchmarks/results/*.json"
 	@echo "make lint      snakemake --lint"
+	@echo "make train-gpu train the continuity campaign's U-Net for GPU_SECONDS (540) on DEVICE (cuda) into GPU_OUT"
 	@echo "make lock      re-resolve requirements.in into requirements.lock"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -40,6 +41,14 @@ test-slurm: $(STAMP)
 
 test-all: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The continuity campaign's U-Net for a fixed time budget on one GPU (models/campaigns/gpu/recipe.json; see
+# models/README.md); a second call resumes from GPU_OUT.
+GPU_SECONDS ?= 540
+GPU_OUT ?= models/campaigns/gpu/run
+DEVICE ?= cuda
+train-gpu: $(STAMP)
+	PYTHON=$(BIN)/python scripts/train-gpu.sh models/campaigns/gpu/recipe.json $(GPU_OUT) $(GPU_SECONDS) $(DEVICE)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -238,6 +238,16 @@ def test_training_is_deterministic_and_resumable(tmp_path):
         train(data, TINY, tmp_path / "l", device="cpu", threads=1, progress=False)
 
 
+def test_a_time_budget_stops_at_a_checkpoint_that_resumes_bit_exactly(tmp_path):
+    data = synthetic_data((10, 40, 40), seed=0, cells=8)[0]
+    whole = train(data, TINY, tmp_path / "whole", device="cpu", threads=1, progress=False)
+    # a budget of 0 s is spent by the first step: it stops there, validates and writes a resumable checkpoint
+    cut = train(data, {**TINY, "max_seconds": 0}, tmp_path / "cut", device="cpu", threads=1, progress=False)
+    assert cut["iterations"] == 1 and [h["iteration"] for h in cut["validation_history"]] == [1]
+    resumed = train(data, TINY, tmp_path / "cut", device="cpu", threads=1, progress=False)
+    assert resumed["iterations"] == 4 and resumed["weights_sha256"] == whole["weights_sha256"]
+
+
 def test_init_from_starts_at_a_checkpoint_and_records_it(tmp_path):
     data = synthetic_data((10, 40, 40), seed=0, cells=8)[0]
     base = train(data, TINY, tmp_path / "base", device="cpu", threads=1, progress=False)
@@ -391,3 +401,25 @@ def test_cli_trains_on_2d_section_labels_and_cleft_masks(tmp_path):
     own = load_volume_data(root)
     assert own.description["clefts"] == "gt/clefts" and own.synapse_valid == (True, False, False)
     assert not own.per_section and np.array_equal(own.synapse[0], data.synapse[0][2:])
+
+
+def test_the_gpu_budget_script_trains_the_campaign_recipe_on_cpu(tmp_path):
+    """`make train-gpu` (scripts/train-gpu.sh) on CPU: a budget of 0 s takes one step of the recipe's architecture,
+    validates and leaves a checkpoint that the next call resumes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    recipe = json.loads((repo / "models/campaigns/gpu/recipe.json").read_text())
+    small = {"seed": 3, "shape": [24, 256, 256], "n_neurons": 6, "n_synapses": 8, "n_orphan_synapses": 8,
+             "soma_radius_nm": 170.0, "dendrite_length_nm": 700.0, "axon_length_nm": 1500.0}
+    cmd = [str(repo / "scripts/train-gpu.sh"), str(repo / "models/campaigns/gpu/recipe.json"), str(tmp_path / "run"),
+           "0", "cpu", json.dumps(small)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+                            cwd=repo)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, meta = load_checkpoint(tmp_path / "run")
+    assert meta["iterations"] == 1 and meta["validation"]["edge_f1"] > 0
+    assert meta["architecture"]["num_fmaps"] == recipe["params"]["model"]["num_fmaps"]
+    assert len(meta["offsets"]) == 3 + len(recipe["params"]["model"]["long_range_offsets"])

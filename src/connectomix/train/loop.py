@@ -207,6 +207,8 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
                dynamic_ncols=True)
     payload = None
     loss_avg = None
+    budget = params["max_seconds"]
+    run_seconds = 0.0
     for it in bar:
         t0 = time.perf_counter()
         for group in opt.param_groups:
@@ -221,18 +223,23 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        seconds += time.perf_counter() - t0
+        step_seconds = time.perf_counter() - t0
+        seconds += step_seconds
+        run_seconds += step_seconds
         value = float(loss.detach())
         loss_avg = value if loss_avg is None else 0.95 * loss_avg + 0.05 * value
         bar.set_postfix(loss=f"{loss_avg:.4f}")
         done = it + 1
-        if val_data is not None and (done % int(params["validate_every"]) == 0 or done == total):
+        last = done == total or (budget is not None and run_seconds >= budget)
+        if val_data is not None and (done % int(params["validate_every"]) == 0 or last):
             metrics = evaluate(model, val_data, params, dev)
             metrics["train_loss"] = round(loss_avg, 5)
             history.append({"iteration": done, "metrics": metrics})
             bar.write(f"iteration {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
-        if done % int(params["checkpoint_every"]) == 0 or done == total:
+        if done % int(params["checkpoint_every"]) == 0 or last:
             payload = save(done, metrics)
+        if last:
+            break
     bar.close()
     if payload is None:  # nothing left to do (already trained to `iterations`)
         payload = json.loads((out / "checkpoint.json").read_text()) if (out / "checkpoint.json").exists() \
