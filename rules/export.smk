@@ -52,6 +52,7 @@ rule export_neuroglancer_state:
     input:
         info=f"{PRECOMPUTED}/info",
         skeletons=PATHS.file("skeletons/export.json"),
+        meshes=PATHS.file("mesh/summary.json"),
         morphology=PATHS.table("morphology"),
     output:
         state=PATHS.file("neuroglancer.json"),

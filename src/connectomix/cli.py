@@ -22,6 +22,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "predict": ("connectomix.predict", "blockwise U-Net inference: affinities and synapse maps"),
     "segment": ("connectomix.segment.cli", "watershed fragments, agglomeration, stitching, relabelling"),
     "skeletonize": ("connectomix.skeletonize.cli", "blockwise kimimaro skeletons, merged per segment; morphology"),
+    "mesh": ("connectomix.mesh.cli", "blockwise zmesh meshes, merged per segment: Neuroglancer precomputed meshes"),
     "synapses": ("connectomix.synapses.cli", "synaptic clefts and partner assignment"),
     "connectome": ("connectomix.connectome.cli", "neurons, edges and connectome exports"),
     "coregister": ("connectomix.coregister.cli", "match two-photon ROIs to EM somata"),

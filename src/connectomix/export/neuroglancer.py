@@ -38,6 +38,7 @@ def write_segmentation(volume: str | Path, array: str, out_dir: str | Path, enco
         num_channels=1, layer_type="segmentation", data_type=str(np.dtype(meta.dtype)), encoding=encoding,
         resolution=[float(v) for v in vs[::-1]], voxel_offset=[int(v) for v in offset_vox[::-1]],
         volume_size=[int(s) for s in meta.spatial_shape[::-1]], chunk_size=chunk[::-1], skeletons="skeletons",
+        mesh="mesh",
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,7 @@ def final_targets(wf, name: str, groups: dict | None = None) -> list[str]:
         wf.raw_done(name),  # phantom or ingest
         p.summary("predict", name),
         p.summary("segment", name), p.table("segments", name),
-        p.table("skeletons", name), p.table("morphology", name),
+        p.table("skeletons", name), p.table("morphology", name), p.file("mesh/summary.json", name),
         p.table("synapses", name),
         p.table("neurons", name), p.table("edges", name), p.file("export/export.json", name),
     ]
