@@ -29,6 +29,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "analysis": ("connectomix.analysis.cli", "cell types, tuning and like-to-like analyses"),
     "export": ("connectomix.export.cli", "Neuroglancer precomputed, SWC and report exports"),
     "evaluate": ("connectomix.evaluate.cli", "accuracy against ground truth; metrics.json"),
+    "view": ("connectomix.view", "serve a dataset's results to a local Neuroglancer (offline), or screenshot it"),
     "check-config": ("connectomix.config", "validate a config file against the schema"),
     "plan": ("connectomix.plan.cli", "jobs, CPU/GPU hours and storage per stage for a volume, from measured rates"),
 }

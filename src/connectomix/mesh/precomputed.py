@@ -36,17 +36,18 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def name_in_info(mesh_dir) -> bool:
-    """Make the precomputed segmentation's info (in the parent folder of ``mesh_dir``) name ``mesh_dir`` as its
-    mesh folder, when it exists and names none (an info written before meshes were made); True when it changed."""
-    mesh_dir = Path(mesh_dir)
-    path = mesh_dir.parent / "info"
+def name_in_info(folder, key: str = "mesh") -> bool:
+    """Make the precomputed segmentation's info (in the parent folder of ``folder``) name ``folder`` under ``key``
+    (``mesh``, ``segment_properties``), when it exists and names none (an info written before); True when it
+    changed."""
+    folder = Path(folder)
+    path = folder.parent / "info"
     if not path.exists():
         return False
     info = json.loads(path.read_text())
-    if info.get("mesh"):
+    if info.get(key):
         return False
-    info["mesh"] = mesh_dir.name
+    info[key] = folder.name
     _write(path, json.dumps(info, indent=2).encode())
     return True
 

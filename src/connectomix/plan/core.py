@@ -59,6 +59,7 @@ STEPS: tuple[Step, ...] = (
     Step("connectome", "export", "export_connectome", "dataset"),
     Step("export", "precomputed", "export_precomputed_segmentation", "dataset"),
     Step("export", "skeletons", "export_skeletons", "dataset"),
+    Step("export", "annotations", "export_annotations", "dataset"),
     Step("export", "neuroglancer", "export_neuroglancer_state", "dataset"),
 )
 PHANTOM_STEP = Step("phantom", "generate", "phantom", "dataset")

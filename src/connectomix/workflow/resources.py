@@ -104,6 +104,8 @@ COSTS = {
     "evaluate_analysis": Cost("fixed", mem=4000, time=60),
     "export_precomputed_segmentation": SLAB,
     "export_skeletons": MINIMAL,
+    # tables of synapses and neurons
+    "export_annotations": MINIMAL,
     "export_neuroglancer_state": MINIMAL,
     "metrics": MINIMAL,
 }

@@ -42,6 +42,17 @@ def functional_inputs(wf, name: str) -> list[str]:
     return sorted(set(configured[name].values())) if name in configured else [wf.raw_done(name)]
 
 
+def annotation_inputs(wf, name: str, groups: dict | None = None) -> dict:
+    """The optional inputs of a dataset's annotation layers (export_annotations): the two-photon matches, cell
+    types and tuning of a functional dataset; none for the others."""
+    groups = dataset_groups(wf) if groups is None else groups
+    if name not in groups["functional"]:
+        return {}
+    p = wf.paths
+    return {"matches": p.table("matches", name), "cell_types": p.file("analysis/cell_types.parquet", name),
+            "tuning": p.file("analysis/tuning.parquet", name)}
+
+
 def cleft_gt(wf) -> dict:
     """Real datasets with cleft masks (synapses.evaluation.ground_truth): their clefts are scored against them."""
     return {name: gt for name, gt in wf.cfg["synapses"]["evaluation"]["ground_truth"].items()
@@ -103,4 +114,5 @@ def final_targets(wf, name: str, groups: dict | None = None) -> list[str]:
                     p.file("analysis/summary.html", name)]
     evals = eval_targets(wf, name, groups)
     targets += evals + ([p.metrics(name)] if evals else [])
-    return targets + [p.file("neuroglancer.json", name), p.file("skeletons/export.json", name)]
+    return targets + [p.file("neuroglancer.json", name), p.file("skeletons/export.json", name),
+                      p.file("precomputed/annotations.json", name)]
