@@ -1,7 +1,8 @@
 # mesh (connectomix.blockwise: setup, block, finish): the setup, once (a checkpoint) -> zmesh marching cubes per
 # block of `segmentation` (one job per batch of blocks; each block meshes its write ROI plus one voxel on its high
 # sides) -> one merge job (`finish`: pieces welded per segment, simplified, written as Neuroglancer precomputed
-# legacy meshes into precomputed/segmentation/mesh, which the segmentation's info names).
+# legacy meshes into precomputed/segmentation/mesh, which the segmentation's info names) -> a report figure of a
+# few neurons' meshes with their synapses.
 
 MESH = CFG["mesh"]
 
@@ -60,6 +61,32 @@ rule mesh_block:
     shell:
         "python -m connectomix mesh block --work-dir {params.work:q} --blocks {params.blocks} > {log:q} 2>&1 "
         "&& echo {params.record} > {output.marker:q}"
+
+
+rule mesh_figure:
+    input:
+        meshes=PATHS.file("mesh/summary.json"),
+        synapses=PATHS.table("synapses"),
+        neurons=PATHS.table("neurons"),
+    output:
+        figure=report(
+            PATHS.file("mesh/neurons.png"),
+            caption="../report/meshes.rst",
+            category="Meshes",
+            subcategory="{dataset}",
+        ),
+    params:
+        mesh_dir=lambda wc: PATHS.file("precomputed/segmentation/mesh", wc.dataset),
+    log:
+        PATHS.log("mesh/figure"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **resources_of("mesh_figure"),
+    shell:
+        "python -m connectomix mesh figure --mesh-dir {params.mesh_dir:q} --synapses {input.synapses:q} "
+        "--neurons {input.neurons:q} --out {output.figure:q} > {log:q} 2>&1"
 
 
 rule mesh_finish:

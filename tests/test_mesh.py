@@ -122,3 +122,24 @@ def test_small_segments_get_no_mesh_and_stale_files_go(meshed, tmp_path):
     (tmp / "mesh" / "setup.json").write_text(json.dumps(s))
     assert finish(tmp / "mesh", out)["segments"] == 0
     assert sorted(p.name for p in out.iterdir()) == ["info"]
+
+
+def test_figure_draws_meshes_with_their_synapses(meshed, tmp_path):
+    import pandas as pd
+
+    tmp, _ = meshed
+    synapses = pd.DataFrame({"pre_pt_root_id": np.array([5, 7], np.uint64), "post_pt_root_id": np.array([7, 9],
+                                                                                                       np.uint64),
+                             "pre_pt_position": [[100.0, 200.0, 500.0], [250.0, 100.0, 500.0]],
+                             "post_pt_position": [[108.0, 200.0, 500.0], [250.0, 108.0, 500.0]]})
+    neurons = pd.DataFrame({"id": np.array([7, 5], np.uint64), "soma_x_nm": [250.0, np.nan]})
+    synapses.to_parquet(tmp_path / "synapses.parquet")
+    neurons.to_parquet(tmp_path / "neurons.parquet")
+    out = tmp_path / "neurons.png"
+    assert cli.main(["mesh", "figure", "--mesh-dir", str(tmp / "precomputed" / "segmentation" / "mesh"),
+                     "--synapses", str(tmp_path / "synapses.parquet"), "--neurons", str(tmp_path / "neurons.parquet"),
+                     "--count", "2", "--out", str(out)]) == 0
+    from connectomix.mesh.render import chosen_neurons
+
+    assert chosen_neurons(tmp / "precomputed" / "segmentation" / "mesh", neurons, 2)[0] == 7  # the soma first
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

@@ -57,6 +57,7 @@ STEPS: tuple[Step, ...] = (
     Step("synapses", "stitch", "synapses_stitch", "dataset"),
     Step("connectome", "build", "connectome", "dataset"),
     Step("connectome", "export", "export_connectome", "dataset"),
+    Step("mesh", "figure", "mesh_figure", "dataset"),
     Step("export", "precomputed", "export_precomputed_segmentation", "dataset"),
     Step("export", "skeletons", "export_skeletons", "dataset"),
     Step("export", "annotations", "export_annotations", "dataset"),

@@ -85,6 +85,8 @@ COSTS = {
     "mesh_block": Cost("batch", mem=2, halo="mesh"),
     # every segment's unsimplified pieces at once (~40 bytes per voxel measured on the phantom), welded one by one
     "mesh_finish": Cost("volume"),
+    # a few meshes drawn with matplotlib
+    "mesh_figure": MINIMAL,
     "synapses_setup": MINIMAL,
     # 4 channels of uint8/float32 per read voxel, plus labels
     "synapses_block": Cost("batch", mem=24, halo="synapses"),

@@ -108,6 +108,7 @@ def final_targets(wf, name: str, groups: dict | None = None) -> list[str]:
         p.table("skeletons", name), p.table("morphology", name), p.file("mesh/summary.json", name),
         p.table("synapses", name),
         p.table("neurons", name), p.table("edges", name), p.file("export/export.json", name),
+        p.file("mesh/neurons.png", name),
     ]
     if name in groups["functional"]:
         targets += [p.table("matches", name), p.file("analysis/like_to_like.json", name),
