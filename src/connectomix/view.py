@@ -17,6 +17,7 @@ import http.server
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import webbrowser
@@ -68,12 +69,20 @@ class _CorsHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # the client cancelled a request it no longer needs
+            super().handle_error(request, client_address)
+
+
 def serve_folder(folder, port: int = 0) -> http.server.ThreadingHTTPServer:
     """A static file server with CORS over ``folder``, bound to localhost, in a daemon thread (``server_port`` says
     the port; ``shutdown()`` stops it). Missing files answer 404, as Neuroglancer expects; a segmentation's info
     is served as :func:`segmentation_info`."""
     handler = functools.partial(_CorsHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer((LOCALHOST, port), handler)
+    server = _Server((LOCALHOST, port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -93,7 +102,8 @@ def dataset_state(dataset_dir, base_url: str, top: int = 20) -> dict:
     meta = read_meta(dataset_dir / "volume.zarr", "segmentation")
     st = state(base_url, meta.voxel_size, meta.spatial_shape, meta.offset_nm, _largest_meshes(seg_dir / "mesh", top),
                annotations=present(dataset_dir / "precomputed"))
-    has = {"raw": (dataset_dir / "volume.zarr" / "raw").is_dir(), "skeletons": (seg_dir / "skeletons" / "info").exists()}
+    has = {"raw": (dataset_dir / "volume.zarr" / "raw").is_dir(),
+           "skeletons": (seg_dir / "skeletons" / "info").exists()}
     st["layers"] = [layer for layer in st["layers"] if has.get(layer["name"], True)]
     st["showSlices"] = False  # the 3D panel draws meshes and skeletons, not the cross-sections
     # each panel filled by the volume (about 350 pixels across), the 3D one seen obliquely

@@ -50,7 +50,8 @@ def render(mesh_dir, synapses: pd.DataFrame, neurons: pd.DataFrame, out, count: 
         ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
         v, f = _for_drawing(*read_fragment((Path(mesh_dir) / f"{label}:0:0").read_bytes()))
         um = v / 1000.0
-        ax.add_collection3d(Poly3DCollection(um[f], facecolor=plt.cm.tab10(COLOURS[i % len(COLOURS)]), edgecolor="none", alpha=0.35))
+        colour = plt.cm.tab10(COLOURS[i % len(COLOURS)])
+        ax.add_collection3d(Poly3DCollection(um[f], facecolor=colour, edgecolor="none", alpha=0.35))
         n = {}
         for side, colour in (("pre", "tab:red"), ("post", "tab:blue")):
             rows_ = synapses[synapses[f"{side}_pt_root_id"].astype("uint64") == np.uint64(label)] \
