@@ -8,11 +8,14 @@ STAMP  := $(VENV)/.installed
 CORES  ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slurm test-all bench results-doc lint lock clean help train-gpu
+DATASET ?= phantom
+
+.PHONY: demo view system-deps test test-slurm test-all bench results-doc lint lock clean help train-gpu
 
 help:
 	@echo "make demo      run the whole workflow on config.yaml (the phantom); outputs under results/"
-	@echo "make test      run the test suite (not the tests marked slow or slurm)"
+	@echo "make view      serve results/$$DATASET (default phantom) to a local Neuroglancer and open it (Ctrl-C stops)"
+	@echo "make test      run the test suite (not the tests marked slow or slurm); installs Chromium when root"
 	@echo "make test-slurm  run the pipeline on a throw-away SLURM cluster (root, slurm-wlm, munge; see docs/slurm.md)"
 	@echo "make test-all  run every test, slow and slurm ones included (slurm ones skip without SLURM)"
 	@echo "make bench     run the benchmarks (tables under benchmarks/results/), then make results-doc"
@@ -32,7 +35,14 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --cores $(CORES)
 	@$(BIN)/python -m connectomix.summary results
 
-test: $(STAMP)
+view: $(STAMP)
+	$(BIN)/python -m connectomix view results/$(DATASET)
+
+# headless Chromium for the viewer screenshot test (tests/test_view.py skips, saying why, where it cannot be installed)
+system-deps:
+	@scripts/install-system-deps.sh
+
+test: $(STAMP) system-deps
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
 # starts and stops its own single-node cluster (scripts/slurm-cluster.sh); -s shows the timings it prints

@@ -181,6 +181,24 @@ def skeletonize(r: dict) -> list[str]:
     return out
 
 
+def mesh(r: dict) -> list[str]:
+    m = r["mesh_throughput"]
+    out = ["## mesh: blockwise zmesh welded across block faces", "",
+           source("mesh_throughput") + " Throughput = whole-volume time / blockwise time (block jobs + merge); "
+           "area: each segment's simplified mesh, blockwise vs whole volume (unsimplified they are identical); "
+           f"`mesh:` defaults {m['params']}; {m['cpus']} CPUs.", ""]
+    out += table(["volume", "shape", "blocks", "whole s", "blocks s", "merge s", "throughput",
+                  "peak MB per block job", "faces per segment (median / max)", "bytes per segment (median / max)",
+                  "area diff (median / max)"],
+                 [[row["volume"], row["shape"], row["n_blocks"], num(row["whole_s"], 1), num(row["blocks_s"], 1),
+                   num(row["merge_s"], 1), num(row["throughput_ratio"]), num(row["peak_rss_mb_per_block_job_max"], 0),
+                   f"{row['faces_per_segment_median']} / {row['faces_per_segment_max']}",
+                   f"{row['bytes_per_segment_median']} / {row['bytes_per_segment_max']}",
+                   f"{num(row['area_median_abs_rel_diff'], 4)} / {num(row['area_max_abs_rel_diff'], 4)}"]
+                  for row in m["rows"]])
+    return out
+
+
 def synapses(r: dict) -> list[str]:
     sd, sp = r["synapse_detection"], r["synapse_partners"]
     out = ["## synapses, connectome: clefts, partners, edges", "",
@@ -263,7 +281,7 @@ def bad_inputs(r: dict) -> list[str]:
     return out
 
 
-SECTIONS = [phantom, predict, segment, skeletonize, synapses, end_to_end, planning, bad_inputs]
+SECTIONS = [phantom, predict, segment, skeletonize, mesh, synapses, end_to_end, planning, bad_inputs]
 
 
 def render(results: Path = RESULTS) -> str:

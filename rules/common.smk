@@ -5,7 +5,7 @@ from connectomix import config as cmx_config
 from connectomix.blocks import parse_batch_id
 from connectomix.workflow import Workflow, digests, targets
 from connectomix.workflow import predict as wf_predict, resources as wf_resources
-from connectomix.workflow.args import json_arg, roi_args as _roi_args, zyx
+from connectomix.workflow.args import json_arg, options as cli_options, roi_args as _roi_args, zyx
 from connectomix.ingest import source_identity as ingest_source_identity
 
 # The one validation of the config: against the schema, defaults filled; an error is one line naming the key path.
@@ -80,6 +80,16 @@ _GROUND_TRUTH = {
     "clefts": targets.clefts_gt,
     "train": lambda wf, name: wf_predict.train_ground_truth(wf.cfg, name, wf.is_phantom(name)),
 }
+
+
+def annotation_inputs(wc):
+    """Input function of export_annotations: a functional dataset's matches, cell types and tuning (else none)."""
+    return targets.annotation_inputs(WF, wc.dataset, DATASET_GROUPS)
+
+
+def annotation_args(wc):
+    """Param of export_annotations: the CLI options naming annotation_inputs."""
+    return cli_options(annotation_inputs(wc))
 
 
 def gt_files(kind):

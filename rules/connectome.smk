@@ -14,7 +14,12 @@ rule connectome:
         edges=PATHS.table("edges"),
         edges_all=PATHS.table("edges_all"),
         matrix=PATHS.file("connectome/connectivity.npz"),
-        figure=PATHS.file("connectome/connectivity.png"),
+        figure=report(
+            PATHS.file("connectome/connectivity.png"),
+            caption="../report/connectivity.rst",
+            category="Connectivity",
+            subcategory="{dataset}",
+        ),
         summary=PATHS.file("connectome/summary.json"),
     params:
         out_dir=dataset_dir,

@@ -1,5 +1,6 @@
-# export: the segmentation as Neuroglancer precomputed (with its skeletons), SWC files per segment, and a
-# Neuroglancer state JSON (image + segmentation + skeleton layers).
+# export: the segmentation as Neuroglancer precomputed (with its skeletons; the mesh stage adds meshes), SWC files
+# per segment, annotation layers (synapses, somata, two-photon matches) with segment properties, and a Neuroglancer
+# state JSON.
 
 EXPORT = CFG["export"]
 PRECOMPUTED = PATHS.file("precomputed/segmentation")
@@ -48,10 +49,35 @@ rule export_skeletons:
         "--swc-dir {params.swc:q} --precomputed {params.precomputed:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
+rule export_annotations:
+    input:
+        unpack(annotation_inputs),
+        synapses=PATHS.table("synapses"),
+        neurons=PATHS.table("neurons"),
+        info=f"{PRECOMPUTED}/info",
+    output:
+        summary=PATHS.file("precomputed/annotations.json"),
+    params:
+        precomputed=lambda wc: PATHS.file("precomputed", wc.dataset),
+        extras=annotation_args,
+    log:
+        PATHS.log("export/annotations"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **resources_of("export_annotations"),
+    shell:
+        "python -m connectomix export annotations --precomputed {params.precomputed:q} --synapses {input.synapses:q} "
+        "--neurons {input.neurons:q} {params.extras} --summary {output.summary:q} > {log:q} 2>&1"
+
+
 rule export_neuroglancer_state:
     input:
         info=f"{PRECOMPUTED}/info",
         skeletons=PATHS.file("skeletons/export.json"),
+        meshes=PATHS.file("mesh/summary.json"),
+        annotations=PATHS.file("precomputed/annotations.json"),
         morphology=PATHS.table("morphology"),
     output:
         state=PATHS.file("neuroglancer.json"),

@@ -97,3 +97,35 @@ def test_rerun_does_nothing(pipeline_run):
     result = subprocess.run(cmd[:-2] + ["-n"], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_pipeline_writes_meshes_annotations_and_a_report(pipeline_run, tmp_path):
+    """Meshes (read back with cloud-volume) and annotation layers in the dataset's precomputed folder; the
+    Snakemake report renders, its figures (the mesh views included) non-empty images."""
+    import zipfile
+
+    cloudvolume = pytest.importorskip("cloudvolume")
+    out, cmd, env, _ = pipeline_run
+    seg_dir = out / "precomputed" / "segmentation"
+    meshes = json.loads((out / "mesh" / "summary.json").read_text())
+    assert meshes["segments"] > 0 and meshes["faces"] > 0
+    label = int(next((seg_dir / "mesh").glob("*:0:0")).name.split(":")[0])
+    assert len(cloudvolume.CloudVolume(f"precomputed://file://{seg_dir}", progress=False).mesh.get(label).faces)
+    annotations = json.loads((out / "precomputed" / "annotations.json").read_text())
+    assert annotations["synapses"] == len(pd.read_parquet(out / "synapses.parquet"))
+    for layer in ("synapses", "somata", "matches"):
+        assert json.loads((out / "precomputed" / layer / "info").read_text())["@type"] == "neuroglancer_annotations_v1"
+    assert (seg_dir / "segment_properties" / "info").exists()
+    report = tmp_path / "report.zip"
+    result = subprocess.run(cmd[:-2] + ["--report", str(report)], capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(report) as z:
+        names = z.namelist()
+        assert any(n.endswith("report.html") for n in names)
+        figures = [n for n in names if n.endswith((".png", ".svg")) and "/data/raw/" in n]
+        for figure in ("neurons.png", "connectivity.png", "like_to_like_orientation.png"):  # meshes, adjacency
+            assert any(n.endswith(f"/{figure}") for n in figures), (figure, names)
+        for name in figures:
+            data = z.read(name)
+            assert len(data) > 1000 and (data[:8] == b"\x89PNG\r\n\x1a\n" or b"<svg" in data[:2000]), name

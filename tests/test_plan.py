@@ -35,7 +35,7 @@ def test_job_counts_equal_the_block_grid_batches(shape, per_job):
     # the blockwise rules of the workflow are exactly the planner's per-block steps
     blockwise = {r["rule"] for r in result["steps"] if r["scope"] == "block"}
     assert blockwise == {"predict_block", "segment_fragments", "segment_rag", "segment_relabel", "skeletonize_block",
-                         "synapses_block"}
+                         "mesh_block", "synapses_block"}
     for rule in blockwise:
         assert any(f"rule {rule}:" in p.read_text() for p in (REPO / "rules").glob("*.smk")), rule
 

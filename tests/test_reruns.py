@@ -331,6 +331,7 @@ PROVENANCE_OF = {
     "skeletons.parquet": "skeletonize/merge.json",
     "matches.parquet": "coregister.json",
     "morphology.parquet": "skeletonize/morphology.json",
+    "precomputed/segmentation/mesh/info": "mesh/summary.json",
 }
 # The config section each output's recorded config comes from (its keys must all be there).
 CONFIG_SECTION = {
@@ -341,6 +342,7 @@ CONFIG_SECTION = {
     "neurons.parquet": "connectome",
     "edges.parquet": "connectome",
     "skeletons.parquet": "skeletonize",
+    "precomputed/segmentation/mesh/info": "mesh",
 }
 # Outputs that do not record provenance, or whose `inputs` are not checksums of the data they were made from
 # (strict xfails; none left).

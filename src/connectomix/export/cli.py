@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from connectomix.cli import add_plugin_actions
 
-EXPORTERS = ("skeletons", "neuroglancer", "connectome")
+EXPORTERS = ("skeletons", "neuroglancer", "connectome", "annotations")
 
 
 def add_arguments(parser) -> None:

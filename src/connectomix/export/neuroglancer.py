@@ -1,7 +1,8 @@
 """Neuroglancer: the segmentation as a precomputed volume (written with cloud-volume, unsharded, uncompressed
 files so any static file server works) and a viewer state JSON (image + segmentation + skeleton layers).
 
-The precomputed info names ``skeletons`` as its skeleton folder; ``export.skeletons`` fills it.
+The precomputed info names ``skeletons`` as its skeleton folder (``export.skeletons`` fills it), ``mesh`` (the mesh
+stage) and ``segment_properties`` (``export.annotations``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def write_segmentation(volume: str | Path, array: str, out_dir: str | Path, enco
         num_channels=1, layer_type="segmentation", data_type=str(np.dtype(meta.dtype)), encoding=encoding,
         resolution=[float(v) for v in vs[::-1]], voxel_offset=[int(v) for v in offset_vox[::-1]],
         volume_size=[int(s) for s in meta.spatial_shape[::-1]], chunk_size=chunk[::-1], skeletons="skeletons",
+        mesh="mesh",
     )
+    info["segment_properties"] = "segment_properties"  # export.annotations writes it
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vol = CloudVolume(f"file://{out_dir.resolve()}", info=info, compress=False, progress=False)
@@ -60,9 +63,14 @@ def state(
     segments=(),
     image: str = "volume.zarr/raw",
     segmentation: str = "precomputed/segmentation",
+    annotations=(),
 ) -> dict:
-    """A Neuroglancer viewer state: the raw image (OME-Zarr), the segmentation with its skeletons, and the
-    skeletons alone; ``base_url`` is where results/{dataset}/ is served (http://..., or a local path)."""
+    """A Neuroglancer viewer state: the raw image (OME-Zarr), the segmentation with its meshes and skeletons, the
+    skeletons alone, and the ``annotations`` layers (names under precomputed/, ``export.annotations.LAYERS``)
+    linked to the segmentation; ``base_url`` is where results/{dataset}/ is served (http://..., or a local
+    path)."""
+    from connectomix.export.annotations import LAYERS
+
     base = base_url.rstrip("/")
     vz, vy, vx = (float(v) for v in voxel_size)
     centre_vox = [(s / 2 + o / v) for s, o, v in zip(shape, offset_nm, voxel_size)]
@@ -78,6 +86,10 @@ def state(
              "segments": segs, "selectedAlpha": 0.35},
             {"type": "segmentation", "name": "skeletons", "source": f"precomputed://{base}/{segmentation}/skeletons",
              "segments": segs, "skeletonRendering": {"mode2d": "lines_and_points", "mode3d": "lines"}},
+        ] + [
+            {"type": "annotation", "name": name, "source": f"precomputed://{base}/precomputed/{name}",
+             "linkedSegmentationLayer": {rel: "segmentation" for rel in LAYERS[name]}}
+            for name in annotations
         ],
         "layout": "xy-3d",
         "selectedLayer": {"layer": "segmentation"},
@@ -113,7 +125,10 @@ def run(args) -> int:
 
             morph = pd.read_parquet(args.morphology)
             segments = morph.sort_values("cable_length_nm", ascending=False)["id"].head(args.top).tolist()
-        st = state(args.base_url, meta.voxel_size, meta.spatial_shape, meta.offset_nm, segments)
+        from connectomix.export.annotations import present
+
+        st = state(args.base_url, meta.voxel_size, meta.spatial_shape, meta.offset_nm, segments,
+                   annotations=present(Path(args.volume).parent / "precomputed"))
         atomic_write_json(args.state, st)
         print(f"neuroglancer state: {args.state} ({len(segments)} segments selected)")
     return 0

@@ -5,7 +5,7 @@ compartment (1 soma, 2 axon, 3 dendrite, 0 undefined; ``connectomix.skeletonize.
 parents before children, roots with P = -1. Read with navis.read_swc, neuTube, Vaa3D...
 
 Precomputed: unsharded ``neuroglancer_skeletons`` (vertices in nm (x, y, z), identity transform, a float32
-``radius`` attribute) in the ``skeletons`` folder of a precomputed segmentation (``export.neuroglancer``), written
+``radius`` and a float32 ``vertex_types`` (compartment) attribute) in the ``skeletons`` folder of a precomputed segmentation (``export.neuroglancer``), written
 with cloud-volume and read back by it (``CloudVolume(...).skeleton.get(id)``).
 """
 
@@ -45,6 +45,11 @@ def write_swc_dir(table, out_dir: str | Path, params: dict | None = None) -> int
     return n
 
 
+# float32 compartments: the Neuroglancer client never draws skeletons with a uint8 attribute (it waits forever)
+ATTRIBUTES = [{"id": "radius", "data_type": "float32", "num_components": 1},
+              {"id": "vertex_types", "data_type": "float32", "num_components": 1}]
+
+
 def write_precomputed(table, segmentation_dir: str | Path, params: dict | None = None) -> int:
     """Upload every segment's skeleton into the ``skeletons`` folder of the precomputed segmentation at
     ``segmentation_dir`` (its info must exist); returns the number written."""
@@ -60,10 +65,7 @@ def write_precomputed(table, segmentation_dir: str | Path, params: dict | None =
     vol.skeleton.meta.info = {
         "@type": "neuroglancer_skeletons",
         "transform": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],  # vertices are nm already
-        "vertex_attributes": [
-            {"id": "radius", "data_type": "float32", "num_components": 1},
-            {"id": "vertex_types", "data_type": "uint8", "num_components": 1},
-        ],
+        "vertex_attributes": ATTRIBUTES,
         "sharding": None,
         "spatial_index": None,
     }
@@ -73,8 +75,8 @@ def write_precomputed(table, segmentation_dir: str | Path, params: dict | None =
         child = np.flatnonzero(parent >= 0)
         skels.append(Skeleton(
             skel.vertices[:, ::-1].astype(np.float32), np.stack([child, parent[child]], axis=1).astype(np.uint32),
-            radii=skel.radii.astype(np.float32), vertex_types=comp.astype(np.uint8), segid=int(label),
-            space="physical",
+            radii=skel.radii.astype(np.float32), vertex_types=comp.astype(np.float32), segid=int(label),
+            space="physical", extra_attributes=ATTRIBUTES,
         ))
     if skels:
         vol.skeleton.upload(skels)

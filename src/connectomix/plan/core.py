@@ -49,13 +49,18 @@ STEPS: tuple[Step, ...] = (
     Step("skeletonize", "block", "skeletonize_block", "block"),
     Step("skeletonize", "merge", "skeletonize_merge", "dataset"),
     Step("skeletonize", "morphology", "skeletonize_morphology", "dataset"),
+    Step("mesh", "setup", "mesh_setup", "dataset"),
+    Step("mesh", "block", "mesh_block", "block"),
+    Step("mesh", "finish", "mesh_finish", "dataset"),
     Step("synapses", "setup", "synapses_setup", "dataset"),
     Step("synapses", "block", "synapses_block", "block"),
     Step("synapses", "stitch", "synapses_stitch", "dataset"),
     Step("connectome", "build", "connectome", "dataset"),
     Step("connectome", "export", "export_connectome", "dataset"),
+    Step("mesh", "figure", "mesh_figure", "dataset"),
     Step("export", "precomputed", "export_precomputed_segmentation", "dataset"),
     Step("export", "skeletons", "export_skeletons", "dataset"),
+    Step("export", "annotations", "export_annotations", "dataset"),
     Step("export", "neuroglancer", "export_neuroglancer_state", "dataset"),
 )
 PHANTOM_STEP = Step("phantom", "generate", "phantom", "dataset")

@@ -90,6 +90,16 @@ def derive_rates(bench_dir: Path, defaults: dict) -> dict:
             "source": rel(path.name),
             "derivation": f"{row['volume']}: {voxels} voxels / merge_s {row['merge_s']} s (one process)",
         }
+    path = bench_dir / "mesh_throughput.json"
+    if path.exists():
+        row = max(json.loads(path.read_text())["rows"], key=lambda r: math.prod(r["shape"]))
+        voxels = math.prod(row["shape"])
+        for step, key in (("block", "blocks_s"), ("finish", "finish_s")):
+            out[f"mesh.{step}"] = {
+                "cpu_voxels_per_core_second": round(voxels / row[key]),
+                "source": rel(path.name),
+                "derivation": f"{row['volume']}: {voxels} voxels / {key} {row[key]} s (one process)",
+            }
     path = bench_dir / "plan_scale.json"
     if path.exists():
         data = json.loads(path.read_text())

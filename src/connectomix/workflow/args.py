@@ -25,6 +25,11 @@ def roi_args(roi: dict | None) -> str:
     return f"--roi-offset {zyx(roi['offset'])} --roi-shape {zyx(roi['shape'])}" if roi else ""
 
 
+def options(paths: dict) -> str:
+    """``--key-name PATH`` per entry of ``{key_name: path}`` (shell-quoted), e.g. a rule's optional inputs."""
+    return " ".join(f"--{key.replace('_', '-')} {shlex.quote(str(path))}" for key, path in paths.items())
+
+
 def file_args(entry: dict, prefix: str = "gt", roi: dict | None = None) -> str:
     """CLI arguments for a file entry of the config (``path``, optional ``format`` and ``key``): ``--{prefix}-file``,
     ``--{prefix}-format`` and ``--{prefix}-key``, then ``--gt-roi-offset`` when a dataset ``roi`` is given (the

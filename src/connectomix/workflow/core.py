@@ -106,6 +106,10 @@ class Workflow:
 
             halo = cleft_halo if stage == "synapses" else partner_halo
             return tuple(halo(resolve(self.cfg["synapses"]), self.dataset(name)["voxel_size"]))
+        if stage == "mesh":
+            from connectomix.mesh.blockwise import HALO
+
+            return HALO
         return tuple(self.cfg[stage]["halo"])  # segment, skeletonize
 
     # --- blocks and batches -----------------------------------------------------------------------------------

@@ -80,6 +80,13 @@ COSTS = {
     "skeletonize_morphology": MINIMAL,
     # the segmentation and ground truth of the whole volume, skeletonized (kimimaro) once per label set
     "evaluate_skeletons": Cost("volume", mem=24, time=4),
+    "mesh_setup": MINIMAL,
+    # labels (uint64) of the read ROI, a padded copy, and the unsimplified pieces (measured: ~1.5 faces per voxel)
+    "mesh_block": Cost("batch", mem=2, halo="mesh"),
+    # every segment's unsimplified pieces at once (~40 bytes per voxel measured on the phantom), welded one by one
+    "mesh_finish": Cost("volume"),
+    # a few meshes drawn with matplotlib
+    "mesh_figure": MINIMAL,
     "synapses_setup": MINIMAL,
     # 4 channels of uint8/float32 per read voxel, plus labels
     "synapses_block": Cost("batch", mem=24, halo="synapses"),
@@ -99,6 +106,8 @@ COSTS = {
     "evaluate_analysis": Cost("fixed", mem=4000, time=60),
     "export_precomputed_segmentation": SLAB,
     "export_skeletons": MINIMAL,
+    # tables of synapses and neurons
+    "export_annotations": MINIMAL,
     "export_neuroglancer_state": MINIMAL,
     "metrics": MINIMAL,
 }

@@ -42,6 +42,17 @@ def functional_inputs(wf, name: str) -> list[str]:
     return sorted(set(configured[name].values())) if name in configured else [wf.raw_done(name)]
 
 
+def annotation_inputs(wf, name: str, groups: dict | None = None) -> dict:
+    """The optional inputs of a dataset's annotation layers (export_annotations): the two-photon matches, cell
+    types and tuning of a functional dataset; none for the others."""
+    groups = dataset_groups(wf) if groups is None else groups
+    if name not in groups["functional"]:
+        return {}
+    p = wf.paths
+    return {"matches": p.table("matches", name), "cell_types": p.file("analysis/cell_types.parquet", name),
+            "tuning": p.file("analysis/tuning.parquet", name)}
+
+
 def cleft_gt(wf) -> dict:
     """Real datasets with cleft masks (synapses.evaluation.ground_truth): their clefts are scored against them."""
     return {name: gt for name, gt in wf.cfg["synapses"]["evaluation"]["ground_truth"].items()
@@ -94,13 +105,15 @@ def final_targets(wf, name: str, groups: dict | None = None) -> list[str]:
         wf.raw_done(name),  # phantom or ingest
         p.summary("predict", name),
         p.summary("segment", name), p.table("segments", name),
-        p.table("skeletons", name), p.table("morphology", name),
+        p.table("skeletons", name), p.table("morphology", name), p.file("mesh/summary.json", name),
         p.table("synapses", name),
         p.table("neurons", name), p.table("edges", name), p.file("export/export.json", name),
+        p.file("mesh/neurons.png", name),
     ]
     if name in groups["functional"]:
         targets += [p.table("matches", name), p.file("analysis/like_to_like.json", name),
                     p.file("analysis/summary.html", name)]
     evals = eval_targets(wf, name, groups)
     targets += evals + ([p.metrics(name)] if evals else [])
-    return targets + [p.file("neuroglancer.json", name), p.file("skeletons/export.json", name)]
+    return targets + [p.file("neuroglancer.json", name), p.file("skeletons/export.json", name),
+                      p.file("precomputed/annotations.json", name)]
