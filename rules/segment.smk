@@ -172,7 +172,12 @@ rule evaluate_segmentation:
         gt=gt_files("segmentation"),
     output:
         metrics=PATHS.eval("segmentation"),
-        plot=PATHS.file("eval/segmentation_sweep.png"),
+        plot=report(
+            PATHS.file("eval/segmentation_sweep.png"),
+            caption="../report/segmentation_sweep.rst",
+            category="Accuracy",
+            subcategory="{dataset}",
+        ),
     params:
         gt=gt_args("segmentation"),
         volume=volume_of,
