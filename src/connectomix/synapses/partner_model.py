@@ -199,7 +199,6 @@ def _assign_by_model(out, pairs, params, interfaces, voxel_size, model):
     return out
 
 
-
 def train(x: np.ndarray, y: np.ndarray, hidden=(32, 16), steps: int = 3000, lr: float = 0.01,
           weight_decay: float = 1e-4, seed: int = 0) -> dict:
     """Fit the MLP (binary cross-entropy, Adam, full batch; torch) to pair features ``x`` (columns
@@ -228,4 +227,4 @@ def train(x: np.ndarray, y: np.ndarray, hidden=(32, 16), steps: int = 3000, lr: 
     linear = [m for m in net if isinstance(m, torch.nn.Linear)]
     return {"features": FEATURES, "mean": mean.tolist(), "std": std.tolist(),
             "layers": [{"W": m.weight.detach().numpy().T.tolist(), "b": m.bias.detach().numpy().tolist()}
-                       for m in linear], "loss": float(loss)}
+                       for m in linear], "loss": loss.item()}
