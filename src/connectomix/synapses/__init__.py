@@ -20,10 +20,17 @@ one process):
    of that cleft (nearest-cleft assignment by a Euclidean distance transform in nm): their count, summed ``pre`` and
    ``post`` probabilities, voxels within ``contact_nm`` (contact area), and the point of the segment nearest to the
    cleft's centre; and, for every pair of segments, the voxel faces they share on the cleft (both voxels within
-   ``interface_nm`` of it: the contact the cleft lies on, :func:`interface_faces`). Sums over blocks equal the
-   whole-volume sums, so block size never changes the result.
-4. Partner assignment (:func:`assign_partners`): candidates are segments with ``>= min_contact_voxels`` contact
-   voxels. With ``pairing: interface`` (default) a cleft that lies on a contact of two candidates is judged between
+   ``interface_nm`` of it: the contact the cleft lies on, :func:`interface_faces`), and the voxel counts and summed
+   pre / post / cleft probabilities per distance band (``partners.BANDS_NM``: on the cleft, then up to 40, 80,
+   160 nm). Sums over blocks equal the whole-volume sums, so block size never changes the result. The summed pair
+   statistics and contacts are kept as ``partner_stats.parquet`` and ``interfaces.parquet`` in the work folder.
+4. Partner assignment (:func:`assign`): candidates are segments with ``>= min_contact_voxels`` contact
+   voxels. With ``pairing: model`` (config.yaml) every ordered pair of distinct candidates is scored by a small
+   classifier (:mod:`~connectomix.synapses.partner_model`, weights ``partner_model``) from features of the
+   cleft, of both sides and of their contact; the best pair wins and is accepted when its ``partner_score``
+   reaches ``min_partner_score`` (else ``low_score``; one candidate: ``unclear_polarity``). The rules
+   (:func:`assign_partners`): with ``pairing: interface`` (the schema's default) a cleft that lies on a contact
+   of two candidates is judged between
    that pair alone (the pair sharing the most faces on it): a synapse joins the two cells whose contact it is, and
    the pre/post channels only decide which side is which (the channel means of small bystanders near a cleft are
    noisy: benchmarks/results/synapse_partners.md). A cleft on no contact (inside one segment, or
@@ -43,13 +50,15 @@ Output ``synapses.parquet`` (CAVE-style, one row per accepted cleft):
   voxel (0, 0, 0) sits at the array's ``offset_nm``). ``ctr`` is the cleft's centre of mass; ``pre``/``post`` are
   voxels inside the partner segments next to the cleft (nearest to its centre among contact voxels);
 * ``size`` (cleft voxels, int), ``size_nm2`` (cleft area: half its exposed surface, nm^2), ``score`` (0..1),
+  ``partner_score`` (0..1: the classifier's score of the pair with ``pairing: model``, else = ``score``),
   ``cleft_prob``, ``pre_prob``, ``post_prob`` (mean probabilities), ``contact_voxels`` (pre, post).
 
 ``clefts.parquet`` (beside it) lists every cleft, accepted or not, with ``status`` (``accepted`` or the rejection
 reason) and the same positions; ``synapses.json`` summarises the counts.
 
 Modules: ``params`` (parameters, halos), ``clefts`` (threshold, block labels, face merge), ``partners`` (partner
-statistics, assignment, the synapse table), ``blockwise`` (setup / block / finish, ``STAGE``), ``cli``.
+statistics, the rules, the synapse table), ``partner_model`` (the classifier: features, scoring, training),
+``blockwise`` (setup / block / finish, ``STAGE``), ``cli``.
 """
 
 from __future__ import annotations
@@ -57,11 +66,13 @@ from __future__ import annotations
 from connectomix.synapses.blockwise import CLEFTS, FRAGMENTS, STAGE, SYNAPSE_MAPS, detect_synapses, finish, setup
 from connectomix.synapses.clefts import cleft_id, face_pairs, label_block, merge_pieces, threshold_cleft
 from connectomix.synapses.params import cleft_halo, partner_halo, resolve
+from connectomix.synapses.partner_model import PartnerModel, assign
 from connectomix.synapses.partners import assign_partners, combine_interfaces, combine_pairs, interface_faces
 from connectomix.synapses.partners import partner_stats_block, synapse_table
 
 __all__ = [
-    "CLEFTS", "FRAGMENTS", "STAGE", "SYNAPSE_MAPS", "assign_partners", "cleft_halo", "cleft_id", "combine_interfaces",
+    "CLEFTS", "FRAGMENTS", "STAGE", "SYNAPSE_MAPS", "PartnerModel", "assign", "assign_partners", "cleft_halo",
+    "cleft_id", "combine_interfaces",
     "combine_pairs", "detect_synapses", "face_pairs", "finish", "interface_faces", "label_block", "merge_pieces",
     "partner_halo", "partner_stats_block", "resolve", "setup", "synapse_table", "threshold_cleft",
 ]

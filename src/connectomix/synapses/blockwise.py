@@ -16,7 +16,8 @@ from connectomix.blockwise import Stage, Step, grid_of, load_setup, new_setup, o
 from connectomix.blockwise import save_setup
 from connectomix.synapses.clefts import face_pairs, label_block, merge_pieces, probability, remap, threshold_cleft
 from connectomix.synapses.params import cleft_halo, partner_halo, resolve
-from connectomix.synapses.partners import assign_partners, combine_interfaces, combine_pairs, partner_stats_block
+from connectomix.synapses.partner_model import assign, model_digest
+from connectomix.synapses.partners import combine_interfaces, combine_pairs, partner_stats_block
 from connectomix.synapses.partners import synapse_table
 
 SYNAPSE_MAPS = "synapse_maps"
@@ -94,10 +95,13 @@ def finish(work_dir, out_synapses, out_clefts=None, summary=None) -> dict:
     # Partner pass: blockwise with a halo of the partner radius; also writes `clefts` with the final ids.
     meta = io.read_meta(s["volume"], s["maps"])
     maps = io.open_array(s["volume"], s["maps"])
-    ci_pre, ci_post = _channel(meta, "pre"), _channel(meta, "post")
+    ci_pre, ci_post, ci_cleft = _channel(meta, "pre"), _channel(meta, "post"), _channel(meta, "cleft")
     seg = io.open_array(s["volume"], s["segmentation"])
-    prov = provenance.record(params, {"synapse_maps": provenance.array_digest(s["volume"], s["maps"]),
-                                      "segmentation": provenance.array_digest(s["volume"], s["segmentation"])})
+    inputs = {"synapse_maps": provenance.array_digest(s["volume"], s["maps"]),
+              "segmentation": provenance.array_digest(s["volume"], s["segmentation"])}
+    if params["pairing"] == "model":
+        inputs["partner_model"] = model_digest(params["partner_model"])
+    prov = provenance.record(params, inputs)
     out = io.create_array(s["volume"], CLEFTS, s["shape"], np.uint64, s["chunk_shape"], vs, off, is_label=True,
                           attrs={"provenance": prov})
     pgrid = grid_of(s, partner_halo(params, vs))
@@ -112,7 +116,8 @@ def finish(work_dir, out_synapses, out_clefts=None, summary=None) -> dict:
         p, a, f = partner_stats_block(lab, np.asarray(seg[block.read.slices]),
                                       np.asarray(maps[(ci_pre, *block.read.slices)]),
                                       np.asarray(maps[(ci_post, *block.read.slices)]), block.write_in_read,
-                                      block.read.offset, vs, centres, params)
+                                      block.read.offset, vs, centres, params,
+                                      cleft_read=np.asarray(maps[(ci_cleft, *block.read.slices)]))
         parts.append(p)
         areas.append(a)
         faces.append(f)
@@ -120,7 +125,12 @@ def finish(work_dir, out_synapses, out_clefts=None, summary=None) -> dict:
     pair_stats = combine_pairs(parts) if parts else None
     area = (pd.concat(areas).groupby("id")["area_nm2_x2"].sum() / 2) if areas else pd.Series(dtype=float)
     clefts["size_nm2"] = clefts["id"].map(area).fillna(0.0).to_numpy(float)
-    assigned = assign_partners(clefts, pair_stats, params, combine_interfaces(faces) if faces else None)
+    interfaces = combine_interfaces(faces) if faces else None
+    if pair_stats is not None:  # the partner evidence, for rescoring without the pass (benchmarks, training)
+        atomic_write_parquet(pair_stats, Path(work_dir) / "partner_stats.parquet")
+        if interfaces is not None:
+            atomic_write_parquet(interfaces, Path(work_dir) / "interfaces.parquet")
+    assigned = assign(clefts, pair_stats, params, interfaces, vs)
     table = synapse_table(assigned, vs, off)
     atomic_write_parquet(table, Path(out_synapses))
     if out_clefts:

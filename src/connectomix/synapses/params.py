@@ -15,8 +15,8 @@ def resolve(params: dict | None = None) -> dict:
         raise ValueError(f"synapses.connectivity must be 6, 18 or 26, got {params['connectivity']}")
     if params["polarity"] not in ("absolute", "relative"):
         raise ValueError(f"synapses.polarity must be 'absolute' or 'relative', got {params['polarity']!r}")
-    if params["pairing"] not in ("interface", "candidates"):
-        raise ValueError(f"synapses.pairing must be 'interface' or 'candidates', got {params['pairing']!r}")
+    if params["pairing"] not in ("interface", "candidates", "model"):
+        raise ValueError(f"synapses.pairing must be 'interface', 'candidates' or 'model', got {params['pairing']!r}")
     if not 0 <= params["interface_nm"] <= params["partner_radius_nm"]:
         raise ValueError(f"synapses.interface_nm = {params['interface_nm']}: must lie in 0..partner_radius_nm "
                          f"({params['partner_radius_nm']})")

@@ -14,17 +14,24 @@ from connectomix.synapses.clefts import probability
 # --- partner statistics (per block of the finish pass) -------------------------------------------------------------
 
 
-PAIR_COLUMNS = ["id", "segment", "voxels", "sum_pre", "sum_post", "contact", "pt_dist", "pt_z", "pt_y", "pt_x"]
+BANDS_NM = (0.0, 40.0, 80.0, 160.0)  # distance bands from the cleft: its own voxels, then up to each edge (nm)
+BAND_COLUMNS = [f"{k}_b{i}" for i in range(len(BANDS_NM)) for k in ("n", "pre", "post", "cleft")]
+PAIR_COLUMNS = ["id", "segment", "voxels", "sum_pre", "sum_post", "contact", "pt_dist", "pt_z", "pt_y", "pt_x",
+                *BAND_COLUMNS]
+SUM_COLUMNS = ["voxels", "sum_pre", "sum_post", "contact", *BAND_COLUMNS]
 
 
 def partner_stats_block(clefts_read, seg_read, pre_read, post_read, write_in_read, read_offset, voxel_size,
-                        centres: dict, params: dict, volume_end=None):
+                        centres: dict, params: dict, volume_end=None, cleft_read=None):
     """Per (cleft, segment) sums over one block's write ROI; arrays hold the read ROI (halo >= partner radius).
 
     Every voxel of a segment within ``partner_radius_nm`` of a cleft (Euclidean, nm) counts for its nearest cleft.
     Returns ``(pairs, area, interfaces)``: pairs with :data:`PAIR_COLUMNS` (``contact`` = voxels within
     ``contact_nm``; ``pt_*`` = the candidate point, global voxels, of the contact voxel nearest to the cleft centre,
-    or of any shell voxel when none is in contact; ``pt_dist`` its distance in nm, +1e9 when not in contact); area:
+    or of any shell voxel when none is in contact; ``pt_dist`` its distance in nm, +1e9 when not in contact;
+    per distance band ``i`` of :data:`BANDS_NM` (band 0: the cleft's own voxels, band i: up to ``BANDS_NM[i]``):
+    ``n_bi`` voxels and summed ``pre_bi``, ``post_bi``, ``cleft_bi`` probabilities (cleft: ``cleft_read``, the
+    cleft channel, else 0)); area:
     DataFrame ``id, area_nm2_x2`` (exposed cleft surface, nm^2, summed over this block's cleft voxels); interfaces:
     :func:`interface_faces` of the block.
     """
@@ -56,9 +63,17 @@ def partner_stats_block(clefts_read, seg_read, pre_read, post_read, write_in_rea
             "pre": probability(pre_read[write_in_read][sel]), "post": probability(post_read[write_in_read][sel]),
             "contact": contact.astype(np.int64), "pt_dist": np.where(contact, dc, dc + 1e9),
             "pt_z": g[0], "pt_y": g[1], "pt_x": g[2],
+            "cleft": probability(cleft_read[write_in_read][sel]) if cleft_read is not None else np.zeros(len(d)),
         })
+        band = np.searchsorted(np.asarray(BANDS_NM), d, side="left")  # 0 on the cleft, i up to BANDS_NM[i]
+        for i in range(len(BANDS_NM)):
+            inb = band == i
+            df[f"n_b{i}"] = inb.astype(np.int64)
+            for k in ("pre", "post", "cleft"):
+                df[f"{k}_b{i}"] = np.where(inb, df[k], 0.0)
         sums = df.groupby(["id", "segment"], sort=True).agg(
-            voxels=("pre", "size"), sum_pre=("pre", "sum"), sum_post=("post", "sum"), contact=("contact", "sum"))
+            voxels=("pre", "size"), sum_pre=("pre", "sum"), sum_post=("post", "sum"), contact=("contact", "sum"),
+            **{c: (c, "sum") for c in BAND_COLUMNS})
         best = df.sort_values("pt_dist", kind="stable").drop_duplicates(["id", "segment"]).set_index(["id", "segment"])
         pairs = sums.join(best[["pt_dist", "pt_z", "pt_y", "pt_x"]]).reset_index()[PAIR_COLUMNS]
     # Exposed surface: faces between a cleft voxel of the write ROI and a voxel with another label. The volume's
@@ -128,13 +143,28 @@ def combine_pairs(parts):
     df = pd.concat(parts, ignore_index=True)
     if df.empty:
         return df
-    sums = df.groupby(["id", "segment"], sort=True)[["voxels", "sum_pre", "sum_post", "contact"]].sum()
+    sums = df.groupby(["id", "segment"], sort=True)[[c for c in SUM_COLUMNS if c in df.columns]].sum()
     best = df.sort_values(["pt_dist", "pt_z", "pt_y", "pt_x"], kind="stable").drop_duplicates(["id", "segment"])
     best = best.set_index(["id", "segment"])[["pt_z", "pt_y", "pt_x"]]
     return sums.join(best).reset_index()
 
 
 # --- partner assignment ------------------------------------------------------------------------------------------
+
+
+def empty_assignment(clefts):
+    """``clefts`` with the columns of :func:`assign_partners`, every cleft ``no_segment``."""
+    out = clefts.copy().reset_index(drop=True)
+    n = len(out)
+    for col, dtype in (("pre", np.uint64), ("post", np.uint64)):
+        out[col] = np.zeros(n, dtype)
+    for col in ("pre_prob", "post_prob", "polarity", "score", "pre_contact", "post_contact", "pre_pt_z", "pre_pt_y",
+                "pre_pt_x", "post_pt_z", "post_pt_y", "post_pt_x", "partner_score"):
+        out[col] = np.nan
+    out["n_candidates"] = 0
+    out["interface"] = 0
+    out["status"] = "no_segment"
+    return out
 
 
 def assign_partners(clefts, pairs, params: dict, interfaces=None):
@@ -145,23 +175,18 @@ def assign_partners(clefts, pairs, params: dict, interfaces=None):
     ``status``, ``pre``, ``post`` (0 when rejected), ``pre_prob``, ``post_prob`` (means over the partner's shell
     voxels), ``polarity`` (the smaller partner margin), ``score``, ``pre_contact``, ``post_contact``,
     ``interface`` (faces shared by the chosen pair on the cleft; 0 when the pair did not come from an interface)
-    and the partner points ``pre_pt_z..``, ``post_pt_z..`` (voxels).
+    and the partner points ``pre_pt_z..``, ``post_pt_z..`` (voxels), ``partner_score`` (= ``score``; the
+    classifier's score with ``pairing: model``, :func:`connectomix.synapses.partner_model.assign`).
     """
-    out = clefts.copy().reset_index(drop=True)
+    out = empty_assignment(clefts)
     n = len(out)
-    for col, dtype in (("pre", np.uint64), ("post", np.uint64)):
-        out[col] = np.zeros(n, dtype)
-    for col in ("pre_prob", "post_prob", "polarity", "score", "pre_contact", "post_contact", "pre_pt_z", "pre_pt_y",
-                "pre_pt_x", "post_pt_z", "post_pt_y", "post_pt_x"):
-        out[col] = np.nan
-    out["n_candidates"] = 0
-    out["interface"] = 0
-    out["status"] = "no_segment"
     if n == 0 or pairs is None or len(pairs) == 0:
         return out
     cand = pairs[pairs["contact"] >= params["min_contact_voxels"]].copy()
     cand["pre_mean"] = cand["sum_pre"] / cand["voxels"]
     cand["post_mean"] = cand["sum_post"] / cand["voxels"]
+    if params["pairing"] == "model":
+        raise ValueError("pairing: model is assigned by connectomix.synapses.partner_model.assign")
     contact_pair = {}
     if params["pairing"] == "interface" and interfaces is not None and len(interfaces):
         contact_pair = _largest_interfaces(interfaces, cand)
@@ -214,6 +239,7 @@ def assign_partners(clefts, pairs, params: dict, interfaces=None):
     for key, values in cols.items():
         out[key] = values
     out["score"] = out["cleft_prob"] * out["polarity"].clip(0, 1).fillna(0)
+    out["partner_score"] = out["score"]
     return out
 
 
@@ -251,6 +277,7 @@ def synapse_table(assigned, voxel_size, offset_nm):
         "size": acc["voxels"].to_numpy(np.int64),
         "size_nm2": acc["size_nm2"].to_numpy(float),
         "score": acc["score"].to_numpy(float),
+        "partner_score": acc["partner_score"].to_numpy(float),
         "cleft_prob": acc["cleft_prob"].to_numpy(float),
         "pre_prob": acc["pre_prob"].to_numpy(float),
         "post_prob": acc["post_prob"].to_numpy(float),
