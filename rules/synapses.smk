@@ -4,6 +4,8 @@
 # Evaluation: phantoms (gt/synapses.parquet), and real datasets with cleft masks (eval/clefts.json).
 
 SYNAPSES = CFG["synapses"]
+# pairing 'model': the partner classifier (a new model file reruns the stitch, which assigns partners)
+PARTNER_MODEL = [SYNAPSES["partner_model"]] if SYNAPSES["pairing"] == "model" else []
 
 
 # A checkpoint: see "Extending a dataset" in rules/common.smk. It needs the synapse_maps array, not the predictions.
@@ -64,6 +66,7 @@ rule synapses_stitch:
         segments=PATHS.table("segments"),
         # the synapse maps' checksum (provenance) is set by predict_finish
         predict=PATHS.summary("predict"),
+        partner_model=PARTNER_MODEL,
     output:
         synapses=PATHS.table("synapses"),
         clefts=PATHS.file("synapses/clefts.parquet"),

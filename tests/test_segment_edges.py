@@ -143,4 +143,5 @@ def test_the_shipped_edge_model_is_found_from_another_working_directory(tmp_path
     locate_shipped_models(cfg, repo)
     assert cfg["segment"]["agglomerate"]["edge_model"] == str(repo / "models/phantom/edges.json")
     assert cfg["predict"]["checkpoint"] == str(repo / "models/phantom")
+    assert cfg["synapses"]["partner_model"] == str(repo / "models/synapse_partners.json")
     edges.EdgeModel.load(cfg["segment"]["agglomerate"]["edge_model"])  # the shipped model reads

@@ -12,11 +12,10 @@ from connectomix.workflow.args import file_args, roi_offset_args
 
 def locate_shipped_models(cfg: dict, repo_dir) -> None:
     """Relative paths in the config are relative to the working directory, except the shipped models: when the
-    working directory (``--directory``) has no copy of ``predict.checkpoint`` or ``segment.agglomerate.edge_model``,
-    the repository's is used (``cfg`` is changed in place)."""
-    for section, key in (("predict", None), ("segment", "agglomerate")):
-        node = cfg[section] if key is None else cfg[section][key]
-        name = "checkpoint" if key is None else "edge_model"
+    working directory (``--directory``) has no copy of ``predict.checkpoint``, ``segment.agglomerate.edge_model`` or
+    ``synapses.partner_model``, the repository's is used (``cfg`` is changed in place)."""
+    for node, name in ((cfg["predict"], "checkpoint"), (cfg["segment"]["agglomerate"], "edge_model"),
+                       (cfg["synapses"], "partner_model")):
         path = node.get(name)
         if path and not Path(path).is_absolute() and not Path(path).exists() and (Path(repo_dir) / path).exists():
             node[name] = str(Path(repo_dir) / path)
