@@ -369,6 +369,7 @@ def _xfail_if(known: dict, output: str):
 @pytest.mark.parametrize("output", [_xfail_if(NO_PROVENANCE, o) for o in PROVENANCE_OF])
 def test_outputs_record_version_and_config(clean_run, output):
     from connectomix import __version__, config, provenance
+    from connectomix.workflow.predict import locate_shipped_models
 
     out = clean_run.work / "results" / DATASET
     assert (out / output).exists(), f"{output} missing from the run"
@@ -380,7 +381,9 @@ def test_outputs_record_version_and_config(clean_run, output):
     assert prov["config_hash"] == provenance.config_hash(prov["config"])
     section = CONFIG_SECTION.get(output)
     if section:
-        cfg = config.validate(copy.deepcopy(TINY), source="test")[section]
+        full = config.validate(copy.deepcopy(TINY), source="test")
+        locate_shipped_models(full, REPO)  # as the workflow does: shipped models by their repository path
+        cfg = full[section]
         recorded = prov["config"].get(section, prov["config"])  # skeletonize nests its params under its name
         missing = sorted(set(cfg) - set(recorded))
         assert not missing, f"{output}: provenance config lacks {section}.{missing}"

@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -133,6 +135,13 @@ def find_chromium(path: str | None = None) -> str | None:
     return next((shutil.which(name) for name in CHROMIUM if shutil.which(name)), None)
 
 
+def _signal_group(process: subprocess.Popen, sig) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def screenshot(viewer, out, chromium: str, size=(1200, 600), timeout_s: float = 120.0) -> np.ndarray:
     """Open ``viewer`` in headless Chromium (software WebGL), wait for its data, write the PNG ``out``; returns the
     pixels (height, width, RGBA). A clear error when Chromium does not connect or the data do not load in time."""
@@ -140,12 +149,13 @@ def screenshot(viewer, out, chromium: str, size=(1200, 600), timeout_s: float = 
 
     result: list = []
     done = threading.Event()
-    with tempfile.TemporaryDirectory(prefix="connectomix-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile while it closes: leave what they add behind
+    with tempfile.TemporaryDirectory(prefix="connectomix-chromium-", ignore_cleanup_errors=True) as profile:
         browser = subprocess.Popen(
             [chromium, "--headless=new", "--no-sandbox", "--disable-gpu-sandbox", "--use-angle=swiftshader",
              "--enable-unsafe-swiftshader", "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}",
              f"--window-size={size[0]},{size[1]}", viewer.get_viewer_url()],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             with viewer.config_state.txn() as s:
                 s.show_ui_controls = False
@@ -156,12 +166,13 @@ def screenshot(viewer, out, chromium: str, size=(1200, 600), timeout_s: float = 
             if not done.wait(timeout_s):
                 raise TimeoutError(f"no screenshot from Chromium after {timeout_s:.0f} s ({chromium})")
             seconds = time.monotonic() - start
-        finally:
-            browser.terminate()
+        finally:  # the whole process group: Chromium's helpers too
+            _signal_group(browser, signal.SIGTERM)
             try:
                 browser.wait(10)
             except subprocess.TimeoutExpired:
-                browser.kill()
+                _signal_group(browser, signal.SIGKILL)
+                browser.wait(10)
     reply = result[0].screenshot
     Path(out).write_bytes(reply.image)
     print(f"screenshot {out}: {reply.width} x {reply.height} after {seconds:.1f} s")
