@@ -91,6 +91,39 @@ def edge_decisions(dataset: Path) -> dict:
     return out
 
 
+def oracle_rows(dataset: Path) -> list[dict]:
+    """The run's fragments and region graph agglomerated (mean affinity, the run's threshold) with ground-truth
+    decisions on its z edges, on all edges, and each fragment given its majority object (the fragments' bound):
+    what a perfect z-linking step, a perfect agglomeration, and nothing after the fragments could reach."""
+    from connectomix.blockwise import load_setup
+    from connectomix.evaluate.segmentation import contingency, majority_objects, voi
+    from connectomix.evaluate.skeletons import GroundTruthSkeletons
+    from connectomix.segment.agglomerate import apply_lut, hierarchical, lookup_table
+    from connectomix.segment.rag import Rag, _no_histograms
+
+    volume, work = dataset / "volume.zarr", dataset / "segment"
+    threshold = float(load_setup(work)["params"]["agglomerate"]["threshold"])
+    fragments, gt, nodes, forced, graph, _, is_z, (ou, ov) = graph_truth(volume, work)
+    known = (ou > 0) & (ov > 0)
+    segmentations = {}
+    for name, oracle in (("oracle z edges", known & is_z), ("oracle all edges", known)):
+        score = np.where(oracle, (ou == ov).astype(np.float64), graph.mean)
+        total = score * 255.0 * graph.count.astype(np.float64)
+        _, merges = hierarchical(Rag(graph.u, graph.v, graph.count, total, *_no_histograms()), threshold)
+        segmentations[name] = apply_lut(fragments, *lookup_table(nodes, np.concatenate([forced, merges])))
+    ids, objects = majority_objects(contingency(gt, fragments))
+    known_ids = objects > 0
+    segmentations["fragment bound"] = apply_lut(fragments, ids[known_ids].astype(np.uint64),
+                                                objects[known_ids].astype(np.uint64))
+    skeletons = GroundTruthSkeletons(volume, objects=dataset / "gt" / "objects.parquet")
+    rows = []
+    for name, seg in segmentations.items():
+        split, merge = voi(contingency(gt, seg))
+        rows.append({"model": name, "voi_split": split, "voi_merge": merge, "voi": split + merge,
+                     "erl_nm": skeletons.score(seg)["erl_nm"]})
+    return rows
+
+
 def model_costs(model: Path, dataset: Path) -> dict:
     meta = read_checkpoint_meta(model)
     flops, voxels = Architecture.from_dict(meta["architecture"]).conv_flops_per_voxel()
@@ -121,6 +154,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[7, 10, 11, 12],
                         help="phantom seeds to score; 7 is the demo, never use 9 (operating points)")
     parser.add_argument("--work", default="/tmp/connectomix-continuity", help="workflow runs (kept)")
+    parser.add_argument("--oracles", action="store_true",
+                        help="add the first variant's oracle rows per seed (ground-truth z edges, all edges, the "
+                             "fragments' bound: VOI and ERL)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     models = dict(m.split("=", 1) for m in (args.model or ["shipped=models/phantom"]))
@@ -144,12 +180,19 @@ def main(argv=None) -> int:
                    **score(dataset), **model_costs(Path(path), dataset)}
             rows.append(row)
             print(json.dumps(row), flush=True)
+    oracles = []
+    if args.oracles:
+        first = next(iter(models))
+        for seed in args.seeds:
+            for row in oracle_rows(Path(args.work) / first / f"seed{seed}" / "results" / "phantom"):
+                oracles.append({**row, "model": f"{first}, {row['model']}", "seed": seed})
+                print(json.dumps(oracles[-1]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(rows)
-    (out / "continuity.json").write_text(json.dumps({"seeds": args.seeds, "rows": rows, "summary": summary},
-                                                    indent=1) + "\n")
-    (out / "continuity.md").write_text(table(rows, summary))
+    (out / "continuity.json").write_text(json.dumps({"seeds": args.seeds, "rows": rows, "summary": summary,
+                                                     "oracles": oracles}, indent=1) + "\n")
+    (out / "continuity.md").write_text(table(rows, summary, oracles))
     return 0
 
 
@@ -168,7 +211,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def table(rows: list[dict], summary: list[dict]) -> str:
+def table(rows: list[dict], summary: list[dict], oracles: list[dict]) -> str:
     lines = ["# Continuity ablation (issue 28)", "",
              "`python benchmarks/continuity.py --model NAME=PATH [--segment NAME=JSON] ...`: each variant (a U-Net "
              "checkpoint and segment settings) end to end on unseen phantoms (seed 7 = demo). Goal (demo and mean "
@@ -181,6 +224,11 @@ def table(rows: list[dict], summary: list[dict]) -> str:
         extra = (f" | {r['relative_slope_in_gt_ci']} | {r['flops_per_voxel'] / 1e3:.1f} |" if "flops_per_voxel" in r
                  else " | | |")
         lines.append(f"| {r['model']} | {r['seed']} | " + " | ".join(cells) + extra)
+    if oracles:
+        lines += ["", "Oracles (the first variant's fragments and region graph; ground truth decides): VOI and ERL "
+                  "only.", "", "| oracle | seed | voi_split | voi_merge | voi | erl_nm |", "|---|---|---|---|---|---|"]
+        lines += [f"| {o['model']} | {o['seed']} | {o['voi_split']:.3f} | {o['voi_merge']:.3f} | {o['voi']:.3f} | "
+                  f"{o['erl_nm']:.0f} |" for o in oracles]
     variants = {r["model"]: (r["checkpoint"], r["segment"]) for r in rows}
     lines += ["", "Variants: " + "; ".join(f"`{k}`: checkpoint {c}, segment {json.dumps(s) if s else 'config.yaml'}"
                                            for k, (c, s) in variants.items()) + "."]

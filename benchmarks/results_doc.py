@@ -282,7 +282,32 @@ def bad_inputs(r: dict) -> list[str]:
     return out
 
 
-SECTIONS = [phantom, predict, segment, skeletonize, mesh, synapses, end_to_end, planning, bad_inputs]
+def continuity(r: dict) -> list[str]:
+    c, fb = r["continuity"], r["fragment_bound"]
+    cols = ["voi_split", "voi_merge", "voi", "erl_nm", "z_edge_f1", "in_plane_edge_f1", "neuron_edge_f1",
+            "connected_pairs"]
+    out = ["## continuity: do neurons stay whole? (issue 28)", "",
+           source("continuity") + " Each variant (U-Net checkpoint, segment settings) end to end on the demo and "
+           "fresh phantoms; edge F1: the agglomeration's same-object decisions on region-graph edges between "
+           "sections (z) and within them. Goal: ERL >= 1000 nm, VOI <= 1.5, neuron edge F1 >= 0.4, >= 10 "
+           "connected pairs.", ""]
+    rows = [[x["model"], x["seed"], *(num(x[k], 0 if k == "erl_nm" else 2) for k in cols)]
+            for x in c["rows"] + c["summary"]]
+    out += table(["variant", "seed", *cols], rows)
+    if c.get("oracles"):
+        out += ["", "Oracles on the first variant's fragments and region graph (ground truth decides):", ""]
+        out += table(["oracle", "seed", "VOI split", "VOI merge", "VOI", "ERL (nm)"],
+                     [[o["model"], o["seed"], num(o["voi_split"]), num(o["voi_merge"]), num(o["voi"]),
+                       num(o["erl_nm"], 0)] for o in c["oracles"]])
+    out += ["", source("fragment_bound") + " The fragments' bound (each fragment given its majority object) for "
+            f"other fragment settings on `{fb['dataset']}`'s affinities: a perfect agglomeration's ceiling.", ""]
+    out += table(["fragments", "count", "VOI", "ERL (nm)", "mergers"],
+                 [[x["variant"], x["fragments"], num(x["voi"]), num(x["erl_nm"], 0), x["mergers"]]
+                  for x in fb["rows"]])
+    return out
+
+
+SECTIONS = [phantom, predict, segment, continuity, skeletonize, mesh, synapses, end_to_end, planning, bad_inputs]
 
 
 def render(results: Path = RESULTS) -> str:

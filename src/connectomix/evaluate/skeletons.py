@@ -92,39 +92,55 @@ def evaluate(volume, seg_array: str = "segmentation", gt_array: str = "gt/labels
              parallel: int = 1) -> tuple[dict, dict]:
     """Skeletonize ``gt_array`` (whole volume) and score ``seg_array`` along the skeletons; returns
     ``(metrics, context)``."""
-    p = resolve(params)
-    meta = read_meta(volume, gt_array)
-    gt = np.asarray(open_array(volume, gt_array)[...])
+    gt = open_array(volume, gt_array)
     seg = open_array(volume, seg_array)
     if tuple(seg.shape) != tuple(gt.shape):
         raise ValueError(f"{seg_array} shape {seg.shape} differs from {gt_array} shape {gt.shape}")
-    seg = np.asarray(seg[...])
-    keep = None
-    if objects and Path(objects).exists():
-        import pandas as pd
-
-        table = pd.read_parquet(objects)
-        keep = set(int(i) for i in table.loc[table["kind"].isin(list(kinds)), "id"])
-    import fastremap
-
-    ids, counts = fastremap.unique(gt, return_counts=True)
-    big = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= int(p["min_segment_voxels"])}
-    if keep is not None:
-        big &= keep
-    # Labels are looked up on the unsmoothed skeletons (vertices on voxel centres, inside their object); the
-    # smoothed ones (same vertices, same edges, moved) give the lengths. A smoothed vertex of a thin neurite can
-    # round to a voxel outside it, which would count as a split of the ground truth itself.
-    smooth = p["smooth"]
-    unsmoothed = {**p, "smooth": {**smooth, "iterations": 0}}
-    raw = {k: s for k, s in skeletonize_whole(gt, meta.voxel_size, unsmoothed, meta.offset_nm, parallel).items()
-           if k in big and len(s.edges)}
-    pred = {k: vertex_labels(s, seg, meta.voxel_size, meta.offset_nm) for k, s in raw.items()}
-    gt_skels = {k: smooth_skeleton(s, int(smooth["iterations"]), float(smooth["max_edge_nm"]))
-                for k, s in raw.items()}
-    metrics = run_length_metrics(gt_skels, pred, min_vertices)
-    context = {"kinds": list(kinds) if keep is not None else "all", "min_vertices": min_vertices,
-               "min_segment_voxels": int(p["min_segment_voxels"])}
+    truth = GroundTruthSkeletons(volume, gt_array, objects, kinds, params, parallel)
+    metrics = truth.score(np.asarray(seg[...]), min_vertices)
+    context = {"kinds": list(kinds) if truth.filtered else "all", "min_vertices": min_vertices,
+               "min_segment_voxels": truth.min_segment_voxels}
     return metrics, context
+
+
+class GroundTruthSkeletons:
+    """The ground-truth skeletons of a volume (objects of ``kinds`` in the ``objects`` table when it exists, at
+    least ``min_segment_voxels``), made once; :meth:`score` scores any segmentation of the volume along them."""
+
+    def __init__(self, volume, gt_array: str = "gt/labels", objects: str | None = None, kinds=("neuron", "axon"),
+                 params: dict | None = None, parallel: int = 1):
+        import fastremap
+
+        p = resolve(params)
+        meta = read_meta(volume, gt_array)
+        self.voxel_size, self.offset_nm = meta.voxel_size, meta.offset_nm
+        gt = np.asarray(open_array(volume, gt_array)[...])
+        keep = None
+        if objects and Path(objects).exists():
+            import pandas as pd
+
+            table = pd.read_parquet(objects)
+            keep = set(int(i) for i in table.loc[table["kind"].isin(list(kinds)), "id"])
+        self.filtered = keep is not None
+        self.min_segment_voxels = int(p["min_segment_voxels"])
+        ids, counts = fastremap.unique(gt, return_counts=True)
+        big = {int(i) for i, c in zip(ids, counts) if i != 0 and c >= self.min_segment_voxels}
+        if keep is not None:
+            big &= keep
+        # Labels are looked up on the unsmoothed skeletons (vertices on voxel centres, inside their object); the
+        # smoothed ones (same vertices, same edges, moved) give the lengths. A smoothed vertex of a thin neurite can
+        # round to a voxel outside it, which would count as a split of the ground truth itself.
+        smooth = p["smooth"]
+        unsmoothed = {**p, "smooth": {**smooth, "iterations": 0}}
+        self.raw = {k: s for k, s in skeletonize_whole(gt, meta.voxel_size, unsmoothed, meta.offset_nm,
+                                                       parallel).items() if k in big and len(s.edges)}
+        self.smoothed = {k: smooth_skeleton(s, int(smooth["iterations"]), float(smooth["max_edge_nm"]))
+                         for k, s in self.raw.items()}
+
+    def score(self, seg: np.ndarray, min_vertices: int = 2) -> dict:
+        """ERL and split / merge counts of the segmentation ``seg`` (the volume's shape) along the skeletons."""
+        pred = {k: vertex_labels(s, seg, self.voxel_size, self.offset_nm) for k, s in self.raw.items()}
+        return run_length_metrics(self.smoothed, pred, min_vertices)
 
 
 def add_arguments(subparsers) -> None:
