@@ -11,6 +11,7 @@ outputs such as volume.zarr/raw included) are flagged incomplete, so the command
 """
 
 import base64
+import contextlib
 import copy
 import json
 import os
@@ -382,7 +383,8 @@ def test_outputs_record_version_and_config(clean_run, output):
     section = CONFIG_SECTION.get(output)
     if section:
         full = config.validate(copy.deepcopy(TINY), source="test")
-        locate_shipped_models(full, REPO)  # as the workflow does: shipped models by their repository path
+        with contextlib.chdir(clean_run.work):  # as the workflow does there: shipped models by their repository path
+            locate_shipped_models(full, REPO)
         cfg = full[section]
         recorded = prov["config"].get(section, prov["config"])  # skeletonize nests its params under its name
         missing = sorted(set(cfg) - set(recorded))
