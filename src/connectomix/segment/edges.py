@@ -13,12 +13,15 @@ trained on (the U-Net whose affinities it saw, the datasets, the validation scor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from connectomix.mlp import MLP
+from connectomix.mlp import fit as fit_mlp
 from connectomix.segment.rag import Rag
 
 FORMAT = "connectomix-edge-model/1"
@@ -96,14 +99,13 @@ def edge_features(rag: Rag) -> np.ndarray:
 
 
 class EdgeModel:
-    """A trained edge classifier: ``predict(features) -> P(same object)`` with a numpy forward pass."""
+    """A trained edge classifier (:class:`connectomix.mlp.MLP` with its record): ``predict(features) -> P(same
+    object)``."""
 
     def __init__(self, record: dict, path: str | None = None):
         self.record = record
         self.path = path
-        self.mean = np.asarray(record["normalisation"]["mean"], np.float64)
-        self.scale = np.asarray(record["normalisation"]["scale"], np.float64)
-        self.layers = [(np.asarray(w, np.float64), np.asarray(b, np.float64)) for w, b in record["layers"]]
+        self.mlp = MLP(record["normalisation"]["mean"], record["normalisation"]["scale"], record["layers"])
 
     @classmethod
     def load(cls, path) -> "EdgeModel":
@@ -122,23 +124,12 @@ class EdgeModel:
             raise ValueError(f"edge model {path} was trained on features {record.get('features')}, this "
                              f"connectomix computes {list(FEATURE_NAMES)}: retrain it (segment train-edges)")
         model = cls(record, str(path))
-        widths = [len(FEATURE_NAMES)] + [len(b) for _, b in model.layers]
-        for (w, b), n_in, n_out in zip(model.layers, widths[:-1], widths[1:]):
-            if w.shape != (n_in, n_out) or b.shape != (n_out,):
-                raise ValueError(f"edge model {path}: a layer has weights {w.shape} and bias {b.shape}, "
-                                 f"expected ({n_in}, {n_out}) and ({n_out},)")
-        if widths[-1] != 1 or model.mean.shape != (widths[0],) or model.scale.shape != (widths[0],):
-            raise ValueError(f"edge model {path}: expected one output and {widths[0]} normalisation values")
+        model.mlp.check(len(FEATURE_NAMES), f"edge model {path}")
         return model
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """P(same object) per row of ``features`` (float64)."""
-        x = (np.asarray(features, np.float64) - self.mean) / self.scale
-        for i, (w, b) in enumerate(self.layers):
-            x = x @ w + b
-            if i < len(self.layers) - 1:
-                x = np.maximum(x, 0.0)
-        return 1.0 / (1.0 + np.exp(-np.clip(x[:, 0], -60, 60)))
+        return self.mlp.predict(features)
 
     def save(self, path) -> str:
         """Write the model JSON; returns its sha256."""
@@ -151,15 +142,12 @@ def learned_graph(rag: Rag, model: EdgeModel) -> Rag:
     """``rag`` with each edge's affinity sum replaced by P(same object) x 255 x contacts, so that the mean-affinity
     agglomeration merges by the contact-weighted mean probability (pooled over merged contacts)."""
     p = model.predict(edge_features(rag)) if len(rag) else np.zeros(0)
-    return Rag(rag.u, rag.v, rag.count, p * 255.0 * rag.count.astype(np.float64), rag.hist_edge, rag.hist_bin,
-               rag.hist_count, rag.same_u, rag.same_v, rag.count_z)
+    return dataclasses.replace(rag, total=p * 255.0 * rag.count.astype(np.float64))
 
 
 def fit(features: np.ndarray, truth: np.ndarray, hidden=(32, 32), epochs: int = 800, lr: float = 0.01,
         seed: int = 0, provenance: dict | None = None) -> EdgeModel:
-    """Train the classifier (full-batch Adam on binary cross-entropy, torch on CPU, deterministic for a seed)."""
-    import torch
-
+    """Train the classifier (:func:`connectomix.mlp.fit`, float64: deterministic for a seed)."""
     features = np.asarray(features, np.float64)
     truth = np.asarray(truth, np.float64)
     if features.ndim != 2 or features.shape[1] != len(FEATURE_NAMES) or len(features) != len(truth):
@@ -167,25 +155,13 @@ def fit(features: np.ndarray, truth: np.ndarray, hidden=(32, 32), epochs: int = 
                          f"{truth.shape}")
     if len(np.unique(truth)) < 2:
         raise ValueError("fit needs edges of both kinds (same object and not) in the ground truth")
-    mean, scale = features.mean(0), features.std(0) + 1e-6
-    torch.manual_seed(seed)
-    widths = [features.shape[1], *hidden, 1]
-    linears = [torch.nn.Linear(a, b, dtype=torch.float64) for a, b in zip(widths[:-1], widths[1:])]
-    net = torch.nn.Sequential(*[m for lin in linears for m in (lin, torch.nn.ReLU())][:-1])
-    x = torch.tensor((features - mean) / scale)
-    y = torch.tensor(truth)
-    opt = torch.optim.Adam(net.parameters(), lr)
-    for _ in range(epochs):
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x)[:, 0], y)
-        loss.backward()
-        opt.step()
+    mlp, loss = fit_mlp(features, truth, hidden, epochs, lr, seed=seed)
     record = {
         "format": FORMAT,
         "features": list(FEATURE_NAMES),
-        "normalisation": {"mean": mean.tolist(), "scale": scale.tolist()},
-        "layers": [[lin.weight.detach().numpy().T.tolist(), lin.bias.detach().numpy().tolist()] for lin in linears],
+        "normalisation": {"mean": mlp.mean.tolist(), "scale": mlp.scale.tolist()},
+        "layers": [list(layer) for layer in mlp.layer_lists()],
         "training": {"edges": int(len(truth)), "same_object_share": float(truth.mean()), "hidden": list(hidden),
-                     "epochs": epochs, "lr": lr, "seed": seed, "final_loss": float(loss.detach()), **(provenance or {})},
+                     "epochs": epochs, "lr": lr, "seed": seed, "final_loss": loss, **(provenance or {})},
     }
     return EdgeModel(record)

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from connectomix.mlp import MLP
+from connectomix.mlp import fit as fit_mlp
 from connectomix.synapses.partners import BANDS_NM, assign_partners, empty_assignment
 
 NB = len(BANDS_NM)
@@ -93,16 +95,15 @@ def pair_features(clefts, pairs, params: dict, voxel_size, interfaces=None) -> p
 
 
 class PartnerModel:
-    """A small MLP over :data:`FEATURES` (ReLU hidden layers, sigmoid output) from a JSON file: ``features``,
-    ``mean``, ``std`` (standardisation) and ``layers`` (list of ``{"W": [[...]], "b": [...]}``)."""
+    """A small MLP over :data:`FEATURES` (:class:`connectomix.mlp.MLP`) from a JSON file: ``features``, ``mean``,
+    ``std`` (standardisation) and ``layers`` (list of ``{"W": [[...]], "b": [...]}``)."""
 
     def __init__(self, spec: dict):
         if list(spec["features"]) != FEATURES:
             raise ValueError(f"partner model features {spec['features']} differ from this version's {FEATURES}")
         self.spec = spec
-        self.mean = np.asarray(spec["mean"], float)
-        self.std = np.asarray(spec["std"], float)
-        self.layers = [(np.asarray(layer["W"], float), np.asarray(layer["b"], float)) for layer in spec["layers"]]
+        self.mlp = MLP(spec["mean"], spec["std"], [(layer["W"], layer["b"]) for layer in spec["layers"]])
+        self.mlp.check(len(FEATURES), "partner model")
 
     @classmethod
     def load(cls, path) -> "PartnerModel":
@@ -111,12 +112,7 @@ class PartnerModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Probabilities (0..1) for the rows of ``x`` (columns :data:`FEATURES`)."""
-        h = (np.asarray(x, float) - self.mean) / self.std
-        for i, (w, b) in enumerate(self.layers):
-            h = h @ w + b
-            if i + 1 < len(self.layers):
-                h = np.maximum(h, 0.0)
-        return 1.0 / (1.0 + np.exp(-h[:, 0]))
+        return self.mlp.predict(x)
 
 
 def locate(path) -> Path:
@@ -201,30 +197,8 @@ def _assign_by_model(out, pairs, params, interfaces, voxel_size, model):
 
 def train(x: np.ndarray, y: np.ndarray, hidden=(32, 16), steps: int = 3000, lr: float = 0.01,
           weight_decay: float = 1e-4, seed: int = 0) -> dict:
-    """Fit the MLP (binary cross-entropy, Adam, full batch; torch) to pair features ``x`` (columns
-    :data:`FEATURES`) and labels ``y`` (1 = the true pre, post pair); returns the JSON spec of :class:`PartnerModel`."""
-    import torch
-
-    torch.manual_seed(seed)
-    x = np.asarray(x, float)
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    xt = torch.tensor((x - mean) / std, dtype=torch.float32)
-    yt = torch.tensor(np.asarray(y, float), dtype=torch.float32)
-    sizes = [x.shape[1], *hidden, 1]
-    layers = []
-    for i in range(len(sizes) - 1):
-        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
-        if i + 2 < len(sizes):
-            layers.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*layers)
-    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = loss_fn(net(xt)[:, 0], yt)
-        loss.backward()
-        opt.step()
-    linear = [m for m in net if isinstance(m, torch.nn.Linear)]
-    return {"features": FEATURES, "mean": mean.tolist(), "std": std.tolist(),
-            "layers": [{"W": m.weight.detach().numpy().T.tolist(), "b": m.bias.detach().numpy().tolist()}
-                       for m in linear], "loss": loss.item()}
+    """Fit the MLP (:func:`connectomix.mlp.fit`, float32) to pair features ``x`` (columns :data:`FEATURES`) and
+    labels ``y`` (1 = the true pre, post pair); returns the JSON spec of :class:`PartnerModel`."""
+    mlp, loss = fit_mlp(x, y, hidden, steps, lr, weight_decay, seed, dtype="float32")
+    return {"features": FEATURES, "mean": mlp.mean.tolist(), "std": mlp.scale.tolist(),
+            "layers": [{"W": w, "b": b} for w, b in mlp.layer_lists()], "loss": loss}
