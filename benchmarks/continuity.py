@@ -32,7 +32,9 @@ import yaml
 
 from connectomix import io
 from connectomix.models import Architecture, read_checkpoint_meta
-from segment_errors import graph_truth
+from fragment_bound import bound
+from fragment_bound import score as score_segmentation
+from segment_errors import graph_truth, oracle_merges
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -96,31 +98,20 @@ def oracle_rows(dataset: Path) -> list[dict]:
     decisions on its z edges, on all edges, and each fragment given its majority object (the fragments' bound):
     what a perfect z-linking step, a perfect agglomeration, and nothing after the fragments could reach."""
     from connectomix.blockwise import load_setup
-    from connectomix.evaluate.segmentation import contingency, majority_objects, voi
     from connectomix.evaluate.skeletons import GroundTruthSkeletons
-    from connectomix.segment.agglomerate import apply_lut, hierarchical, lookup_table
-    from connectomix.segment.rag import Rag, _no_histograms
+    from connectomix.segment.agglomerate import apply_lut, lookup_table
 
     volume, work = dataset / "volume.zarr", dataset / "segment"
     threshold = float(load_setup(work)["params"]["agglomerate"]["threshold"])
     fragments, gt, nodes, forced, graph, _, is_z, (ou, ov) = graph_truth(volume, work)
     known = (ou > 0) & (ov > 0)
-    segmentations = {}
-    for name, oracle in (("oracle z edges", known & is_z), ("oracle all edges", known)):
-        score = np.where(oracle, (ou == ov).astype(np.float64), graph.mean)
-        total = score * 255.0 * graph.count.astype(np.float64)
-        _, merges = hierarchical(Rag(graph.u, graph.v, graph.count, total, *_no_histograms()), threshold)
-        segmentations[name] = apply_lut(fragments, *lookup_table(nodes, np.concatenate([forced, merges])))
-    ids, objects = majority_objects(contingency(gt, fragments))
-    known_ids = objects > 0
-    segmentations["fragment bound"] = apply_lut(fragments, ids[known_ids].astype(np.uint64),
-                                                objects[known_ids].astype(np.uint64))
     skeletons = GroundTruthSkeletons(volume, objects=dataset / "gt" / "objects.parquet")
     rows = []
-    for name, seg in segmentations.items():
-        split, merge = voi(contingency(gt, seg))
-        rows.append({"model": name, "voi_split": split, "voi_merge": merge, "voi": split + merge,
-                     "erl_nm": skeletons.score(seg)["erl_nm"]})
+    for name, oracle in (("oracle z edges", known & is_z), ("oracle all edges", known)):
+        merges = oracle_merges(graph, oracle, (ou == ov).astype(np.float64), threshold)
+        seg = apply_lut(fragments, *lookup_table(nodes, np.concatenate([forced, merges])))
+        rows.append({"model": name, **score_segmentation(gt, seg, skeletons)})
+    rows.append({"model": "fragment bound", **bound(gt, fragments, skeletons)})
     return rows
 
 

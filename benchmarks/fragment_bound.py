@@ -35,15 +35,20 @@ VARIANTS = [{"min_size": 10}, {"threshold": 0.4, "min_size": 10}, {"threshold": 
             {"mode": "3d", "min_size": 10}]
 
 
+def score(gt: np.ndarray, seg: np.ndarray, skeletons: GroundTruthSkeletons) -> dict:
+    """VOI of a segmentation, its ERL and merger count along the ground-truth skeletons."""
+    split, merge = voi(contingency(gt, seg))
+    erl = skeletons.score(seg)
+    return {"voi_split": split, "voi_merge": merge, "voi": split + merge, "erl_nm": erl["erl_nm"],
+            "gt_erl_nm": erl["gt_erl_nm"], "mergers": erl["merges"]}
+
+
 def bound(gt: np.ndarray, fragments: np.ndarray, skeletons: GroundTruthSkeletons) -> dict:
-    """VOI of the fragments' bound, its ERL and merger count along the ground-truth skeletons."""
+    """The fragments' bound: every fragment given its majority ground-truth object, scored by :func:`score`."""
     ids, objects = majority_objects(contingency(gt, fragments))
     known = objects > 0
     seg = apply_lut(fragments.astype(np.uint64), ids[known].astype(np.uint64), objects[known].astype(np.uint64))
-    split, merge = voi(contingency(gt, seg))
-    erl = skeletons.score(seg)
-    return {"fragments": int(len(np.unique(fragments)) - 1), "voi_split": split, "voi_merge": merge,
-            "voi": split + merge, "erl_nm": erl["erl_nm"], "gt_erl_nm": erl["gt_erl_nm"], "mergers": erl["merges"]}
+    return {"fragments": int(len(np.unique(fragments)) - 1), **score(gt, seg, skeletons)}
 
 
 def main(argv=None) -> int:

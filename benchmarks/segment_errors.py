@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from connectomix import io
-from connectomix.evaluate.segmentation import contingency, fragment_bound, majority_objects, threshold_sweep, voi
+from connectomix.evaluate.segmentation import contingency, fragment_bound, majority_of, threshold_sweep, voi
 from connectomix.segment.agglomerate import apply_lut, hierarchical, lookup_table
 from connectomix.segment.rag import Rag, _no_histograms
 from connectomix.segment.stitch import join_face_cuts
@@ -31,26 +31,6 @@ THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]
 VARIANTS = ("affinities", "oracle in-plane edges", "oracle z edges", "oracle all edges")
 
 
-def majority(table, ids: np.ndarray) -> np.ndarray:
-    """Per id in ``ids`` (sorted), its majority ground-truth object (0 if it has no evaluated voxel)."""
-    segments, objects = majority_objects(table)
-    out = np.zeros(len(ids), np.uint64)
-    pos = np.minimum(np.searchsorted(ids, segments), len(ids) - 1)
-    hit = ids[pos] == segments
-    out[pos[hit]] = objects[hit]
-    return out
-
-
-def z_contacts(regions: np.ndarray, graph: Rag) -> np.ndarray:
-    """Per edge of ``graph``, its voxel contacts between sections (pairs (v, v - e_z) across the two regions)."""
-    a, b = regions[1:].ravel(), regions[:-1].ravel()
-    cut = (a != b) & (a > 0) & (b > 0)
-    pairs = np.unique(np.stack([np.minimum(a[cut], b[cut]), np.maximum(a[cut], b[cut])], 1), axis=0,
-                      return_counts=True)
-    keys = {(int(u), int(v)): int(c) for (u, v), c in zip(*pairs)}
-    return np.array([keys.get((int(u), int(v)), 0) for u, v in zip(graph.u, graph.v)], np.float64)
-
-
 def graph_truth(volume: Path, work: Path):
     """The finished run's region graph as the workflow joins it, with ground truth per edge: (fragments, gt,
     nodes, forced merges, graph, regions, is_z per edge, (majority object of u, of v) per edge)."""
@@ -58,11 +38,20 @@ def graph_truth(volume: Path, work: Path):
     gt = np.asarray(io.open_array(volume, "gt/labels")[...])
     nodes, forced, graph = join_face_cuts(Rag.from_npz(work / "graph.npz"), histograms=False)
     regions = apply_lut(fragments, *lookup_table(nodes, forced))
-    is_z = z_contacts(regions, graph) > graph.count / 2
-    ids = np.unique(np.concatenate([graph.u, graph.v]))
-    owner = majority(contingency(gt, regions), ids)
-    return (fragments, gt, nodes, forced, graph, regions, is_z,
-            (owner[np.searchsorted(ids, graph.u)], owner[np.searchsorted(ids, graph.v)]))
+    if not graph.has_count_z():
+        sys.exit(f"{work / 'graph.npz'} has no contact counts between sections (count_z): rerun the segmentation")
+    is_z = graph.count_z > graph.count / 2
+    table = contingency(gt, regions)
+    owners = (majority_of(table, graph.u), majority_of(table, graph.v))
+    return fragments, gt, nodes, forced, graph, regions, is_z, owners
+
+
+def oracle_merges(graph: Rag, oracle: np.ndarray, truth: np.ndarray, threshold: float) -> np.ndarray:
+    """The mean-affinity merge history up to ``threshold`` with the ``oracle`` edges scored by ``truth`` (1: same
+    object, 0: apart) instead of their affinities."""
+    score = np.where(oracle, truth, graph.mean)
+    total = score * 255.0 * graph.count.astype(np.float64)
+    return hierarchical(Rag(graph.u, graph.v, graph.count, total, *_no_histograms()), threshold)[1]
 
 
 def _label(dataset: Path) -> str:
@@ -91,9 +80,7 @@ def analyse(dataset: Path) -> dict:
     for name in VARIANTS:
         oracle = {"affinities": np.zeros(len(graph), bool), "oracle in-plane edges": known & ~is_z,
                   "oracle z edges": known & is_z, "oracle all edges": known}[name]
-        score = np.where(oracle, truth, graph.mean)
-        total = score * 255.0 * graph.count.astype(np.float64)
-        _, merges = hierarchical(Rag(graph.u, graph.v, graph.count, total, *_no_histograms()), max(THRESHOLDS) + 1e-9)
+        merges = oracle_merges(graph, oracle, truth, max(THRESHOLDS) + 1e-9)
         rows = threshold_sweep(gt, fragments, nodes, np.concatenate([forced, merges]), THRESHOLDS, base=base)
         at = min(rows, key=lambda r: abs(r["threshold"] - threshold))
         best = min(rows, key=lambda r: r["voi"])

@@ -153,6 +153,17 @@ def majority_objects(table: Contingency) -> tuple[np.ndarray, np.ndarray]:
     return table.seg[first], table.gt[first]
 
 
+def majority_of(table: Contingency, ids) -> np.ndarray:
+    """Per id in ``ids`` (any order), its majority ground-truth object (:func:`majority_objects`); 0 for an id with
+    no evaluated voxel."""
+    ids = np.asarray(ids, np.uint64)
+    segments, objects = majority_objects(table)  # segments ascending
+    if not len(segments):
+        return np.zeros(len(ids), np.uint64)
+    pos = np.minimum(np.searchsorted(segments, ids), len(segments) - 1)
+    return np.where(segments[pos] == ids, objects[pos], 0).astype(np.uint64)
+
+
 def metrics(gt, seg, ignore=(0,)) -> dict:
     """``voi_split``, ``voi_merge``, ``voi`` (their sum), ``arand``, precision and recall of ``seg`` against ``gt``."""
     table = contingency(gt, seg, ignore)

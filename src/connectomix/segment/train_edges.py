@@ -25,7 +25,7 @@ from connectomix.segment.stitch import AFFINITIES, FRAGMENTS, affinities_weights
 
 def dataset_edges(dataset) -> dict:
     """Features, truth, known mask, z flag and mean affinity per region-graph edge of a finished run."""
-    from connectomix.evaluate.segmentation import contingency, majority_objects
+    from connectomix.evaluate.segmentation import contingency, majority_of
 
     dataset = Path(dataset)
     volume, work = dataset / "volume.zarr", dataset / "segment"
@@ -43,21 +43,12 @@ def dataset_edges(dataset) -> dict:
     nodes, forced, graph = join_face_cuts(rag)
     regions = apply_lut(fragments, *lookup_table(nodes, forced))
     gt = np.asarray(io.open_array(volume, "gt/labels")[...])
-    ids, objects = majority_objects(contingency(gt, regions))
-    owner_u = _lookup(ids, objects, graph.u)
-    owner_v = _lookup(ids, objects, graph.v)
+    table = contingency(gt, regions)
+    owner_u, owner_v = majority_of(table, graph.u), majority_of(table, graph.v)
     features = edge_features(graph)
     return {"features": features, "truth": (owner_u == owner_v).astype(np.float64),
             "known": (owner_u > 0) & (owner_v > 0), "is_z": features[:, 0] > 0.5, "mean": graph.mean,
             "weights_sha256": affinities_weights(meta.attrs), "dataset": str(dataset)}
-
-
-def _lookup(ids: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """``values`` at the positions of ``query`` in the sorted ``ids``; 0 where absent."""
-    if not len(ids):
-        return np.zeros(len(query), np.uint64)
-    pos = np.minimum(np.searchsorted(ids, query), len(ids) - 1)
-    return np.where(ids[pos] == query, values[pos], 0).astype(np.uint64)
 
 
 def decision_f1(score: np.ndarray, edges: dict) -> dict:
