@@ -41,6 +41,14 @@ ROOT = HERE.parent
 OUT = HERE / "results"
 
 
+def merged(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in, nested sections key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def run_workflow(model: Path, seed: int, work: Path, segment: dict | None = None, reuse: Path | None = None) -> Path:
     """The workflow on config.yaml with phantom ``seed``, ``model`` and ``segment`` overrides, run in ``work``
     (results under work/results, paths relative to it). ``reuse``: a finished run folder of the same model and seed
@@ -49,9 +57,8 @@ def run_workflow(model: Path, seed: int, work: Path, segment: dict | None = None
     config["results_dir"] = "results"
     config["datasets"]["phantom"]["phantom"]["seed"] = seed
     config["predict"]["checkpoint"] = str(model.resolve())
-    agglomerate = config["segment"].setdefault("agglomerate", {})
-    agglomerate.update((segment or {}).get("agglomerate", {}))
-    config["segment"].update({k: v for k, v in (segment or {}).items() if k != "agglomerate"})
+    config["segment"] = merged(config["segment"], segment or {})
+    agglomerate = config["segment"].get("agglomerate", {})
     if agglomerate.get("edge_model"):
         agglomerate["edge_model"] = str((ROOT / agglomerate["edge_model"]).resolve())
     work.mkdir(parents=True, exist_ok=True)
