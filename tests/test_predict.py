@@ -287,3 +287,47 @@ def test_setup_needs_a_checkpoint_and_blocks_use_the_checkpoint_it_recorded(tmp_
     save_checkpoint(tmp_path / "ck", _model(seed=1), {"iterations": 1})  # other weights after setup
     assert main(["predict", "block", "--work-dir", str(work), "--blocks", "z0_y0_x0", "--device", "cpu"]) == 1
     assert "changed since predict setup" in capsys.readouterr().err
+
+
+def test_percentile_normalization_makes_a_contrast_change_invisible_to_the_model(tmp_path):
+    """A checkpoint with percentile input normalization sees the same input for a volume whose grey values were
+    squeezed into 49..209 (another microscope): predict setup records each volume's range, blocks apply it."""
+    from connectomix.models import input_normalization, input_range, normalize_raw
+
+    raw = _raw((8, 64, 64), seed=7)
+    squeezed = np.rint(49 + raw.astype(np.float32) * (160 / 255)).astype(np.uint8)
+    spec = input_normalization({"input_normalization": {"method": "percentile", "percentiles": [1, 99]}})
+    lo, hi = input_range(raw, spec)
+    lo2, hi2 = input_range(squeezed, spec)
+    assert lo2 == pytest.approx(49 + lo * 160 / 255, abs=1) and hi2 == pytest.approx(49 + hi * 160 / 255, abs=1)
+    a, b = normalize_raw(raw, (lo, hi)).numpy(), normalize_raw(squeezed, (lo2, hi2)).numpy()
+    one_level = 2 * (255 / 160) / (hi - lo)  # one grey level of the squeezed volume, in network units
+    assert a.min() == -1 and a.max() == 1 and np.abs(a - b).max() <= one_level
+    assert input_range(np.full(100, 7), spec) == (0.0, 255.0)  # a flat volume: nothing to stretch
+    with pytest.raises(ValueError, match="percentiles"):
+        input_normalization({"input_normalization": {"method": "percentile", "percentiles": [99, 1]}})
+
+    model = _model()
+    model.input_normalization = spec
+    outputs = {}
+    for name, volume in (("original", raw), ("squeezed", squeezed)):
+        root = _volume(tmp_path / name, volume)
+        save_checkpoint(tmp_path / name / "ck", model, {"iterations": 1})
+        work = tmp_path / name / "predict"
+        assert main(["predict", "setup", "--volume", str(root), "--work-dir", str(work), "--params",
+                     json.dumps({"checkpoint": str(tmp_path / name / "ck"), "tile_shape": [4, 16, 16]}),
+                     "--block-shape", "8", "32", "32", "--chunk-shape", "8", "32", "32"]) == 0
+        setup = json.loads((work / "setup.json").read_text())
+        assert setup["input_range"] == pytest.approx(input_range(volume, spec), abs=0.01)
+        ids = BlockGrid(volume.shape, (8, 32, 32), model.arch.context, (8, 32, 32)).ids()
+        assert main(["predict", "block", "--work-dir", str(work), "--blocks", *ids, "--device", "cpu",
+                     "--threads", "1"]) == 0
+        outputs[name] = io.open_array(root, "affinities")[...].astype(int)
+        whole, _ = predict_volume(model, volume)  # the in-memory path normalizes the same way
+        assert np.abs(outputs[name] - quantize(whole).astype(int)).max() <= 1
+    diff = np.abs(outputs["original"] - outputs["squeezed"])
+    assert np.median(diff) <= 2 and np.mean(diff) < 4  # rounding of the squeezed grey values only
+    # The fixed map (checkpoints without the field) does see the change.
+    fixed = np.abs(quantize(predict_volume(_model(), raw)[0]).astype(int)
+                   - quantize(predict_volume(_model(), squeezed)[0]).astype(int))
+    assert fixed.mean() > 3 * diff.mean()

@@ -423,3 +423,103 @@ def test_the_gpu_budget_script_trains_the_campaign_recipe_on_cpu(tmp_path):
     assert meta["iterations"] == 1 and meta["validation"]["edge_f1"] > 0
     assert meta["architecture"]["num_fmaps"] == recipe["params"]["model"]["num_fmaps"]
     assert len(meta["offsets"]) == 3 + len(recipe["params"]["model"]["long_range_offsets"])
+
+
+def test_transposed_patches_of_isotropic_data_keep_raw_and_targets_consistent():
+    raw_data = synthetic_data((24, 24, 24), seed=3, cells=10)[0]
+    data = _coded(TrainData(raw_data.raw, raw_data.labels, (10, 10, 10)))
+    params = merge_params({"model": {**TINY_MODEL, "kernel_sizes": [[3, 3, 3]] * 3}, "augment": {
+        "intensity": 0, "noise": 0, "missing_section_prob": 0, "misalign_prob": 0, "transpose": True}})
+    arch = architecture_from_params(params["model"])
+    out_shape = arch.valid_output_shape((4, 8, 8))
+    ctx = arch.context
+    seen_views = set()
+    for i in range(16):
+        rng = np.random.default_rng([2, i])
+        raw, target, mask = sample_batch(data, arch, out_shape, 1, rng, params)
+        grey = np.rint((raw[0, 0] + 1) * 127.5).astype(np.int64)
+        box = tuple(slice(c - 1, c + o) for c, o in zip(ctx, out_shape))
+        aff = affinity_targets(grey[box], arch.offsets)[0][(slice(None),) + (slice(1, None),) * 3]
+        m = mask[0, :3].astype(bool)
+        assert np.array_equal(aff[:3][m], target[0, :3].astype(bool)[m]), f"sample {i}"
+        seen_views.add(tuple(rng.permutation(3)))
+    assert len(seen_views) > 1
+    anisotropic = TrainData(raw_data.raw, raw_data.labels, (40, 8, 8))
+    with pytest.raises(ValueError, match="isotropic voxels"):
+        sample_batch(anisotropic, arch, out_shape, 1, np.random.default_rng(0), params)
+
+
+def test_gamma_and_blur_change_grey_values_not_their_order_or_range():
+    from connectomix.train.data import _intensity
+
+    raw = synthetic_data((4, 32, 32), seed=1, cells=6)[0].raw
+    aug = merge_params({"augment": {"intensity": 0, "noise": 0, "missing_section_prob": 0, "gamma": 0.7}})["augment"]
+    base = _intensity(raw, np.random.default_rng(0), {**aug, "gamma": 0.0})
+    changed = [_intensity(raw, np.random.default_rng(s), aug) for s in range(4)]
+    assert any(np.abs(c - base).max() > 0.05 for c in changed)
+    order = np.argsort(raw.ravel(), kind="stable")
+    for c in changed:  # gamma is monotone: the grey-value order is kept, the range stays [-1, 1]
+        assert np.all(np.diff(c.ravel()[order]) >= -1e-6) and c.min() >= -1 and c.max() <= 1
+    blurred = [_intensity(raw, np.random.default_rng(s), {**aug, "gamma": 0.0, "blur": 3.0}) for s in range(4)]
+    assert min(b.std() for b in blurred) < 0.9 * base.std()  # sigma is drawn per patch: some are blurred
+    assert all(np.allclose(b.mean(), base.mean(), atol=0.05) for b in blurred)
+    # percentile normalization: the volume's range maps to [-1, 1] before augmentation
+    lo, hi = np.percentile(raw, [1, 99])
+    stretched = _intensity(raw, np.random.default_rng(0), {**aug, "gamma": 0.0}, (lo, hi))
+    assert stretched.min() == -1 and stretched.max() == 1
+
+
+def test_training_on_several_volumes_normalizes_each_and_records_them(tmp_path):
+    from connectomix.train.data import rescaled
+
+    a = synthetic_data((10, 40, 40), seed=0, cells=8)[0]
+    b = synthetic_data((10, 40, 40), seed=1, cells=8)[0]
+    b = TrainData(np.rint(60 + b.raw * 0.5).astype(np.uint8), b.labels, (40, 4, 4))  # other contrast, pixel
+    b8 = rescaled(b, (40, 8, 8))
+    assert b8.raw.shape == (10, 20, 20) and b8.voxel_size == (40, 8.0, 8.0)
+    assert set(np.unique(b8.labels)) <= set(np.unique(b.labels))  # nearest: no invented label ids
+    params = {**TINY, "input_normalization": {"method": "percentile", "percentiles": [1, 99]}}
+    meta = train([a, b8], params, tmp_path / "m", device="cpu", threads=1, progress=False)
+    datasets = meta["training"]["data"]["datasets"]
+    assert [d["shape"] for d in datasets] == [[10, 40, 40], [10, 20, 20]]
+    assert datasets[1]["rescaled_from_voxel_size"] == [40, 4, 4]
+    assert datasets[0]["input_range"] == pytest.approx(list(np.percentile(a.raw[::1], [1, 99])), abs=0.6)
+    assert datasets[1]["input_range"][1] - datasets[1]["input_range"][0] < datasets[0]["input_range"][1] - \
+        datasets[0]["input_range"][0]
+    assert {"d0/boundary_f1", "d1/boundary_f1"} <= set(meta["validation"])
+    model, saved = load_checkpoint(tmp_path / "m")
+    assert saved["input_normalization"] == {"method": "percentile", "percentiles": [1.0, 99.0]}
+    assert model.input_normalization == saved["input_normalization"]
+    # a checkpoint written before the field existed reads as the fixed map
+    saved.pop("input_normalization")
+    (tmp_path / "m" / "checkpoint.json").write_text(json.dumps(saved))
+    assert load_checkpoint(tmp_path / "m")[0].input_normalization == {"method": "fixed"}
+    fixed = train(a, TINY, tmp_path / "f", device="cpu", threads=1, progress=False)
+    assert fixed["input_normalization"] == {"method": "fixed"}
+
+
+def test_cli_trains_on_several_sources_resampled_to_one_pixel_size(tmp_path):
+    """--sources: a volume with its labels in a file and a phantom, together, each resampled to train.pixel_nm."""
+    import h5py
+
+    data, gt = synthetic_data((10, 40, 40), seed=2, cells=8)
+    root = tmp_path / "volume.zarr"
+    io.write_full(root, "raw", data.raw, (8, 40, 40), (40, 4, 4))
+    with h5py.File(tmp_path / "gt.h5", "w") as f:
+        f["stack"] = gt["labels"].astype(np.int32)
+    sources = [{"volume": str(root), "gt_file": str(tmp_path / "gt.h5"), "gt_key": "stack"},
+               {"phantom": {"seed": 3, "shape": [16, 128, 128], "n_neurons": 6, "n_synapses": 8,
+                            "n_orphan_synapses": 8, "soma_radius_nm": 170.0, "dendrite_length_nm": 700.0,
+                            "axon_length_nm": 1500.0}, "voxel_size": [40, 8, 8]}]
+    (tmp_path / "sources.json").write_text(json.dumps(sources))
+    params = json.dumps({**TINY, "iterations": 2, "pixel_nm": 8, "model": {**TINY_MODEL, "synapses": False}})
+    common = ["--params", params, "--device", "cpu", "--threads", "1", "--no-progress"]
+    assert main(["train", "--sources", str(tmp_path / "sources.json"), "--out", str(tmp_path / "ck"), *common]) == 0
+    _, meta = load_checkpoint(tmp_path / "ck")
+    datasets = meta["training"]["data"]["datasets"]
+    assert [d["shape"] for d in datasets] == [[10, 20, 20], [16, 128, 128]]
+    assert [d["voxel_size"] for d in datasets] == [[40, 8, 8], [40, 8, 8]]
+    assert "--sources" in meta["training"]["command"] and "gt.h5" in meta["training"]["command"]
+    bad = json.dumps([{"volume": str(root), "phantom": {"seed": 1}}])
+    assert main(["train", "--sources", bad, "--out", str(tmp_path / "x"), *common]) == 1
+    assert main(["train", "--sources", "[1, 2]", "--out", str(tmp_path / "y"), *common]) == 1

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -310,10 +311,43 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def normalize_raw(raw) -> torch.Tensor:
-    """uint8 grey values -> float32 in [-1, 1] (a fixed map: no per-tile statistics, so tiling stays seamless)."""
-    t = torch.as_tensor(raw)
-    return t.float().mul_(2.0 / 255.0).sub_(1.0)
+FIXED_RANGE = (0.0, 255.0)
+
+
+def input_normalization(meta: dict | None) -> dict:
+    """A checkpoint's input normalization: ``{"method": "fixed"}`` (grey 0 -> -1, 255 -> 1; checkpoints that do
+    not say) or ``{"method": "percentile", "percentiles": [lo, hi]}`` (each volume's ``lo`` and ``hi`` grey-value
+    percentiles -> -1 and 1, so every volume reaches the network with the same grey-value spread)."""
+    spec = dict((meta or {}).get("input_normalization") or {"method": "fixed"})
+    if spec.get("method") not in ("fixed", "percentile"):
+        raise ValueError(f"input_normalization method must be 'fixed' or 'percentile', got {spec.get('method')!r}")
+    if spec["method"] == "fixed":
+        return {"method": "fixed"}
+    if spec["method"] == "percentile":
+        lo, hi = (float(p) for p in spec.get("percentiles", (1.0, 99.0)))
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"input_normalization percentiles must be 0 <= lo < hi <= 100, got {[lo, hi]}")
+        spec["percentiles"] = [lo, hi]
+    return spec
+
+
+def input_range(sample: np.ndarray, normalization: dict) -> tuple[float, float]:
+    """The grey values that map to -1 and 1 for a volume whose grey values ``sample`` holds (any shape), under
+    ``normalization`` (:func:`input_normalization`). A flat sample (no spread) gets the fixed range."""
+    if normalization["method"] == "fixed":
+        return FIXED_RANGE
+    lo, hi = (float(v) for v in np.percentile(np.asarray(sample), normalization["percentiles"]))
+    if not hi - lo >= 1.0:
+        return FIXED_RANGE
+    return lo, hi
+
+
+def normalize_raw(raw, value_range=FIXED_RANGE) -> torch.Tensor:
+    """uint8 grey values -> float32, ``value_range`` (lo, hi) -> (-1, 1), clipped to [-1, 1]; one map per volume
+    (no per-tile statistics), so tiling stays seamless."""
+    lo, hi = (float(v) for v in value_range)
+    t = torch.as_tensor(raw).float().sub_(lo).mul_(2.0 / (hi - lo)).sub_(1.0)
+    return t.clamp_(-1.0, 1.0) if (lo, hi) != FIXED_RANGE else t
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------
@@ -356,6 +390,8 @@ def save_checkpoint(out_dir: str | os.PathLike, model: UNet, meta: dict) -> dict
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": sha256_file(out / WEIGHTS_FILE),
         "weights_bytes": (out / WEIGHTS_FILE).stat().st_size,
+        "input_normalization": input_normalization({"input_normalization": getattr(model, "input_normalization",
+                                                                                   None)}),
     }
     atomic_write_json(out / META_FILE, payload)
     return payload
@@ -430,4 +466,5 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[UNet, 
         raise ValueError(f"checkpoint {folder}: tensor shapes do not match the architecture: {wrong[:5]}")
     model.load_state_dict(state, strict=True)
     model.eval()
+    model.input_normalization = input_normalization(meta)
     return model, meta

@@ -60,12 +60,13 @@ class Predictor:
     """
 
     def __init__(self, model, device="cpu", batch_size: int = 1, tile_shape: Sequence[int] = (24, 192, 192),
-                 augment: str = "none", transpose: bool = True):
+                 augment: str = "none", transpose: bool = True, value_range: Sequence[float] = (0.0, 255.0)):
         import copy
 
         import torch  # lazy: heavy, and the Snakefile imports this module
 
         self.arch = model.arch
+        self.value_range = tuple(float(v) for v in value_range)
         self.variants = augment_variants(augment, transpose)
         if len(self.variants) > 1 and any(sum(v != 0 for v in o) > 1 for o in self.arch.offsets):
             raise ValueError(f"predict.augment {augment!r} needs affinity offsets along one axis each (a flip "
@@ -147,7 +148,7 @@ class Predictor:
                                                        g[k] - jobs[j]["first"][k] + in_tile[k]) for k in range(3))]
                             for j, g in batch
                         ])[:, None]
-                        x = normalize_raw(_augment(inputs, variant)).to(self.device)
+                        x = normalize_raw(_augment(inputs, variant), self.value_range).to(self.device)
                         if use_cuda:
                             x = x.contiguous(memory_format=torch.channels_last_3d)
                             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -267,10 +268,34 @@ def quantize(prob: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
 
 
+def grey_sample(array, max_sections: int = 16, max_pixels: int = 1 << 16) -> np.ndarray:
+    """Grey values of a (z, y, x) array for volume statistics: up to ``max_sections`` evenly spaced sections (first
+    and last included), each strided in y and x to at most about ``max_pixels`` pixels. Deterministic, so every
+    job that asks gets the same sample; reads a few sections, never the whole volume."""
+    from connectomix.ingest.normalize import sample_sections
+
+    z, y, x = (int(n) for n in array.shape[-3:])
+    step = max(1, int(np.ceil(np.sqrt(y * x / max_pixels))))
+    return np.stack([np.asarray(array[s, ::step, ::step]) for s in sample_sections(0, z, max_sections)])
+
+
+def volume_value_range(model, array) -> tuple[float, float]:
+    """The grey values (lo, hi) that ``model`` (its checkpoint's input normalization) maps to -1 and 1 on
+    ``array``."""
+    from connectomix.models import input_normalization, input_range
+
+    spec = getattr(model, "input_normalization", None) or input_normalization(None)
+    return input_range(grey_sample(array) if spec["method"] != "fixed" else np.zeros(0), spec)
+
+
 def predict_volume(model, raw: np.ndarray, device="cpu", batch_size: int = 1,
-                   tile_shape: Sequence[int] = (24, 192, 192), augment: str = "none") -> tuple[np.ndarray, np.ndarray]:
-    """Whole-volume prediction of an in-memory (z, y, x) uint8 volume: (affinities, synapse maps) float32."""
-    predictor = Predictor(model, device, batch_size, tile_shape, augment)
+                   tile_shape: Sequence[int] = (24, 192, 192), augment: str = "none",
+                   value_range: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-volume prediction of an in-memory (z, y, x) uint8 volume: (affinities, synapse maps) float32.
+    ``value_range``: the grey values mapped to -1 and 1 (default: from ``raw`` as the model's checkpoint says)."""
+    if value_range is None:
+        value_range = volume_value_range(model, raw)
+    predictor = Predictor(model, device, batch_size, tile_shape, augment, value_range=value_range)
     prob = predictor.predict(raw, (0, 0, 0), raw.shape, raw.shape)
     n = len(model.arch.offsets)
     return prob[:n], prob[n:]
@@ -308,15 +333,18 @@ def setup(volume, work_dir, params, block_shape, chunk_shape=None, marker_dir=No
     from connectomix.models import load_checkpoint  # imports torch: lazy, as above
 
     params = resolve(params)
-    _, ck = load_checkpoint(params["checkpoint"])  # refuse a bad model here, before any block job starts
+    model, ck = load_checkpoint(params["checkpoint"])  # refuse a bad model here, before any block job starts
     raw = read_meta(volume, "raw")
     shape = raw.spatial_shape
     chunk_shape = tuple(chunk_shape or raw.spatial_chunks)
-    prov = record({**params, "weights_sha256": ck["weights_sha256"], "context": ck["context"]},
+    value_range = [round(v, 3) for v in volume_value_range(model, open_array(volume, "raw"))]
+    prov = record({**params, "weights_sha256": ck["weights_sha256"], "context": ck["context"],
+                   "input_normalization": model.input_normalization, "input_range": value_range},
                   {"raw": array_digest(volume, "raw"), "checkpoint": ck["weights_sha256"]})
     s = new_setup("predict", volume, work_dir, shape=shape, block_shape=block_shape, chunk_shape=chunk_shape,
                   halo=ck["context"], voxel_size=raw.voxel_size, offset_nm=raw.offset_nm, params=params,
-                  provenance=prov, marker_dir=marker_dir, weights_sha256=ck["weights_sha256"])
+                  provenance=prov, marker_dir=marker_dir, weights_sha256=ck["weights_sha256"],
+                  input_range=value_range)
     aff_channels = ck["channels"]["affinities"]
     syn_channels = ck["channels"]["synapse_maps"] or ["cleft", "pre", "post"]
     _, aff_status = ensure_array(
@@ -345,7 +373,8 @@ def _prepare(s: dict, options: dict) -> dict:
     voxel_size = s["voxel_size"]
     return {"device": dev, "ck": ck,
             "predictor": Predictor(model, dev, options["batch_size"], s["params"]["tile_shape"],
-                                   s["params"]["augment"], transpose=voxel_size[1] == voxel_size[2]),
+                                   s["params"]["augment"], transpose=voxel_size[1] == voxel_size[2],
+                                   value_range=s.get("input_range", (0.0, 255.0))),
             "raw": open_array(s["volume"], "raw"),
             "affinities": open_array(s["volume"], "affinities", mode="r+"),
             "synapse_maps": open_array(s["volume"], "synapse_maps", mode="r+")}

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from connectomix.evaluate.segmentation import load_ground_truth, load_mask
-from connectomix.train.data import load_phantom_data, load_volume_data
+from connectomix.train.data import load_phantom_data, load_volume_data, rescaled
 from connectomix.train.loop import merge_params, train
 
 
@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--volume", help="OME-Zarr with raw, gt/labels (and gt/clefts)")
     source.add_argument("--phantom", metavar="JSON",
                         help="generate this phantom (connectomix.phantom parameters as JSON) in memory and train on it")
+    source.add_argument("--sources", metavar="JSON",
+                        help="train on several volumes together: a JSON list (or a .json file holding one) of "
+                             "sources, each an object of this command's source options without dashes, e.g. "
+                             '[{"volume": "a.zarr"}, {"volume": "b.zarr", "gt_file": "b.h5", "gt_key": "stack"}, '
+                             '{"phantom": {"seed": 8}, "voxel_size": [40, 8, 8]}]; with train.pixel_nm each is '
+                             "resampled in-plane to that pixel size")
     parser.add_argument("--voxel-size", type=float, nargs=3, default=[40.0, 8.0, 8.0], metavar=("Z", "Y", "X"),
                         help="voxel size in nm for --phantom (default 40 8 8)")
     parser.add_argument("--synapses", default=None, help="gt/synapses.parquet (pre/post targets)")
@@ -45,6 +51,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+SOURCE_KEYS = ("volume", "phantom", "voxel_size", "synapses", "gt_file", "gt_key", "gt_format", "gt_roi_offset",
+               "gt_per_section", "clefts_file", "clefts_key", "clefts_format")
+
+
+def _load_source(spec: dict, merged: dict):
+    """One source's training data and the command-line text that names it (``spec``: option names as keys)."""
+    unknown = sorted(set(spec) - set(SOURCE_KEYS))
+    if unknown or bool(spec.get("volume")) == bool(spec.get("phantom")):
+        raise ValueError(f"a training source needs exactly one of volume or phantom, and only the keys "
+                         f"{', '.join(SOURCE_KEYS)}; got {sorted(spec)}")
+    gt_file, clefts_file = spec.get("gt_file"), spec.get("clefts_file")
+    if spec.get("phantom") and (gt_file or clefts_file):
+        raise ValueError("--gt-file and --clefts-file go with --volume (a phantom brings its own ground truth)")
+    if spec.get("gt_per_section") and not gt_file:
+        raise ValueError("--gt-per-section describes --gt-file: give the file")
+    if spec.get("phantom"):
+        phantom = spec["phantom"]
+        phantom = json.loads(phantom) if isinstance(phantom, str) else phantom
+        voxel_size = spec.get("voxel_size") or [40.0, 8.0, 8.0]
+        data = load_phantom_data(phantom, voxel_size, merged["pre_post_distance_nm"], merged["cleft_radius_nm"])
+        return data, (f"--phantom '{json.dumps(phantom)}' --voxel-size {' '.join(f'{v:g}' for v in voxel_size)} ")
+    labels = clefts = None
+    source = f"--volume {spec['volume']} "
+    per_section = bool(spec.get("gt_per_section"))
+    if gt_file:
+        gt_format = spec.get("gt_format") or "auto"
+        fmt = "png-membrane" if gt_format == "auto" and Path(gt_file).is_dir() else gt_format
+        per_section = per_section or fmt.startswith("png-")  # section images hold 2D instances
+        labels = load_ground_truth(gt_file=gt_file, gt_key=spec.get("gt_key"), gt_format=fmt)
+        source += (f"--gt-file {gt_file} " + (f"--gt-key {spec['gt_key']} " if spec.get("gt_key") else "")
+                   + f"--gt-format {gt_format} " + ("--gt-per-section " if per_section else ""))
+    if clefts_file:
+        clefts = load_mask(clefts_file, spec.get("clefts_key"), spec.get("clefts_format") or "auto")
+        source += (f"--clefts-file {clefts_file} " + (f"--clefts-key {spec['clefts_key']} " if spec.get("clefts_key")
+                                                      else "") + f"--clefts-format {spec.get('clefts_format') or 'auto'} ")
+    if spec.get("gt_roi_offset"):
+        source += f"--gt-roi-offset {' '.join(map(str, spec['gt_roi_offset']))} "
+    data = load_volume_data(spec["volume"], spec.get("synapses"), merged["pre_post_distance_nm"],
+                            merged["cleft_radius_nm"], labels, gt_file, spec.get("gt_roi_offset"), per_section, clefts,
+                            clefts_file)
+    return data, source
+
+
+def _sources(text: str) -> list[dict]:
+    path = Path(text)
+    try:
+        value = json.loads(path.read_text() if text.endswith(".json") and path.exists() else text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--sources is not valid JSON (nor a .json file holding it): {error}") from error
+    if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+        raise ValueError(f"--sources must be a non-empty JSON list of objects, got {str(value)[:80]}")
+    return value
+
+
 def run(args) -> int:
     """Load the training data the options name, train (or resume) and print a one-line summary."""
     try:
@@ -52,32 +112,20 @@ def run(args) -> int:
     except json.JSONDecodeError as error:
         raise ValueError(f"--params is not valid JSON: {error}") from error
     merged = merge_params(params)
-    if args.phantom and (args.gt_file or args.clefts_file):
-        raise ValueError("--gt-file and --clefts-file go with --volume (a phantom brings its own ground truth)")
-    if args.gt_per_section and not args.gt_file:
-        raise ValueError("--gt-per-section describes --gt-file: give the file")
-    if args.phantom:
-        data = load_phantom_data(json.loads(args.phantom), args.voxel_size, merged["pre_post_distance_nm"],
-                                 merged["cleft_radius_nm"])
-        source = f"--phantom '{args.phantom}' --voxel-size {' '.join(f'{v:g}' for v in args.voxel_size)} "
+    if args.sources:
+        specs = _sources(args.sources)
+        loaded = [_load_source(spec, merged) for spec in specs]
+        data = [d for d, _ in loaded]
+        if merged["pixel_nm"] is not None:
+            data = [rescaled(d, (d.voxel_size[0], merged["pixel_nm"], merged["pixel_nm"])) for d in data]
+        source = f"--sources '{json.dumps(specs, sort_keys=True)}' "
     else:
-        labels = clefts = None
-        source = f"--volume {args.volume} "
-        per_section = args.gt_per_section
-        if args.gt_file:
-            fmt = "png-membrane" if args.gt_format == "auto" and Path(args.gt_file).is_dir() else args.gt_format
-            per_section = per_section or fmt.startswith("png-")  # section images hold 2D instances
-            labels = load_ground_truth(gt_file=args.gt_file, gt_key=args.gt_key, gt_format=fmt)
-            source += (f"--gt-file {args.gt_file} " + (f"--gt-key {args.gt_key} " if args.gt_key else "")
-                       + f"--gt-format {args.gt_format} " + ("--gt-per-section " if per_section else ""))
-        if args.clefts_file:
-            clefts = load_mask(args.clefts_file, args.clefts_key, args.clefts_format)
-            source += (f"--clefts-file {args.clefts_file} " + (f"--clefts-key {args.clefts_key} " if args.clefts_key
-                                                                else "") + f"--clefts-format {args.clefts_format} ")
-        if args.gt_roi_offset:
-            source += f"--gt-roi-offset {' '.join(map(str, args.gt_roi_offset))} "
-        data = load_volume_data(args.volume, args.synapses, merged["pre_post_distance_nm"], merged["cleft_radius_nm"],
-                                labels, args.gt_file, args.gt_roi_offset, per_section, clefts, args.clefts_file)
+        spec = {k: getattr(args, k) for k in SOURCE_KEYS if getattr(args, k, None) not in (None, False)}
+        if args.phantom:
+            spec.pop("gt_format", None), spec.pop("clefts_format", None)
+        data, source = _load_source(spec, merged)
+        if merged["pixel_nm"] is not None:
+            data = rescaled(data, (data.voxel_size[0], merged["pixel_nm"], merged["pixel_nm"]))
     command = (f"python -m connectomix train {source}"
                + (f"--synapses {args.synapses} " if args.synapses else "")
                + f"--out {args.out} --params '{json.dumps(params, sort_keys=True)}' --device {args.device} "

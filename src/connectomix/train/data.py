@@ -36,11 +36,25 @@ class TrainData:
     synapse_valid: tuple = (True, True, True)
     description: dict | None = None
     per_section: bool = False
+    value_range: tuple = (0.0, 255.0)  # grey values -> -1 and 1 (the checkpoint's input normalization)
 
     def slab(self, z0: int, z1: int) -> "TrainData":
         syn = None if self.synapse is None else self.synapse[:, z0:z1]
         return TrainData(self.raw[z0:z1], self.labels[z0:z1], self.voxel_size, syn, self.synapse_valid,
-                         self.description, self.per_section)
+                         self.description, self.per_section, self.value_range)
+
+    @property
+    def isotropic(self) -> bool:
+        return max(self.voxel_size) <= 1.05 * min(self.voxel_size)
+
+    def transposed(self, order: Sequence[int]) -> "TrainData":
+        """The same data with its (z, y, x) axes permuted (views, no copy); only for isotropic voxels."""
+        order = tuple(int(a) for a in order)
+        syn = None if self.synapse is None else self.synapse.transpose((0, *(a + 1 for a in order)))
+        return TrainData(self.raw.transpose(order), self.labels.transpose(order),
+                         tuple(self.voxel_size[a] for a in order), syn, self.synapse_valid, self.description,
+                         self.per_section, self.value_range)
+
 
     def affinity_targets(self, labels: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
         """:func:`affinity_targets` of ``labels`` (this data's or a patch of them), z channels masked when the
@@ -49,6 +63,24 @@ class TrainData:
         if self.per_section:
             mask[[c for c, o in enumerate(offsets) if int(o[0]) != 0]] = False
         return aff, mask
+
+
+def rescaled(data: TrainData, voxel_size: Sequence[float]) -> TrainData:
+    """``data`` resampled in-plane (y, x) to ``voxel_size``'s y and x (linear for raw, nearest for labels and
+    synapse masks); z is kept. For training on volumes of several resolutions at one in-plane pixel size."""
+    from scipy import ndimage
+
+    factors = (1.0, data.voxel_size[1] / float(voxel_size[1]), data.voxel_size[2] / float(voxel_size[2]))
+    if np.allclose(factors, 1.0, atol=1e-3):
+        return data
+    raw = ndimage.zoom(data.raw, factors, order=1, grid_mode=True, mode="grid-mirror")
+    labels = ndimage.zoom(data.labels, factors, order=0, grid_mode=True, mode="grid-mirror")
+    syn = None
+    if data.synapse is not None:
+        syn = np.stack([ndimage.zoom(c, factors, order=0, grid_mode=True, mode="grid-mirror") for c in data.synapse])
+    desc = dict(data.description or {}, rescaled_from_voxel_size=list(data.voxel_size))
+    return TrainData(raw, labels, (data.voxel_size[0], float(voxel_size[1]), float(voxel_size[2])), syn,
+                     data.synapse_valid, desc, data.per_section, data.value_range)
 
 
 def _geometric(arrays: list[np.ndarray], k: int, flip_y: bool, flip_x: bool, flip_z: bool) -> list[np.ndarray]:
@@ -89,9 +121,20 @@ def _elastic(arrays: list[np.ndarray], orders: list[int], rng, sigma: float, mag
     return out
 
 
-def _intensity(raw: np.ndarray, rng, aug: dict) -> np.ndarray:
-    """uint8 -> float32 in [-1, 1] with random contrast / brightness (per section jitter), noise, missing sections."""
-    x = raw.astype(np.float32) * (2.0 / 255.0) - 1.0
+def _intensity(raw: np.ndarray, rng, aug: dict, value_range=(0.0, 255.0)) -> np.ndarray:
+    """uint8 -> float32 in [-1, 1] (``value_range`` -> -1, 1, as predict does) with random gamma, in-plane blur,
+    contrast / brightness (per section jitter), noise, missing sections."""
+    lo, hi = (float(v) for v in value_range)
+    x = np.clip((raw.astype(np.float32) - lo) * (2.0 / (hi - lo)) - 1.0, -1.0, 1.0)
+    if aug["gamma"] > 0:
+        g = float(np.exp(rng.uniform(-aug["gamma"], aug["gamma"])))
+        x = ((x + 1.0) * 0.5) ** g * 2.0 - 1.0
+    if aug["blur"] > 0:
+        from scipy import ndimage
+
+        sigma = rng.uniform(0, aug["blur"])
+        if sigma > 0.3:
+            x = ndimage.gaussian_filter(x, (0, sigma, sigma), mode="mirror")
     s = float(aug["intensity"])
     if s > 0:
         scale = 1.0 + rng.uniform(-s, s)
@@ -106,8 +149,29 @@ def _intensity(raw: np.ndarray, rng, aug: dict) -> np.ndarray:
     return np.clip(x, -1.0, 1.0).astype(np.float32)
 
 
-def sample_batch(data: TrainData, arch, output_shape, batch_size: int, rng, params: dict):
-    """A training batch: (raw float32 (N, 1, *in), targets float32 (N, C, *out), mask float32 (N, C, *out))."""
+def sample_batch(data, arch, output_shape, batch_size: int, rng, params: dict):
+    """A training batch: (raw float32 (N, 1, *in), targets float32 (N, C, *out), mask float32 (N, C, *out)).
+
+    ``data``: one :class:`TrainData` or a list of them; each patch comes from one, drawn with probability
+    proportional to its number of voxels. ``augment.transpose`` permutes the axes of isotropic data."""
+    datasets = list(data) if isinstance(data, (list, tuple)) else [data]
+    if params["augment"]["transpose"]:
+        anisotropic = [list(d.voxel_size) for d in datasets if not d.isotropic]
+        if anisotropic:
+            raise ValueError(f"train.augment.transpose needs isotropic voxels; got voxel sizes {anisotropic}")
+    if len(datasets) == 1 and not params["augment"]["transpose"]:
+        return _sample_batch(datasets[0], arch, output_shape, batch_size, rng, params)
+    sizes = np.array([d.raw.size for d in datasets], dtype=float)
+    parts = []
+    for _ in range(batch_size):
+        d = datasets[int(rng.choice(len(datasets), p=sizes / sizes.sum()))]
+        if params["augment"]["transpose"]:
+            d = d.transposed(rng.permutation(3))
+        parts.append(_sample_batch(d, arch, output_shape, 1, rng, params))
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
+def _sample_batch(data: TrainData, arch, output_shape, batch_size: int, rng, params: dict):
     aug = params["augment"]
     ctx = arch.context
     out_shape = tuple(output_shape)
@@ -163,7 +227,7 @@ def sample_batch(data: TrainData, arch, output_shape, batch_size: int, rng, para
             orders = [1] + [0] * (len(fields) - 1)
             fields = _elastic(fields, orders, rng, aug["elastic_sigma"], aug["elastic_magnitude"])
         raw, labels, inside = fields[0], fields[1], fields[-1]
-        raw = _intensity(raw, rng, aug)
+        raw = _intensity(raw, rng, aug, data.value_range)
         aff, aff_mask = data.affinity_targets(labels, offsets)
         # Mask affinities touching a mirrored voxel at either end.
         ends = affinity_targets(inside.astype(np.uint8), offsets)[0]

@@ -76,7 +76,8 @@ def evaluate(model, data: TrainData, params: dict, device="cpu") -> dict:
 
     arch = model.arch
     model.eval()
-    aff, syn = predict_volume(model, data.raw, device=device, batch_size=1, tile_shape=(24, 192, 192))
+    aff, syn = predict_volume(model, data.raw, device=device, batch_size=1, tile_shape=(24, 192, 192),
+                              value_range=data.value_range)
     target, mask = data.affinity_targets(data.labels, arch.offsets)
     metrics: dict = {}
     # Edges: a cut (affinity < 0.5) is the positive class; nearest-neighbour channels.
@@ -112,11 +113,14 @@ def _split(data: TrainData, fraction: float) -> tuple[TrainData, TrainData | Non
     return data.slab(0, z - n_val), data.slab(z - n_val, z)
 
 
-def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", threads: int = 0,
+def train(data: TrainData | list, params: dict | None, out_dir, device: str = "auto", threads: int = 0,
           resume: bool = True, progress: bool = True, extra_meta: dict | None = None) -> dict:
     """Train (or resume) a model and write the checkpoint folder ``out_dir``; returns the checkpoint JSON.
 
-    The last ``validation_fraction`` of the sections is held out for validation. Checkpoints (``weights.pt``,
+    ``data``: one :class:`TrainData` or a list (patches drawn in proportion to their voxels; validation metrics
+    per dataset, prefixed ``d0/``, ``d1/`` ...). Each volume's grey values are normalized as
+    ``input_normalization`` says (recorded in the checkpoint; predict does the same per volume).
+    The last ``validation_fraction`` of the sections (of each volume) is held out for validation. Checkpoints (``weights.pt``,
     ``checkpoint.json`` and ``training_state.pt`` with the optimizer) are written every ``checkpoint_every``
     iterations and at the end; with ``resume`` an existing folder continues from its last iteration.
     """
@@ -124,9 +128,15 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
     import torch
     from tqdm import tqdm
 
-    from connectomix.models import UNet, architecture_from_params, load_checkpoint, save_checkpoint
+    from connectomix.models import UNet, architecture_from_params, input_normalization, input_range, \
+        load_checkpoint, save_checkpoint
+    from connectomix.predict import grey_sample
 
     params = merge_params(params)
+    norm = input_normalization({"input_normalization": params["input_normalization"]})
+    datasets = list(data) if isinstance(data, (list, tuple)) else [data]
+    for d in datasets:
+        d.value_range = input_range(grey_sample(d.raw) if norm["method"] != "fixed" else np.zeros(0), norm)
     dev = resolve_device(device, threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out_dir)
@@ -134,7 +144,17 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
     out_shape = arch.valid_output_shape(params["output_shape"])
     if out_shape[1] != out_shape[2]:
         raise ValueError(f"train output_shape must be square in-plane (y == x), got {out_shape}")
-    train_data, val_data = _split(data, params["validation_fraction"])
+    splits = [_split(d, params["validation_fraction"]) for d in datasets]
+    train_data = [t for t, _ in splits] if len(datasets) > 1 else splits[0][0]
+    val_sets = [(f"d{i}/" if len(datasets) > 1 else "", v) for i, (_, v) in enumerate(splits) if v is not None]
+    val_data = val_sets or None
+
+    def validate(model):
+        scores = {}
+        for prefix, v in val_sets:
+            scores.update({prefix + k: m for k, m in evaluate(model, v, params, dev).items()})
+        return scores
+
     state_path = out / "training_state.pt"
     start = 0
     history: list = []
@@ -158,6 +178,7 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
             model.load_state_dict(init.state_dict())
             init_record = {"from": str(params["init_from"]), "weights_sha256": init_meta.get("weights_sha256"),
                            "iterations": init_meta.get("iterations")}
+    model.input_normalization = norm
     class_caps = ([float(params["max_class_weight"])] * len(arch.offsets)
                   + [float(params["synapse_max_class_weight"] or params["max_class_weight"])]
                   * len(arch.synapse_channels))
@@ -170,12 +191,16 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
     seconds = 0.0
     if start and (out / "checkpoint.json").exists():
         seconds = float(json.loads((out / "checkpoint.json").read_text())["training"].get("seconds", 0.0))
-    description = dict(data.description or {})
-    description.update({"shape": list(data.raw.shape), "voxel_size": list(data.voxel_size),
-                        "train_sections": [0, int(train_data.raw.shape[0])],
-                        "validation_sections": ([int(train_data.raw.shape[0]), int(data.raw.shape[0])]
-                                                if val_data is not None else None),
-                        "synapse_channels_with_gt": list(data.synapse_valid) if data.synapse is not None else []})
+    descriptions = []
+    for d, (t, v) in zip(datasets, splits):
+        desc = dict(d.description or {})
+        desc.update({"shape": list(d.raw.shape), "voxel_size": list(d.voxel_size),
+                     "train_sections": [0, int(t.raw.shape[0])],
+                     "validation_sections": [int(t.raw.shape[0]), int(d.raw.shape[0])] if v is not None else None,
+                     "synapse_channels_with_gt": list(d.synapse_valid) if d.synapse is not None else [],
+                     "input_range": [round(float(r), 3) for r in d.value_range]})
+        descriptions.append(desc)
+    description = descriptions[0] if len(datasets) == 1 else {"datasets": descriptions}
     metrics = history[-1]["metrics"] if history else {}
 
     def save(iteration, metrics):
@@ -199,7 +224,7 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
         # Stopped exactly here by an earlier (longer or interrupted) run: weights at iteration N do not depend on
         # the requested total, so record this request's parameters and a final validation.
         if val_data is not None and (not history or history[-1]["iteration"] != total):
-            metrics = evaluate(model, val_data, params, dev)
+            metrics = validate(model)
             history.append({"iteration": total, "metrics": metrics})
         return save(total, metrics)
     model.train()
@@ -232,7 +257,7 @@ def train(data: TrainData, params: dict | None, out_dir, device: str = "auto", t
         done = it + 1
         last = done == total or (budget is not None and run_seconds >= budget)
         if val_data is not None and (done % int(params["validate_every"]) == 0 or last):
-            metrics = evaluate(model, val_data, params, dev)
+            metrics = validate(model)
             metrics["train_loss"] = round(loss_avg, 5)
             history.append({"iteration": done, "metrics": metrics})
             bar.write(f"iteration {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
