@@ -1,31 +1,38 @@
-"""Real EM the model has never seen: normalization, augmentation and leave-one-dataset-out (issue 29).
+"""Real EM the model has never seen: leave one dataset out, the shipped real-EM model, the whole workflow (issue 29).
 
-    python benchmarks/real_em.py [--data ../shared/data] [--only NAME ...] [--threads 1] [--extra-test NAME=H5:KEY:GT_H5:KEY]
+    python benchmarks/real_em.py [--data ../shared/data] [--only NAME ...] [--skip fibsem ...] [--threads 1]
+                                 [--extra-test NAME=RAW_H5:GT_H5 ...]
 
-Two families of models, each trained with the project's own ``connectomix.train`` (cached under
-benchmarks/out/real_em/<run>; a cached run resumes or is reused):
+Models are trained with the project's own ``connectomix.train`` and cached under benchmarks/out/real_em/<name> (a
+cached run is reused, a partial one resumes); scores are cached per weights and test volume.
 
-* **FIB-SEM (3D, isotropic)**: the gala recipe (config/examples/gala-fibsem.yaml) trained on gala train, three
-  ways: as before (grey values 0..255 -> -1..1, default augmentation), with per-volume percentile normalization,
-  and with normalization plus the augmentation real data needs (gamma, blur, stronger contrast and noise, all axis
-  permutations). Evaluated in 3D on gala test and on gala test with its grey values changed the way another
-  microscope or staining changes them (compressed to 49..209, gamma 1.6, darker and noisier): a stand-in for an
-  unseen volume, never trained on nor tuned to. Also any ``--extra-test`` volume (HDF5 raw + labels).
 * **Leave one dataset out (2D, per section)**: for each real dataset, a model trained on all the other labelled
   data at hand (the other real datasets and the phantom, all resampled in-plane to the left-out dataset's pixel
   size, the way a user trains for their own volume) is compared with one trained on that dataset's own training
   part, on its held-out part (gala test; isbi2012 sections 24-29; vnc-sstem sections 08-11), by per-section VOI
-  through the project's agglomeration. Section by section (in-plane kernels, 2D instance targets), since two of
-  the three datasets have 2D labels only; the models are usable in the workflow at the dataset's own pixel size.
+  through the project's agglomeration. Ablations of the "others" model: fixed 0..255 input range instead of the
+  per-volume percentile stretch, and the default augmentation instead of the real-data one (gamma, blur, stronger
+  contrast and noise). Section by section (in-plane kernels, 2D instance targets), since two of the three datasets
+  have 2D labels only.
+* **The shipped model** (models/real-em): every dataset's training part at its own pixel size plus the phantom,
+  scored per section on every held-out part, on gala test with its grey values changed the way another microscope
+  or staining changes them (compressed to 49..209, gamma 1.6, darker and noisier; never trained on nor tuned to),
+  and on any ``--extra-test`` volume (HDF5 dataset 'stack' in both files, 10 nm isotropic).
+* **The whole workflow**: snakemake on ``config/examples/<dataset>.yaml`` (training off) with each left-out
+  dataset's "others" model, and with the shipped model: does it run to the end, and ``eval/metrics.json``.
+* **FIB-SEM (3D; ``--skip fibsem`` leaves it out, ~2 h on 2 cores)**: the gala 3D recipe trained on gala train
+  with and without normalization and augmentation, scored in 3D on gala test and its grey-value-changed copies.
 
 Segmentation: the project's blockwise mean-affinity agglomeration (``connectomix.segment``) at 0.5 and at the best
-threshold of a sweep; waterz on the same affinities as the peer. Writes results/real_em.{json,md}.
+threshold of a sweep; waterz on the same affinities as the peer. Writes benchmarks/results/real_em.{json,md}
+(without ``--only``; with it, benchmarks/out/real_em/partial.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -49,8 +56,11 @@ GALA_BASE = {"seed": 0, "iterations": 1000, "batch_size": 1, "output_shape": [12
 NORMALIZED = {"input_normalization": {"method": "percentile", "percentiles": [1, 99]}}
 REAL_AUGMENT = {"misalign_prob": 0.0, "missing_section_prob": 0.0, "intensity": 0.35, "noise": 0.08,
                 "gamma": 0.5, "blur": 1.5, "transpose": True}
-FIBSEM_RUNS = {  # the candidate first, then the ablations
+MILD_AUGMENT = {"misalign_prob": 0.0, "missing_section_prob": 0.0, "intensity": 0.3, "noise": 0.05,
+                "gamma": 0.4, "blur": 0.7}
+FIBSEM_RUNS = {  # the candidates first, then the ablations
     "fibsem-norm-aug": {**GALA_BASE, **NORMALIZED, "augment": REAL_AUGMENT},
+    "fibsem-norm-mild": {**GALA_BASE, **NORMALIZED, "augment": MILD_AUGMENT, "iterations": 1500},
     "fibsem-base": GALA_BASE,
     "fibsem-norm": {**GALA_BASE, **NORMALIZED},
 }
@@ -60,6 +70,14 @@ SECTION_MODEL = {"num_fmaps": 12, "fmap_inc_factor": 2, "downsample_factors": [[
 SECTION_PARAMS = {"seed": 0, "iterations": 1500, "batch_size": 4, "output_shape": [1, 64, 64],
                   "validation_fraction": 0.0, "checkpoint_every": 100, **NORMALIZED,
                   "augment": {**REAL_AUGMENT, "transpose": False, "flip": True}, "model": SECTION_MODEL}
+LOO_ABLATIONS = {  # trained on all other datasets without one ingredient each
+    "others-fixed": {**SECTION_PARAMS, "input_normalization": {"method": "fixed"}},
+    "others-plain": {**SECTION_PARAMS, "augment": {"misalign_prob": 0.0, "missing_section_prob": 0.0}},
+}
+SHIPPED_RUNS = {  # models/real-em (the first): every training part at its own pixel size, plus the phantom
+    "real-em": {**SECTION_PARAMS, "iterations": 4000, "dataset_sampling": "equal"},
+    "real-em-by-voxels": {**SECTION_PARAMS, "iterations": 4000},  # patches drawn in proportion to voxels
+}
 REAL = ("gala", "isbi2012", "vnc-sstem")
 
 
@@ -122,6 +140,12 @@ def _u8(x):
 
 # --- training ----------------------------------------------------------------------------------------------
 
+CACHED_ONLY = False  # --cached-only: report only models already trained under OUT
+
+
+class NotTrained(Exception):
+    """A model that --cached-only does not train."""
+
 
 def train_run(name: str, datasets, params: dict, threads: int) -> Path:
     from connectomix.train import TrainData, train
@@ -130,6 +154,8 @@ def train_run(name: str, datasets, params: dict, threads: int) -> Path:
     done = out / "checkpoint.json"
     if done.exists() and json.loads(done.read_text())["iterations"] >= params["iterations"]:
         return out
+    if CACHED_ONLY:
+        raise NotTrained(name)
     items = [TrainData(raw, labels, vs, None, (False, False, False), {"name": n}, per_section)
              for n, (raw, labels, vs, per_section) in datasets]
     t0 = time.time()
@@ -195,7 +221,8 @@ def score(affs: np.ndarray, gt: np.ndarray, vs, sections: bool) -> dict:
         rows = threshold_sweep(gt, frags, nodes, merges, THRESHOLDS, sections=sections)
     at = {r["threshold"]: r for r in rows}
     best = min(rows, key=lambda r: r["voi"])
-    return {"at_0.5": at[0.5], "best": best, "waterz_best": waterz_best(affs, gt, sections)}
+    sweep = [{k: r[k] for k in ("threshold", "voi", "voi_split", "voi_merge", "arand")} for r in rows]
+    return {"at_0.5": at[0.5], "best": best, "sweep": sweep, "waterz_best": waterz_best(affs, gt, sections)}
 
 
 def waterz_best(affs, gt, sections) -> dict:
@@ -215,6 +242,19 @@ def waterz_best(affs, gt, sections) -> dict:
 # --- the two experiments -----------------------------------------------------------------------------------
 
 
+def cached_score(checkpoint: Path, test: str, raw, gt, vs, sections: bool) -> dict:
+    """:func:`score` of ``checkpoint``'s affinities on ``raw``, kept under OUT/scores per weights and test, so a
+    later run (e.g. the one that writes the tables) reuses it."""
+    sha = json.loads((Path(checkpoint) / "checkpoint.json").read_text())["weights_sha256"][:16]
+    key = OUT / "scores" / f"{sha}-{test.replace(' ', '_').replace(',', '').replace('.', '')}.json"
+    if key.exists():
+        return json.loads(key.read_text())
+    result = score(affinities(checkpoint, raw), gt, vs, sections)
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_text(json.dumps(result, default=float))
+    return result
+
+
 def fibsem(vols: dict, threads: int, only, extra: dict) -> list[dict]:
     if "gala-train" not in vols:
         return [{"skipped": "gala-fibsem not found"}]
@@ -226,11 +266,11 @@ def fibsem(vols: dict, threads: int, only, extra: dict) -> list[dict]:
             continue
         ck = train_run(name, [("gala-train", vols["gala-train"])], params, threads)
         for test, raw in tests.items():
-            rows.append({"model": name, "test": test, **score(affinities(ck, raw), gt_test, vs, False)})
+            rows.append({"model": name, "test": test, **cached_score(ck, test, raw, gt_test, vs, False)})
             print(json.dumps({k: rows[-1][k] for k in ("model", "test")} | {"voi": rows[-1]["best"]["voi"]}),
                   flush=True)
         for test, (raw, gt, evs) in extra.items():
-            rows.append({"model": name, "test": test, **score(affinities(ck, raw), gt, evs, False)})
+            rows.append({"model": name, "test": test, **cached_score(ck, test, raw, gt, evs, False)})
     return rows
 
 
@@ -246,16 +286,54 @@ def leave_one_out(vols: dict, threads: int, only) -> list[dict]:
         own = [(f"{left}-train", sections[f"{left}-train"])]
         others = [(n, s) for n, s in sections.items() if not n.startswith(left)] + [
             ("phantom", at_pixel(*phantom[:3], pixel))]
-        for kind, data in (("own training part", own), ("all other datasets", others)):
-            name = f"sections-{left}-{'own' if kind.startswith('own') else 'others'}"
+        runs = [("own training part", "own", own, SECTION_PARAMS), ("all other datasets", "others", others,
+                                                                      SECTION_PARAMS)]
+        runs += [(f"all other datasets, {'fixed 0..255 input range' if v.endswith('fixed') else 'default augmentation'}",
+                  v, others, p) for v, p in LOO_ABLATIONS.items()]
+        for kind, suffix, data, params in runs:
+            name = f"sections-{left}-{suffix}"
             if only and name not in only:
                 continue
-            ck = train_run(name, data, SECTION_PARAMS, threads)
+            try:
+                ck = train_run(name, data, params, threads)
+            except NotTrained:
+                rows.append({"skipped": f"{name} not trained (--cached-only)"})
+                continue
             raw, gt, vs, _ = sections[f"{left}-test"]
             rows.append({"left_out": left, "pixel_nm": pixel, "trained_on": kind, "datasets": [n for n, _ in data],
                          "model": name,
-                         **score(affinities(ck, raw), gt, vs, True)})
+                         **cached_score(ck, f"{left}-test", raw, gt, vs, True)})
             print(json.dumps({"model": name, "voi": rows[-1]["best"]["voi"]}), flush=True)
+    return rows
+
+
+def shipped(vols: dict, threads: int, only, extra: dict) -> list[dict]:
+    """The shipped real-EM model (models/real-em): every dataset's training part at its own pixel size plus the
+    phantom, scored per section on every held-out part and on gala test with other grey values."""
+    have = [r for r in REAL if f"{r}-train" in vols]
+    if not have:
+        return [{"skipped": "no real dataset found"}]
+    phantom = phantom_sections()
+    data = [(f"{r}-train", at_pixel(*vols[f"{r}-train"][:3], vols[f"{r}-train"][2][1])) for r in have]
+    tests = {f"{r}-test": vols[f"{r}-test"] for r in have}
+    if "gala-test" in tests:
+        raw, gt, vs, _ = tests["gala-test"]
+        tests.update({f"gala-test, {k}": (_u8(v), gt, vs, False) for k, v in stressed(raw).items()})
+    tests.update({name: (raw, gt, vs, False) for name, (raw, gt, vs) in extra.items()})
+    rows = []
+    for name, params in SHIPPED_RUNS.items():
+        if only and name not in only:
+            continue
+        try:
+            ck = train_run(name, data + [("phantom", phantom)], params, threads)
+        except NotTrained:
+            rows.append({"skipped": f"{name} not trained (--cached-only)"})
+            continue
+        for test, (raw, gt, vs, _) in tests.items():
+            rows.append({"model": name, "test": test, "datasets": [n for n, _ in data] + ["phantom"],
+                         "dataset_sampling": params.get("dataset_sampling", "voxels"),
+                         **cached_score(ck, test, raw, gt, vs, True)})
+            print(json.dumps({"model": name, "test": test, "voi": rows[-1]["best"]["voi"]}), flush=True)
     return rows
 
 
@@ -263,27 +341,18 @@ EXAMPLES = {"gala": "gala-fibsem.yaml", "isbi2012": "isbi2012.yaml", "vnc-sstem"
 
 
 def pipeline_runs(data: Path) -> dict:
-    """name -> (example config, checkpoint, config overrides): the FIB-SEM model on gala and on a grey-value
-    squeezed copy of gala test, and each left-out dataset with the model trained on all the others."""
-    squeezed = OUT / "pipeline" / "gala-test-squeezed.h5"
+    """name -> (example config, checkpoint, config overrides): each left-out dataset with the model trained on all
+    the others, and the examples that use the shipped model."""
     gala = data / "gala-fibsem"
-    if gala.is_dir() and not squeezed.exists():
-        import h5py
-
-        squeezed.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(squeezed, "w") as f:
-            f["stack"] = _u8(stressed(_h5(gala / "test-image.h5"))["grey 49..209"])
     per_section = {"segment.fragments.mode": "2d"}
     return {
-        "gala, FIB-SEM model": ("gala", OUT / "fibsem-norm-aug", {
-            "datasets.gala-squeezed": {"voxel_size": [10, 10, 10], "offset_nm": [0, 0, 0], "source": {
-                "path": str(squeezed), "format": "hdf5", "key": "stack", "normalize": "auto"}},
-            "segment.evaluation.ground_truth.gala-squeezed": {"path": str(gala / "test-gt.lzf.h5"), "key": "stack"}}),
         "gala, left out": ("gala", OUT / "sections-gala-others", {
             **per_section, **{f"segment.evaluation.ground_truth.gala-{p}": {
                 "path": str(gala / f"{p}-gt.lzf.h5"), "key": "stack", "per_section": True} for p in ("train", "test")}}),
         "isbi2012, left out": ("isbi2012", OUT / "sections-isbi2012-others", per_section),
         "vnc-sstem, left out": ("vnc-sstem", OUT / "sections-vnc-sstem-others", per_section),
+        "isbi2012, shipped model": ("isbi2012", ROOT / "models" / "real-em", {}),
+        "vnc-sstem, shipped model": ("vnc-sstem", ROOT / "models" / "real-em", {}),
     }
 
 
@@ -315,7 +384,8 @@ def pipeline(runs: dict, cores: int) -> list[dict]:
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))
         t0 = time.time()
         run = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", str(cores),
-                              "--configfile", str(config)], cwd=ROOT, capture_output=True, text=True)
+                              "--configfile", str(config)], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
         row = {"run": name, "checkpoint": str(checkpoint), "overrides": overrides, "completed": run.returncode == 0,
                "seconds": round(time.time() - t0, 1)}
         if run.returncode:
@@ -334,9 +404,11 @@ def pipeline(runs: dict, cores: int) -> list[dict]:
 def markdown(result: dict) -> str:
     lines = ["# Real EM it has never seen (issue 29)", "",
              "`python benchmarks/real_em.py`. VOI in bits (split / merge), lower is better; the project's "
-             "mean-affinity agglomeration at 0.5 and at its best threshold, waterz's best on the same affinities.",
-             "", "## FIB-SEM: gala train -> gala test, and gala test with other grey values (3D)", "",
-             "| model | test volume | VOI @0.5 | VOI best (t) | ARAND best | waterz best VOI |", "|---|---|---|---|---|---|"]
+             "mean-affinity agglomeration at 0.5 and at its best threshold, waterz's best on the same affinities."]
+    if result["fibsem"]:
+        lines += ["", "## FIB-SEM: gala train -> gala test, and gala test with other grey values (3D)", "",
+                  "| model | test volume | VOI @0.5 | VOI best (t) | ARAND best | waterz best VOI |",
+                  "|---|---|---|---|---|---|"]
     for r in result["fibsem"]:
         if "skipped" in r:
             lines.append(f"| skipped: {r['skipped']} | | | | | |")
@@ -358,6 +430,19 @@ def markdown(result: dict) -> str:
         ratio = f"{b['voi'] / own[r['left_out']]:.2f}" if r["left_out"] in own else "-"
         lines.append(f"| {r['left_out']} | {r['trained_on']} ({', '.join(r['datasets'])}) | {a['voi']:.3f} | "
                      f"{b['voi']:.3f} ({b['threshold']:.2f}) | {ratio} | {r['waterz_best']['voi']:.3f} |")
+    lines += ["", "## The shipped model (models/real-em): all training parts, each at its own pixel size, plus the "
+              "phantom; per section", "",
+              "| model (patches per dataset) | test (held-out part) | VOI @0.5 | VOI best (t) | ARAND best | "
+              "own model's VOI best | waterz best VOI |", "|---|---|---|---|---|---|---|"]
+    for r in result.get("shipped", []):
+        if "skipped" in r:
+            lines.append(f"| skipped: {r['skipped']} | | | | | | |")
+            continue
+        a, b = r["at_0.5"], r["best"]
+        mine = None if "," in r["test"] else own.get(r["test"].removesuffix("-test"))
+        lines.append(f"| {r['model']} ({r['dataset_sampling']}) | {r['test']} | {a['voi']:.3f} | "
+                     f"{b['voi']:.3f} ({b['threshold']:.2f}) | {b['arand']:.3f} | "
+                     f"{'-' if mine is None else f'{mine:.3f}'} | {r['waterz_best']['voi']:.3f} |")
     lines += ["", "## The whole workflow on data its model never saw (`config/examples`, train disabled)", "",
               "| run | model | ran to the end | minutes | dataset: VOI (split / merge) |", "|---|---|---|---|---|"]
     for r in result.get("pipeline", []):
@@ -378,14 +463,18 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="folder of the real datasets")
     parser.add_argument("--only", nargs="*", help="run only these model names (e.g. fibsem-norm-aug)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["fibsem", "leave-one-out", "pipeline"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["fibsem", "leave-one-out", "shipped", "pipeline"])
     parser.add_argument("--cores", type=int, default=2, help="snakemake cores for the whole-workflow runs")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="train nothing: report the models already under benchmarks/out/real_em, skip the rest")
     parser.add_argument("--extra-test", nargs="*", default=[], metavar="NAME=RAW_H5:GT_H5",
                         help="more 10 nm isotropic test volumes (HDF5 dataset 'stack' in both files)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
+    global CACHED_ONLY
+    CACHED_ONLY = args.cached_only
     vols = real_volumes(Path(args.data))
     extra = {}
     for spec in args.extra_test:
@@ -394,6 +483,7 @@ def main(argv=None) -> int:
         extra[name] = (_h5(raw_file), _h5(gt_file).astype(np.uint64), (10.0, 10.0, 10.0))
     result = {"fibsem": [] if "fibsem" in args.skip else fibsem(vols, args.threads, args.only, extra),
               "leave_one_out": [] if "leave-one-out" in args.skip else leave_one_out(vols, args.threads, args.only),
+              "shipped": [] if "shipped" in args.skip else shipped(vols, args.threads, args.only, extra),
               "pipeline": [] if "pipeline" in args.skip else pipeline(pipeline_runs(Path(args.data)), args.cores)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.only:

@@ -220,6 +220,48 @@ def synapses(r: dict) -> list[str]:
     return out
 
 
+def real_em(r: dict) -> list[str]:
+    if "real_em" not in r:
+        return []
+    re = r["real_em"]
+    out = ["## train, predict: real EM the model has never seen", "",
+           source("real_em") + " Leave one dataset out: a 2D (per-section) U-Net trained on every other labelled "
+           "dataset (and the phantom), resampled in-plane to the left-out dataset's pixel size, against one trained on "
+           "the dataset's own training part; per-section VOI on its held-out part through the project's agglomeration "
+           "(best threshold of a sweep; waterz's best on the same affinities as the peer).", ""]
+    own = {row["left_out"]: row["best"]["voi"] for row in re["leave_one_out"]
+           if "skipped" not in row and row["trained_on"].startswith("own")}
+    out += table(["left out", "trained on", "VOI @0.5", "VOI best (threshold)", "ratio to own", "waterz best VOI"],
+                 [[row["left_out"], row["trained_on"], num(row["at_0.5"]["voi"]),
+                   f"{num(row['best']['voi'])} ({num(row['best']['threshold'])})",
+                   num(row["best"]["voi"] / own[row["left_out"]]) if row["left_out"] in own else "-",
+                   num(row["waterz_best"]["voi"])]
+                  for row in re["leave_one_out"] if "skipped" not in row])
+    if re.get("shipped"):
+        out += ["", "The shipped model `models/real-em` (`real-em`: every training part at its own pixel size, plus the "
+                "phantom, each giving a quarter of the patches; `real-em-by-voxels`: patches in proportion to voxels), "
+                "per section on the held-out parts and on gala test with other grey values:", ""]
+        out += table(["model", "test", "VOI @0.5", "VOI best (threshold)", "ARAND best"],
+                     [[row["model"], row["test"], num(row["at_0.5"]["voi"]),
+                       f"{num(row['best']['voi'])} ({num(row['best']['threshold'])})", num(row["best"]["arand"])]
+                      for row in re["shipped"] if "skipped" not in row])
+    if re.get("fibsem"):
+        out += ["", "3D FIB-SEM recipe (gala train -> gala test and gala test with other grey values):", ""]
+        out += table(["model", "test", "VOI @0.5", "VOI best (threshold)", "waterz best VOI"],
+                     [[row["model"], row["test"], num(row["at_0.5"]["voi"]),
+                       f"{num(row['best']['voi'])} ({num(row['best']['threshold'])})", num(row["waterz_best"]["voi"])]
+                      for row in re["fibsem"] if "skipped" not in row])
+    if re.get("pipeline"):
+        out += ["", "The whole workflow (`config/examples`, training off) with a model that never saw the dataset:", ""]
+        out += table(["run", "ran to the end", "minutes", "VOI (split / merge) per dataset"],
+                     [[row["run"], num(row.get("completed")), num(row.get("seconds", float("nan")) / 60, 1),
+                       "; ".join(f"{k}: {num(v.get('segmentation.voi'))} ({num(v.get('segmentation.voi_split'))} / "
+                                 f"{num(v.get('segmentation.voi_merge'))})"
+                                 for k, v in row.items() if isinstance(v, dict) and k != "overrides")]
+                      for row in re["pipeline"] if "skipped" not in row])
+    return out
+
+
 def end_to_end(r: dict) -> list[str]:
     rows = r["like_to_like_stages"]["rows"]
     seeds = sorted({row["seed"] for row in rows})
@@ -307,7 +349,7 @@ def continuity(r: dict) -> list[str]:
     return out
 
 
-SECTIONS = [phantom, predict, segment, continuity, skeletonize, mesh, synapses, end_to_end, planning, bad_inputs]
+SECTIONS = [phantom, predict, real_em, segment, continuity, skeletonize, mesh, synapses, end_to_end, planning, bad_inputs]
 
 
 def render(results: Path = RESULTS) -> str:

@@ -449,6 +449,25 @@ def test_transposed_patches_of_isotropic_data_keep_raw_and_targets_consistent():
         sample_batch(anisotropic, arch, out_shape, 1, np.random.default_rng(0), params)
 
 
+def test_equal_dataset_sampling_draws_a_small_volume_as_often_as_a_large_one():
+    big = synthetic_data((16, 64, 64), seed=0, cells=8)[0]
+    small = synthetic_data((4, 24, 24), seed=1, cells=4)[0]
+    small = TrainData(np.full_like(small.raw, 255), small.labels, small.voxel_size)  # white: tells its patches apart
+    base = {"model": {**TINY_MODEL, "synapses": False}, "augment": {
+        "intensity": 0, "noise": 0, "missing_section_prob": 0, "misalign_prob": 0}}
+    arch = architecture_from_params(merge_params(base)["model"])
+    out_shape = arch.valid_output_shape((1, 4, 4))
+
+    def share_of_small(sampling):
+        params = merge_params({**base, "dataset_sampling": sampling})
+        raw = sample_batch([big, small], arch, out_shape, 200, np.random.default_rng(0), params)[0]
+        return float(np.mean(raw.reshape(len(raw), -1).min(axis=1) == 1.0))
+
+    by_voxels, equal = share_of_small("voxels"), share_of_small("equal")
+    assert by_voxels < 0.1  # 2304 of 67840 voxels: about 3 %
+    assert 0.4 < equal < 0.6
+
+
 def test_gamma_and_blur_change_grey_values_not_their_order_or_range():
     from connectomix.train.data import _intensity
 

@@ -153,7 +153,8 @@ def sample_batch(data, arch, output_shape, batch_size: int, rng, params: dict):
     """A training batch: (raw float32 (N, 1, *in), targets float32 (N, C, *out), mask float32 (N, C, *out)).
 
     ``data``: one :class:`TrainData` or a list of them; each patch comes from one, drawn with probability
-    proportional to its number of voxels. ``augment.transpose`` permutes the axes of isotropic data."""
+    proportional to its number of voxels (``dataset_sampling: voxels``) or uniformly (``equal``).
+    ``augment.transpose`` permutes the axes of isotropic data."""
     datasets = list(data) if isinstance(data, (list, tuple)) else [data]
     if params["augment"]["transpose"]:
         anisotropic = [list(d.voxel_size) for d in datasets if not d.isotropic]
@@ -161,7 +162,7 @@ def sample_batch(data, arch, output_shape, batch_size: int, rng, params: dict):
             raise ValueError(f"train.augment.transpose needs isotropic voxels; got voxel sizes {anisotropic}")
     if len(datasets) == 1 and not params["augment"]["transpose"]:
         return _sample_batch(datasets[0], arch, output_shape, batch_size, rng, params)
-    sizes = np.array([d.raw.size for d in datasets], dtype=float)
+    sizes = np.array([d.raw.size if params["dataset_sampling"] == "voxels" else 1 for d in datasets], dtype=float)
     parts = []
     for _ in range(batch_size):
         d = datasets[int(rng.choice(len(datasets), p=sizes / sizes.sum()))]
