@@ -170,14 +170,10 @@ def train(data: TrainData | list, params: dict | None, out_dir, device: str = "a
     else:
         torch.manual_seed(int(params["seed"]))
         model = UNet(arch)
-        if params["init_from"]:
-            init, init_meta = load_checkpoint(params["init_from"], map_location="cpu")
-            if init_meta["architecture"] != arch.to_dict():
-                raise ValueError(f"train.init_from {params['init_from']}: its architecture differs from "
-                                 f"train.model; expected {arch.to_dict()}, found {init_meta['architecture']}")
-            model.load_state_dict(init.state_dict())
-            init_record = {"from": str(params["init_from"]), "weights_sha256": init_meta.get("weights_sha256"),
-                           "iterations": init_meta.get("iterations")}
+        if params["init_from"]:  # same architecture, or a pretrained backbone with a fresh head
+            from connectomix.train.pretrain import init_weights
+
+            init_record = init_weights(model, params["init_from"])
     model.input_normalization = norm
     class_caps = ([float(params["max_class_weight"])] * len(arch.offsets)
                   + [float(params["synapse_max_class_weight"] or params["max_class_weight"])]

@@ -1,0 +1,196 @@
+"""Self-supervised pretraining of the U-Net on unlabeled raw EM: masked-volume reconstruction.
+
+Random cubes (``train.pretrain.mask_size`` voxels, a ``mask_fraction`` of them) of each normalized, augmented input
+patch are replaced by noise (or zero) and the network learns to give back the grey values of the masked voxels
+(mean squared error on the masked voxels of its output only). The network is the supervised one (same
+:class:`~connectomix.models.UNet` and architecture, from ``train.model``); output channel 0 of its head is the
+reconstruction. Patches, per-volume input normalization and augmentation are those of supervised training
+(:func:`~connectomix.train.data.sample_batch` on the raw with no labels), so the backbone sees its inputs exactly
+as fine-tuning and inference will.
+
+The checkpoint (``connectomix.models.save_checkpoint``) records the architecture, the input normalization, the
+pretraining data and a top-level ``pretrain`` record (the marker :func:`init_weights` uses to re-initialize the
+head when a supervised run starts from it with ``train.init_from``). Iteration ``i`` draws from
+``numpy.random.default_rng([seed, i])``, so a resumed run continues exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from connectomix.train.data import TrainData, sample_batch
+from connectomix.train.loop import learning_rate, merge_params
+
+HEAD = "head."  # the output head's tensors (connectomix.models.UNet.head); everything else is the backbone
+
+
+def raw_data(raw, voxel_size, description: dict | None = None) -> TrainData:
+    """Unlabeled raw (numpy or zarr, (z, y, x)) as :class:`TrainData` (labels: a zero view, no memory)."""
+    if getattr(raw, "ndim", 0) != 3:
+        raise ValueError(f"pretraining raw must be a (z, y, x) array, got shape {getattr(raw, 'shape', None)}")
+    labels = np.broadcast_to(np.zeros((), dtype=np.uint8), raw.shape)
+    return TrainData(raw, labels, tuple(float(v) for v in voxel_size), None, (False, False, False),
+                     description or {})
+
+
+def cube_mask(shape, rng, fraction: float, size) -> np.ndarray:
+    """Boolean (z, y, x) mask of ``shape``: a grid of ``size`` cubes at a random phase, each set with probability
+    ``fraction``."""
+    size = [max(1, int(s)) for s in size]
+    phase = [int(rng.integers(s)) for s in size]
+    cells = [-(-(n + p) // s) for n, p, s in zip(shape, phase, size)]
+    grid = rng.random(cells) < fraction
+    full = grid.repeat(size[0], 0).repeat(size[1], 1).repeat(size[2], 2)
+    return full[phase[0]:phase[0] + shape[0], phase[1]:phase[1] + shape[1], phase[2]:phase[2] + shape[2]]
+
+
+def masked_batch(data, arch, out_shape, params: dict, rng):
+    """A pretraining batch: (masked input (N, 1, *in), target (N, 1, *out): the unmasked input's central part,
+    loss mask (N, 1, *out): the masked voxels), float32."""
+    pre = params["pretrain"]
+    raw = sample_batch(data, arch, out_shape, int(params["batch_size"]), rng, params)[0]
+    ctx = arch.context
+    centre = (slice(None), slice(None)) + tuple(slice(c, c + o) for c, o in zip(ctx, out_shape))
+    target = raw[centre].copy()
+    mask = np.stack([cube_mask(raw.shape[2:], rng, pre["mask_fraction"], pre["mask_size"])[None]
+                     for _ in range(raw.shape[0])])
+    fill = rng.uniform(-1.0, 1.0, size=raw.shape).astype(np.float32) if pre["mask_fill"] == "noise" else 0.0
+    masked = np.where(mask, fill, raw).astype(np.float32)
+    return masked, target, mask[centre].astype(np.float32)
+
+
+def masked_loss(model, batch):
+    """Mean squared error of output channel 0 against the target on the masked voxels (a torch scalar)."""
+    import torch
+
+    x, y, m = (torch.as_tensor(a) for a in batch)
+    dev = next(model.parameters()).device
+    x, y, m = x.to(dev), y.to(dev), m.to(dev)
+    out = model(x)[:, :1]
+    return ((out - y) ** 2 * m).sum() / m.sum().clamp(min=1)
+
+
+def pretrain(data: TrainData | list, params: dict | None, out_dir, device: str = "auto", threads: int = 0,
+             resume: bool = True, progress: bool = True, extra_meta: dict | None = None) -> dict:
+    """Pretrain (or resume) ``train.model`` by masked reconstruction of ``data``'s raw; writes the checkpoint
+    folder ``out_dir`` and returns its JSON.
+
+    ``data``: :class:`TrainData` (see :func:`raw_data`) or a list (patches in proportion to their voxels);
+    ``params``: the `train` section (``train.pretrain`` says the masking and the number of iterations; learning
+    rate, batch size, patch size, augmentation, normalization and model are those of supervised training).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from connectomix.models import UNet, architecture_from_params, input_normalization, input_range, \
+        load_checkpoint, save_checkpoint
+    from connectomix.predict import grey_sample, resolve_device
+    from connectomix.provenance import config_hash
+
+    params = merge_params(params)
+    pre = params["pretrain"]
+    total = int(pre["iterations"])
+    schedule = {**params, "iterations": total}
+    norm = input_normalization({"input_normalization": params["input_normalization"]})
+    datasets = list(data) if isinstance(data, (list, tuple)) else [data]
+    for d in datasets:
+        d.value_range = input_range(grey_sample(d.raw) if norm["method"] != "fixed" else np.zeros(0), norm)
+    dev = resolve_device(device, threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out = Path(out_dir)
+    arch = architecture_from_params(params["model"])
+    out_shape = arch.valid_output_shape(params["output_shape"])
+    state_path = out / "training_state.pt"
+    start, seconds, history = 0, 0.0, []
+    if resume and state_path.exists() and (out / "checkpoint.json").exists():
+        model, meta = load_checkpoint(out, map_location="cpu")
+        if meta["architecture"] != arch.to_dict() or "pretrain" not in meta:
+            raise ValueError(f"cannot resume {out}: not a pretraining checkpoint of the requested architecture")
+        start, seconds = int(meta["iterations"]), float(meta["training"].get("seconds", 0.0))
+        history = list(meta.get("loss_history", []))
+    else:
+        torch.manual_seed(int(params["seed"]))
+        model = UNet(arch)
+    if start > total:
+        raise ValueError(f"{out} already holds {start} pretraining iterations, more than the {total} requested")
+    model.input_normalization = norm
+    model.to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate(schedule, start),
+                            weight_decay=params["weight_decay"])
+    if start:
+        opt.load_state_dict(torch.load(state_path, weights_only=True, map_location=dev)["optimizer"])
+    description = [dict(d.description or {}, shape=list(d.raw.shape), voxel_size=list(d.voxel_size),
+                        input_range=[round(float(r), 3) for r in d.value_range]) for d in datasets]
+
+    def save(iteration):
+        meta = {"iterations": iteration,
+                "pretrain": {"task": "masked reconstruction", "output_channel": 0, **pre},
+                "training": {"data": description, "params": params, "config_hash": config_hash(params),
+                             "seed": params["seed"], "device": str(dev), "seconds": round(seconds, 1),
+                             "output_shape": list(out_shape), "init": None, **(extra_meta or {})},
+                "validation": {"masked_mse": history[-1]["masked_mse"]} if history else {},
+                "loss_history": history}
+        payload = save_checkpoint(out, model, meta)
+        tmp = out / "training_state.pt.tmp"
+        torch.save({"optimizer": opt.state_dict(), "iteration": iteration}, tmp)
+        os.replace(tmp, state_path)
+        return payload
+
+    train_data = datasets if len(datasets) > 1 else datasets[0]
+    every = int(params["checkpoint_every"])
+    window: list[float] = []
+    payload = None
+    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress, desc="pretrain",
+               dynamic_ncols=True)
+    for it in bar:
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(schedule, it)
+        batch = masked_batch(train_data, arch, out_shape, params, np.random.default_rng([int(params["seed"]), it]))
+        loss = masked_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seconds += time.perf_counter() - t0
+        window.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{np.mean(window[-50:]):.4f}")
+        done = it + 1
+        if done % every == 0 or done == total:
+            history.append({"iteration": done, "masked_mse": round(float(np.mean(window)), 5)})
+            window = []
+            payload = save(done)
+    bar.close()
+    if payload is None:  # already pretrained to `iterations`
+        payload = json.loads((out / "checkpoint.json").read_text()) if (out / "checkpoint.json").exists() \
+            else save(start)
+    return payload
+
+
+def init_weights(model, path) -> dict:
+    """Start ``model`` from the checkpoint at ``path`` (``train.init_from``); returns the ``init`` record.
+
+    The checkpoint's architecture must equal the model's, or differ only in the output head (affinity offsets,
+    synapse channels): then every tensor whose name and shape match is loaded and the rest (the head) keeps its
+    fresh initialization. A pretraining checkpoint (:func:`pretrain`) never lends its head (a reconstruction, not
+    affinities). The record names the tensors loaded and re-initialized when that is not all of them."""
+    from connectomix.models import load_checkpoint
+
+    init, meta = load_checkpoint(path, map_location="cpu")
+    mine, theirs = model.arch.to_dict(), meta["architecture"]
+    head_keys = ("offsets", "synapse_channels")
+    if {k: v for k, v in theirs.items() if k not in head_keys} != {k: v for k, v in mine.items() if k not in head_keys}:
+        raise ValueError(f"train.init_from {path}: its architecture differs from train.model (beyond the output "
+                         f"head); expected {mine}, found {theirs}")
+    own, state = model.state_dict(), init.state_dict()
+    loaded = [k for k, v in own.items() if k in state and state[k].shape == v.shape
+              and not ("pretrain" in meta and k.startswith(HEAD))]
+    model.load_state_dict({**own, **{k: state[k] for k in loaded}})
+    record = {"from": str(path), "weights_sha256": meta.get("weights_sha256"), "iterations": meta.get("iterations")}
+    if len(loaded) < len(own):
+        record.update(pretrain="pretrain" in meta, loaded=loaded, reinitialized=[k for k in own if k not in loaded])
+    return record
