@@ -124,8 +124,9 @@ def pretrain(data: TrainData | list, params: dict | None, out_dir, device: str =
                             weight_decay=params["weight_decay"])
     if start:
         opt.load_state_dict(torch.load(state_path, weights_only=True, map_location=dev)["optimizer"])
-    description = [dict(d.description or {}, shape=list(d.raw.shape), voxel_size=list(d.voxel_size),
-                        input_range=[round(float(r), 3) for r in d.value_range]) for d in datasets]
+    described = [dict(d.description or {}, shape=list(d.raw.shape), voxel_size=list(d.voxel_size),
+                      input_range=[round(float(r), 3) for r in d.value_range]) for d in datasets]
+    description = described[0] if len(described) == 1 else {"datasets": described}
 
     def save(iteration):
         meta = {"iterations": iteration,
@@ -194,3 +195,82 @@ def init_weights(model, path) -> dict:
     if len(loaded) < len(own):
         record.update(pretrain="pretrain" in meta, loaded=loaded, reinitialized=[k for k in own if k not in loaded])
     return record
+
+
+# --- ``python -m connectomix pretrain`` -----------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+    """The options of ``connectomix pretrain``."""
+    parser.add_argument("--raw", nargs="+", required=True, metavar="PATH[:KEY]",
+                        help="unlabeled raw volumes: an OME-Zarr dataset (array KEY, default raw; its voxel size), an "
+                             "HDF5 file (dataset KEY, default stack), a zarr array (or KEY inside a zarr group), a "
+                             ".npy file, or a folder of section images (.png/.tif, name order)")
+    parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="voxel size in nm of the raw that is not an OME-Zarr dataset")
+    parser.add_argument("--out", required=True, help="checkpoint folder to write (weights.pt, checkpoint.json)")
+    parser.add_argument("--params", default="{}",
+                        help="the `train` config section as JSON (defaults filled); train.pretrain says the masking "
+                             "and the iterations, train.model the network")
+    parser.add_argument("--device", default="auto", help="auto (GPU when present, else CPU), cpu, cuda ...")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def load_raw(spec: str, voxel_size=None) -> TrainData:
+    """The raw that ``spec`` (``PATH[:KEY]``, see ``connectomix pretrain --help``) names, as :func:`raw_data`."""
+    from connectomix import io
+    from connectomix.evaluate.segmentation import load_ground_truth
+
+    path, key = spec, None
+    if not Path(spec).exists() and ":" in spec:
+        path, key = spec.rsplit(":", 1)
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"--raw {spec}: no file or folder {path}")
+    if p.is_dir() and io.has_array(p, key or "raw"):
+        raw, vs = io.open_array(p, key or "raw"), io.read_meta(p, key or "raw").voxel_size
+    else:
+        if voxel_size is None:
+            raise ValueError(f"--raw {spec} is not an OME-Zarr dataset: give its voxel size with --voxel-size Z Y X")
+        vs = voxel_size
+        if p.suffix == ".npy":
+            raw = np.load(p, mmap_mode="r")
+        elif p.is_dir() and not key and not (p / ".zarray").exists():
+            from skimage.io import imread
+
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".tif", ".tiff"))
+            if not files:
+                raise ValueError(f"--raw {spec}: no OME-Zarr array 'raw', zarr array or section images in {p}")
+            raw = np.stack([np.asarray(imread(f)) for f in files])
+        else:
+            fmt = "hdf5" if p.suffix in (".h5", ".hdf5", ".hdf") else "zarr"
+            raw = load_ground_truth(gt_file=p, gt_key=key, gt_format=fmt)
+    if getattr(raw, "ndim", 0) != 3:
+        raise ValueError(f"--raw {spec}: expected a (z, y, x) array, got shape {list(getattr(raw, 'shape', []))}")
+    return raw_data(raw, vs, {"raw": spec})
+
+
+def run(args) -> int:
+    """Load the raw volumes, pretrain (or resume) and print a one-line summary."""
+    from connectomix.train.data import rescaled
+
+    try:
+        params = json.loads(args.params)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--params is not valid JSON: {error}") from error
+    merged = merge_params(params)
+    data = [load_raw(spec, args.voxel_size) for spec in args.raw]
+    if merged["pixel_nm"] is not None:
+        data = [rescaled(d, (d.voxel_size[0], merged["pixel_nm"], merged["pixel_nm"])) for d in data]
+    command = (f"python -m connectomix pretrain --raw {' '.join(args.raw)} "
+               + (f"--voxel-size {' '.join(f'{v:g}' for v in args.voxel_size)} " if args.voxel_size else "")
+               + f"--out {args.out} --params '{json.dumps(params, sort_keys=True)}' --device {args.device} "
+               + f"--threads {args.threads}")
+    t0 = time.time()
+    payload = pretrain(data, merged, args.out, args.device, args.threads, resume=not args.no_resume,
+                       progress=not args.no_progress, extra_meta={"command": command})
+    print(f"pretrain: {payload['iterations']} iterations, masked MSE {payload['validation'].get('masked_mse')} "
+          f"({time.time() - t0:.0f} s) -> {args.out}")
+    return 0
