@@ -1,6 +1,7 @@
 """Label efficiency of self-supervised pretraining (issue 29): 10 % of gala train's labels, from scratch or not.
 
     python benchmarks/label_efficiency.py [--data ../shared/data] [--threads 1] [--seeds 0 1] [--recipes NAME ...]
+        [--variant-seeds 0] [--finetune-iterations 400] [--pretrain-iterations 1000] [--no-full]
 
 The 3D gala recipe of benchmarks/real_em.py (GALA_MODEL, per-volume percentile normalization, mild augmentation)
 is trained on the labels of one contiguous sub-block of gala train (``LABEL_BLOCK``: sections 0-39, y 0-49,
@@ -133,6 +134,8 @@ def markdown(result: dict) -> str:
     for m in result["means"]:
         lines.append(f"| {m['arm']} | {m['recipe'] or '-'} | {m['seeds']} | {m['voi_0.5']:.3f} | "
                      f"{m['voi_best']:.3f} | {m['arand_best']:.3f} |")
+    lines += ["", "Recipes (train.pretrain; fine-tuning learning rate 5e-4 unless said):", ""]
+    lines += [f"- {k}: {json.dumps(v)}" for k, v in s["recipes"].items()]
     lines += ["", "Pretraining loss (masked-voxel MSE, normalized grey units) per recipe: " + "; ".join(
         f"{k}: {v[0]['masked_mse']:.3f} -> {v[-1]['masked_mse']:.3f}" for k, v in result["pretrain_loss"].items())]
     return "\n".join(lines) + "\n"
@@ -156,6 +159,8 @@ def main(argv=None) -> int:
     parser.add_argument("--recipes", nargs="+", default=["mask4-half"], choices=sorted(RECIPES))
     parser.add_argument("--finetune-iterations", type=int, default=400)
     parser.add_argument("--pretrain-iterations", type=int, default=1000)
+    parser.add_argument("--variant-seeds", type=int, nargs="+",
+                        help="seeds of the recipes after the first (default: --seeds), to try variants on fewer")
     parser.add_argument("--no-full", action="store_true", help="skip the full-label reference model")
     args = parser.parse_args(argv)
     import torch
@@ -189,6 +194,8 @@ def main(argv=None) -> int:
         record("scratch, 10 % labels", None, seed, finetuned(name, raw_sub, gt_sub, {**base, "seed": seed},
                                                               args.threads))
         for recipe in args.recipes:
+            if recipe != args.recipes[0] and args.variant_seeds is not None and seed not in args.variant_seeds:
+                continue
             ck = pretrained(recipe, raw_train, args.pretrain_iterations, args.threads)
             result["pretrain_loss"][recipe] = json.loads((ck / "checkpoint.json").read_text())["loss_history"]
             params = {**base, "seed": seed, "init_from": str(ck)}
