@@ -349,7 +349,25 @@ def continuity(r: dict) -> list[str]:
     return out
 
 
-SECTIONS = [phantom, predict, real_em, segment, continuity, skeletonize, mesh, synapses, end_to_end, planning, bad_inputs]
+def label_efficiency(r: dict) -> list[str]:
+    if "label_efficiency" not in r:
+        return []
+    le = r["label_efficiency"]
+    s = le["setup"]
+    out = ["## pretraining on unlabeled raw: label efficiency (issue 29)", "",
+           source("label_efficiency") + f" gala's 3D model trained on {100 * s['label_fraction']:.0f} % of gala "
+           f"train's labels (sub-block {s['label_block']}) for {s['finetune_iterations']} iterations, from scratch "
+           f"or from a checkpoint pretrained by masked reconstruction on gala train's raw "
+           f"({s['pretrain_iterations']} iterations); scored on gala test (3D).", ""]
+    out += table(["arm", "recipe", "seed", "VOI @0.5", "VOI best (t)", "ARAND best"],
+                 [[x["arm"], x["recipe"] or "-", x["seed"], num(x["voi_0.5"], 3),
+                   f"{num(x['voi_best'], 3)} ({num(x['best_threshold'])})", num(x["arand_best"], 3)]
+                  for x in le["runs"]])
+    return out
+
+
+SECTIONS = [phantom, predict, real_em, label_efficiency, segment, continuity, skeletonize, mesh, synapses,
+            end_to_end, planning, bad_inputs]
 
 
 def render(results: Path = RESULTS) -> str:

@@ -113,6 +113,34 @@ def _split(data: TrainData, fraction: float) -> tuple[TrainData, TrainData | Non
     return data.slab(0, z - n_val), data.slab(z - n_val, z)
 
 
+HEAD = "head."  # the output head's tensors (connectomix.models.UNet.head); everything else is the backbone
+
+
+def init_weights(model, path) -> dict:
+    """Start ``model`` from the checkpoint at ``path`` (``train.init_from``); returns the ``init`` record.
+
+    The checkpoint's architecture must equal the model's, or differ only in the output head (affinity offsets,
+    synapse channels): then every tensor whose name and shape match is loaded and the rest (the head) keeps its
+    fresh initialization. A pretraining checkpoint (:func:`connectomix.train.pretrain.pretrain`) never lends its head (a reconstruction, not
+    affinities). The record names the tensors loaded and re-initialized when that is not all of them."""
+    from connectomix.models import load_checkpoint
+
+    init, meta = load_checkpoint(path, map_location="cpu")
+    mine, theirs = model.arch.to_dict(), meta["architecture"]
+    head_keys = ("offsets", "synapse_channels")
+    if {k: v for k, v in theirs.items() if k not in head_keys} != {k: v for k, v in mine.items() if k not in head_keys}:
+        raise ValueError(f"train.init_from {path}: its architecture differs from train.model (beyond the output "
+                         f"head); expected {mine}, found {theirs}")
+    own, state = model.state_dict(), init.state_dict()
+    loaded = [k for k, v in own.items() if k in state and state[k].shape == v.shape
+              and not ("pretrain" in meta and k.startswith(HEAD))]
+    model.load_state_dict({**own, **{k: state[k] for k in loaded}})
+    record = {"from": str(path), "weights_sha256": meta.get("weights_sha256"), "iterations": meta.get("iterations")}
+    if len(loaded) < len(own):
+        record.update(pretrain="pretrain" in meta, loaded=loaded, reinitialized=[k for k in own if k not in loaded])
+    return record
+
+
 def train(data: TrainData | list, params: dict | None, out_dir, device: str = "auto", threads: int = 0,
           resume: bool = True, progress: bool = True, extra_meta: dict | None = None) -> dict:
     """Train (or resume) a model and write the checkpoint folder ``out_dir``; returns the checkpoint JSON.
@@ -170,14 +198,8 @@ def train(data: TrainData | list, params: dict | None, out_dir, device: str = "a
     else:
         torch.manual_seed(int(params["seed"]))
         model = UNet(arch)
-        if params["init_from"]:
-            init, init_meta = load_checkpoint(params["init_from"], map_location="cpu")
-            if init_meta["architecture"] != arch.to_dict():
-                raise ValueError(f"train.init_from {params['init_from']}: its architecture differs from "
-                                 f"train.model; expected {arch.to_dict()}, found {init_meta['architecture']}")
-            model.load_state_dict(init.state_dict())
-            init_record = {"from": str(params["init_from"]), "weights_sha256": init_meta.get("weights_sha256"),
-                           "iterations": init_meta.get("iterations")}
+        if params["init_from"]:  # same architecture, or a pretrained backbone with a fresh head
+            init_record = init_weights(model, params["init_from"])
     model.input_normalization = norm
     class_caps = ([float(params["max_class_weight"])] * len(arch.offsets)
                   + [float(params["synapse_max_class_weight"] or params["max_class_weight"])]
