@@ -10,8 +10,9 @@ as fine-tuning and inference will.
 
 The checkpoint (``connectomix.models.save_checkpoint``) records the architecture, the input normalization, the
 pretraining data and a top-level ``pretrain`` record (the marker that
-:func:`connectomix.train.loop.init_weights` uses to re-initialize the head when a supervised run starts from it with ``train.init_from``). Iteration ``i`` draws from
-``numpy.random.default_rng([seed, i])``, so a resumed run continues exactly like an uninterrupted one.
+:func:`connectomix.train.loop.init_weights` uses to re-initialize the head when a supervised run starts from
+it with ``train.init_from``). Iteration ``i`` draws from ``numpy.random.default_rng([seed, i])``, so a resumed
+run continues exactly like an uninterrupted one.
 """
 
 from __future__ import annotations
