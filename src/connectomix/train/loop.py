@@ -122,7 +122,8 @@ def init_weights(model, path) -> dict:
     The checkpoint's architecture must equal the model's, or differ only in the output head (affinity offsets,
     synapse channels): then every tensor whose name and shape match is loaded and the rest (the head) keeps its
     fresh initialization. A pretraining checkpoint (:func:`connectomix.train.pretrain.pretrain`) never lends its
-    head (a reconstruction, not affinities). The record names the tensors loaded and re-initialized when that is not all of them."""
+    head (a reconstruction, not affinities). The record names the tensors loaded and re-initialized when that is
+    not all of them."""
     from connectomix.models import load_checkpoint
 
     init, meta = load_checkpoint(path, map_location="cpu")
