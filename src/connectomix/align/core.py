@@ -161,9 +161,10 @@ def local_matches(read, status, t, nodes_y, nodes_x, params) -> pd.DataFrame:
     rows = []
     cache: dict = {}
 
-    def section(z):
+    def section(z):  # sections come in increasing z: keep the last few only
         if z not in cache:
-            cache.clear() if len(cache) > params["neighbours"] + 1 else None
+            if len(cache) > params["neighbours"] + 1:
+                del cache[min(cache)]
             img = np.asarray(read(z), np.float32)
             cache[z] = (img, ndimage.gaussian_filter(img, 2.0))
         return cache[z]
@@ -172,7 +173,7 @@ def local_matches(read, status, t, nodes_y, nodes_x, params) -> pd.DataFrame:
         (a, sa), (b, sb) = section(z), section(z2)
         h, w = a.shape
         oz, oz2 = np.rint(t[z]).astype(int), np.rint(t[z2]).astype(int)
-        ref = 0.5 * (sa.std() + sb.std())
+        ref_a, ref_b = sa.std(), sb.std()
         for y in nodes_y:
             for x in nodes_x:
                 c = np.array([y, x])
@@ -184,7 +185,7 @@ def local_matches(read, status, t, nodes_y, nodes_x, params) -> pd.DataFrame:
                 pa = (slice(c[0] + oz[0] - half, c[0] + oz[0] + half), slice(c[1] + oz[1] - half, c[1] + oz[1] + half))
                 pb = (slice(c[0] + oz2[0] - half, c[0] + oz2[0] + half),
                       slice(c[1] + oz2[1] - half, c[1] + oz2[1] + half))
-                if min(sa[pa].std(), sb[pb].std()) < 0.3 * ref:
+                if sa[pa].std() < 0.3 * ref_a or sb[pb].std() < 0.3 * ref_b:
                     continue  # no structure (an empty gap, a blank corner)
                 s, ncc = match(a[pa], b[pb])
                 if ncc < params["min_correlation"] or np.abs(s).max() > half / 2:
