@@ -5,13 +5,6 @@ ALIGN = CFG["align"]
 ALIGN_SPEC = {k: v for k, v in ALIGN.items() if k not in ("enabled", "missing_affinities")}
 
 
-def align_tables(wc):
-    """Param of align_block: the digests of the transforms align_setup (a checkpoint) wrote, so that the blocks
-    rerun when the transforms changed (see "Extending a dataset" in rules/common.smk)."""
-    return digests.file_digests([PATHS.file(f"align/{name}.parquet", wc.dataset) for name in ("sections",
-                                                                                              "transforms")])
-
-
 # A checkpoint: see "Extending a dataset" in rules/common.smk.
 checkpoint align_setup:
     input:
