@@ -6,7 +6,7 @@ synthetic misalignment, throughput, before/after montages.
 
 * **Phantom**: config.yaml's phantom (seed 7 with its misalignment and defects), aligned with the schema's `align`
   defaults; residuals against the true transforms (connectomix.evaluate.align), before and after.
-* **Real EM**: vnc-sstem (20 sections cropped to 512 x 512) and isbi2012 (30 sections, 512 x 512), PNG/TIFF stacks
+* **Real EM**: vnc-sstem (its 12 sections, cropped to 512 x 512) and isbi2012 (30 sections, 512 x 512), PNG/TIFF stacks
   aligned by their providers, misaligned here by connectomix.phantom.defects (the demo's amounts: 2 px random-walk
   steps, 1 px jitter, 0.2 degree rotations, 1.5 px elastic; no missing sections), then aligned; residuals against
   that known misalignment (in pixels; the datasets' own voxel sizes do not matter here).
