@@ -30,6 +30,7 @@ wildcard_constraints:
 # in pipeline order
 include: "rules/phantom.smk"
 include: "rules/ingest.smk"
+include: "rules/align.smk"
 include: "rules/predict.smk"
 include: "rules/segment.smk"
 include: "rules/skeletonize.smk"

@@ -366,8 +366,34 @@ def label_efficiency(r: dict) -> list[str]:
     return out
 
 
-SECTIONS = [phantom, predict, real_em, label_efficiency, segment, continuity, skeletonize, mesh, synapses,
-            end_to_end, planning, bad_inputs]
+def align(r: dict) -> list[str]:
+    a = r.get("align")
+    if a is None:
+        return []
+    ph = a["phantom"]
+    out = ["## align: serial-section alignment", "",
+           source("align") + " Residual misalignment against the true transforms (the stack's translation removed); "
+           "neighbour: the difference of adjacent sections' residuals at one point.", ""]
+    rows = [["phantom (nm)", tuple(ph["shape"]), num(ph["residual_before_median_nm"], 1),
+             num(ph["residual_before_p95_nm"], 1), num(ph["residual_median_nm"], 1), num(ph["residual_p95_nm"], 1),
+             num(ph["neighbour_residual_median_nm"], 1), num(ph["neighbour_residual_p95_nm"], 1)]]
+    for name, real in a["real"].items():
+        if "skipped" not in real:
+            rows.append([f"{name} (px)", tuple(real["shape"]), num(real["residual_before_median_px"]),
+                         num(real["residual_before_p95_px"]), num(real["residual_median_px"]),
+                         num(real["residual_p95_px"]), num(real["neighbour_residual_median_px"]),
+                         num(real["neighbour_residual_p95_px"])])
+    out += table(["data", "shape (z, y, x)", "median before", "p95 before", "median after", "p95 after",
+                  "neighbour median", "neighbour p95"], rows)
+    out += ["", "Throughput (estimate + render, one thread):", ""]
+    out += table(["shape (z, y, x)", "Mvoxel", "estimate Mvoxel/s", "render Mvoxel/s"],
+                 [[tuple(t["shape"]), num(t["mvoxels"]), num(t["estimate_mvoxel_per_s"], 3),
+                   num(t["render_mvoxel_per_s"])] for t in a["throughput"]])
+    return out
+
+
+SECTIONS = [phantom, align, predict, real_em, label_efficiency, segment, continuity, skeletonize, mesh,
+            synapses, end_to_end, planning, bad_inputs]
 
 
 def render(results: Path = RESULTS) -> str:

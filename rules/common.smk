@@ -206,6 +206,13 @@ def lut_digest(wc):
     return digests.lut_digest(lut, WF.batch_blocks(wc.dataset, wc.batch))
 
 
+def align_tables(wc):
+    """Param of align_block (and predict_block with align): a digest of the transforms align_setup (a checkpoint)
+    wrote, so that the blocks rerun when the transforms changed (see "Extending a dataset")."""
+    return digests.file_digests([PATHS.file(f"align/{name}.parquet", wc.dataset) for name in ("sections",
+                                                                                              "transforms")])
+
+
 def lut_read(stage):
     """Param function: like lut_digest, over the blocks a batch reads with `stage`'s halo (the segmentation a
     skeleton block reads is their fragments through the lookup table)."""

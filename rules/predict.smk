@@ -39,12 +39,18 @@ rule train:
 # The setup records what defines a block's result (checkpoint, tile shape, augmentation, block grid): its params,
 # so that a change reruns it; the block rule keeps them too, so that the blocks rerun (rules/common.smk).
 PREDICT_SPEC = {"checkpoint": PREDICT_CHECKPOINT, "tile_shape": PREDICT["tile_shape"], "augment": PREDICT["augment"]}
+# The image predict reads: `raw`, or `aligned` (align.enabled) with the z-affinities at missing sections per
+# align.missing_affinities; the block rule keeps it as a param too.
+PREDICT_INPUT = (f"--input aligned --missing-affinities {CFG['align']['missing_affinities']}"
+                 if CFG["align"]["enabled"] else "")
 
 
 # A checkpoint: see "Extending a dataset" in rules/common.smk.
 checkpoint predict_setup:
     input:
         raw=raw_done,
+        # with align.enabled, predict reads `aligned` (rules/align.smk)
+        aligned=[PATHS.summary("align")] if CFG["align"]["enabled"] else [],
         checkpoint=f"{PREDICT_CHECKPOINT}/checkpoint.json",
     output:
         setup=PATHS.setup("predict"),
@@ -55,6 +61,7 @@ checkpoint predict_setup:
         spec=json_arg(PREDICT_SPEC),
         block=zyx(CFG["blocks"]["shape"]),
         chunks=zyx(CFG["storage"]["chunk_shape"]),
+        input=PREDICT_INPUT,
     log:
         PATHS.log("predict/setup"),
     conda:
@@ -65,7 +72,7 @@ checkpoint predict_setup:
     shell:
         "python -m connectomix predict setup --volume {params.volume:q} --work-dir {params.work:q} "
         "--params {params.spec} --block-shape {params.block} --chunk-shape {params.chunks} "
-        "--marker-dir {params.markers:q} > {log:q} 2>&1"
+        "--marker-dir {params.markers:q} {params.input} > {log:q} 2>&1"
 
 
 rule predict_block:
@@ -80,6 +87,9 @@ rule predict_block:
         # the raw voxels its blocks read (ingest's block digests): a changed source reruns only those blocks
         raw=raw_reads("predict"),
         spec=json_arg(PREDICT_SPEC),
+        input=PREDICT_INPUT,
+        # with align: the transforms behind `aligned` (a changed alignment reruns every block)
+        align=lambda wc: align_tables(wc) if CFG["align"]["enabled"] else "",
         work=work_dir("predict"),
         blocks=batch_blocks,
         record=batch_record,

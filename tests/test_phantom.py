@@ -326,3 +326,42 @@ def test_schema_documents_every_parameter_with_the_same_default():
         assert spec.get("description"), key
     filled = cmx_config.validate({"datasets": {"ph": {"voxel_size": [40, 8, 8], "phantom": {"seed": 5}}}})
     assert PhantomParams.from_dict(filled["datasets"]["ph"]["phantom"]) == PhantomParams(seed=5)
+
+
+DEFECTS = {"misalign_step_nm": 16.0, "misalign_jitter_nm": 8.0, "misalign_rotation_deg": 0.3, "elastic_nm": 12.0,
+           "elastic_length_nm": 400.0, "missing_sections": 1, "blank_sections": 1, "low_contrast_sections": 1,
+           "folds": 1, "cracks": 1}
+
+
+def test_misalignment_and_defects_deform_raw_only(ph, tmp_path):
+    from connectomix.phantom.defects import FOLD, LOW_CONTRAST, MISSING
+
+    bad = generate(PhantomParams.from_dict({**SMALL, **DEFECTS}), voxel_size=VOXEL)
+    # the tissue and its ground truth do not change; only raw is deformed
+    assert np.array_equal(bad.labels, ph.labels) and np.array_equal(bad.clefts, ph.clefts)
+    assert ph.misalignment is None and bad.misalignment is not None
+    sections, points, mask = (bad.misalignment[k] for k in ("sections", "points", "defects"))
+    status = sections.set_index("z").status
+    assert sorted(status[status != "ok"]) == ["blank", "crack", "fold", "low_contrast", "missing"]
+    assert status[0] == status[len(status) - 1] == "ok"  # defects on interior sections only
+    z = {s: int(status.index[status == s][0]) for s in status.unique()}
+    assert not bad.raw[z["missing"]].any() and (mask[z["missing"]] == MISSING).all()
+    assert (mask[z["blank"]] == MISSING).all() and (mask[z["low_contrast"]] == LOW_CONTRAST).all()
+    assert bad.raw[z["low_contrast"]].std() < 0.5 * bad.raw[z["ok"]].std()
+    assert (mask[z["fold"]] == FOLD).any() and (mask[z["crack"]] == FOLD).any()
+    # the true maps: zero-mean translations; a point shows the aligned position the table says
+    assert abs(sections.translation_y_nm.mean()) < 1e-6 and sections.translation_y_nm.abs().max() > 8
+    ok = points[points.z == z["ok"]]
+    assert ok.valid.all() and not points[points.z == z["missing"]].valid.any()
+    shift = np.hypot(ok.aligned_y_nm - ok.raw_y_nm, ok.aligned_x_nm - ok.raw_x_nm)
+    assert 0 < shift.median() < 200
+    # an observed section matches the aligned image sampled at the true positions
+    clean = ph.raw[z["ok"]].astype(float)
+    from scipy import ndimage
+    sample = ndimage.map_coordinates(clean, [ok.aligned_y_nm / VOXEL[1], ok.aligned_x_nm / VOXEL[2]], order=1)
+    seen = bad.raw[z["ok"]][(ok.raw_y_nm / VOXEL[1]).astype(int), (ok.raw_x_nm / VOXEL[2]).astype(int)]
+    unmoved = clean[(ok.raw_y_nm / VOXEL[1]).astype(int), (ok.raw_x_nm / VOXEL[2]).astype(int)]
+    assert np.corrcoef(sample, seen)[0, 1] > np.corrcoef(unmoved, seen)[0, 1] + 0.2
+    write(bad, tmp_path, tmp_path / "volume.zarr", chunk_shape=(8, 64, 64))
+    assert np.array_equal(io.open_array(tmp_path / "volume.zarr", "gt/defects")[:], mask)
+    assert len(pd.read_parquet(tmp_path / "gt" / "align" / "points.parquet")) == len(points)

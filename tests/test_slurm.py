@@ -33,7 +33,8 @@ PROFILE_DIR = REPO / "profiles" / "slurm"
 PROFILE = yaml.safe_load((PROFILE_DIR / "config.yaml").read_text())
 CLUSTER_SCRIPT = REPO / "scripts" / "slurm-cluster.sh"
 # two blocks per blockwise stage (split in y): the profile's grouping must put both in one cluster job
-SLURM_TINY = {**TINY, "blocks": {"shape": [16, 64, 128]}}
+# align on, so that every group of the profile (align_blocks included) runs on the cluster
+SLURM_TINY = {**TINY, "blocks": {"shape": [16, 64, 128]}, "align": {"enabled": True}}
 # measured on 2 shared cores: 357-736 s for the cluster run, depending on the load (docs/slurm.md)
 SLURM_TIMEOUT_S = 1200
 LOCAL_TIMEOUT_S = 600

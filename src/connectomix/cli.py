@@ -18,6 +18,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "phantom": ("connectomix.phantom.cli", "generate the ground-truth phantom tissue block"),
     "ingest": ("connectomix.ingest.cli", "read TIFF/PNG/JPEG/HDF5/zarr/N5 sections into the dataset's OME-Zarr"),
     "pyramid": ("connectomix.pyramid", "add a multiscale pyramid to an array of an OME-Zarr volume"),
+    "align": ("connectomix.align.cli", "align serial sections (coarse + elastic, solved globally); mark defects"),
     "train": ("connectomix.train.cli", "train the U-Net (affinities + synapse maps) on ground truth"),
     "pretrain": ("connectomix.train.pretrain", "self-supervised U-Net pretraining on unlabeled raw"),
     "predict": ("connectomix.predict", "blockwise U-Net inference: affinities and synapse maps"),

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from connectomix.blocks import atomic_write_json
-from connectomix.blockwise import Stage, Step, load_setup, new_setup, pyramid_options, read_markers, save_setup
+from connectomix.blockwise import Stage, Step, load_setup, new_setup, option, pyramid_options, read_markers, save_setup
 from connectomix.blockwise import add_arguments as blockwise_arguments
 from connectomix.config import defaults
 from connectomix.io import build_pyramid, ensure_array, open_array, read_meta, read_padded, update_attrs
@@ -263,6 +263,18 @@ def zero_outside_affinities(aff: np.ndarray, offsets, offset: Sequence[int], vol
                 aff[c][tuple(index)] = 0
 
 
+def zero_z_affinities(aff: np.ndarray, offsets, z0: int, sections) -> None:
+    """In place: 0 for every affinity with a z component whose edge (v, v + o) touches one of ``sections`` (global
+    z); ``aff`` (channels, z, y, x) starts at section ``z0``."""
+    if not len(sections):
+        return
+    cut = np.asarray(sections)
+    zs = np.arange(z0, z0 + aff.shape[1])
+    for c, o in enumerate(offsets):
+        if int(o[0]):
+            aff[c][np.isin(zs, cut) | np.isin(zs + int(o[0]), cut)] = 0
+
+
 def quantize(prob: np.ndarray) -> np.ndarray:
     """Probabilities in [0, 1] -> uint8 (value * SCALE = probability)."""
     return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
@@ -323,9 +335,14 @@ def resolve(params: dict | None) -> dict:
     return out
 
 
-def setup(volume, work_dir, params, block_shape, chunk_shape=None, marker_dir=None) -> dict:
+def setup(volume, work_dir, params, block_shape, chunk_shape=None, marker_dir=None, input="raw",
+          missing_affinities="keep") -> dict:
     """Create the ``affinities`` and ``synapse_maps`` arrays and write ``{work_dir}/setup.json`` (the checkpoint,
     tile shape and augmentation, the grid with the network's context as halo).
+
+    ``input``: the image array predicted from (``raw``, or ``aligned`` from connectomix.align); with
+    ``missing_affinities`` 'zero', the z-affinities touching a section the input's attributes list as missing
+    (``missing_sections``) are 0: no affinity across data never imaged.
 
     Arrays that exist with the same layout and a shape no larger than ``raw``'s are kept, resized in place when the
     dataset grew (``io.ensure_array``): the blocks already predicted keep their output, and the workflow reruns
@@ -334,17 +351,21 @@ def setup(volume, work_dir, params, block_shape, chunk_shape=None, marker_dir=No
 
     params = resolve(params)
     model, ck = load_checkpoint(params["checkpoint"])  # refuse a bad model here, before any block job starts
-    raw = read_meta(volume, "raw")
+    if missing_affinities not in ("zero", "keep"):
+        raise ValueError(f"predict setup: missing_affinities must be 'zero' or 'keep', got {missing_affinities!r}")
+    raw = read_meta(volume, input)
     shape = raw.spatial_shape
     chunk_shape = tuple(chunk_shape or raw.spatial_chunks)
-    value_range = [round(v, 3) for v in volume_value_range(model, open_array(volume, "raw"))]
+    cut = sorted(int(z) for z in raw.attrs.get("missing_sections", [])) if missing_affinities == "zero" else []
+    value_range = [round(v, 3) for v in volume_value_range(model, open_array(volume, input))]
     prov = record({**params, "weights_sha256": ck["weights_sha256"], "context": ck["context"],
-                   "input_normalization": model.input_normalization, "input_range": value_range},
-                  {"raw": array_digest(volume, "raw"), "checkpoint": ck["weights_sha256"]})
+                   "input_normalization": model.input_normalization, "input_range": value_range, "input": input,
+                   "zero_z_affinities_at": cut},
+                  {input: array_digest(volume, input), "checkpoint": ck["weights_sha256"]})
     s = new_setup("predict", volume, work_dir, shape=shape, block_shape=block_shape, chunk_shape=chunk_shape,
                   halo=ck["context"], voxel_size=raw.voxel_size, offset_nm=raw.offset_nm, params=params,
                   provenance=prov, marker_dir=marker_dir, weights_sha256=ck["weights_sha256"],
-                  input_range=value_range)
+                  input_range=value_range, input=input, zero_z_affinities_at=cut)
     aff_channels = ck["channels"]["affinities"]
     syn_channels = ck["channels"]["synapse_maps"] or ["cleft", "pre", "post"]
     _, aff_status = ensure_array(
@@ -375,7 +396,7 @@ def _prepare(s: dict, options: dict) -> dict:
             "predictor": Predictor(model, dev, options["batch_size"], s["params"]["tile_shape"],
                                    s["params"]["augment"], transpose=voxel_size[1] == voxel_size[2],
                                    value_range=s.get("input_range", (0.0, 255.0))),
-            "raw": open_array(s["volume"], "raw"),
+            "raw": open_array(s["volume"], s.get("input", "raw")),
             "affinities": open_array(s["volume"], "affinities", mode="r+"),
             "synapse_maps": open_array(s["volume"], "synapse_maps", mode="r+")}
 
@@ -390,6 +411,7 @@ def _predict_blocks(s: dict, blocks, context: dict) -> list[dict]:
     out = []
     for block, prob in zip(blocks, probs):
         q = quantize(prob)
+        zero_z_affinities(q[:n_aff], ck["offsets"], block.write.offset[0], s.get("zero_z_affinities_at", []))
         context["affinities"][(slice(None),) + block.write.slices] = q[:n_aff]
         digests = {"affinities": data_digest(q[:n_aff])}
         if ck["channels"]["synapse_maps"]:
@@ -427,7 +449,12 @@ def finish(work_dir, summary=None, pyramid_levels=3, pyramid_factor=(1, 2, 2)) -
 
 
 STAGE = Stage("predict", setup, (Step("predict", _predict_blocks, _prepare, batched=True),), finish,
-              runtime=("threads", "device", "batch_size"), finish_options=pyramid_options(3))
+              runtime=("threads", "device", "batch_size"), finish_options=pyramid_options(3),
+              setup_options=(option("--input", default="raw", choices=("raw", "aligned"),
+                                    help="the image array to predict from (default raw; aligned: connectomix.align)"),
+                             option("--missing-affinities", default="keep", choices=("zero", "keep"),
+                                    help="zero: z-affinities touching a section the input lists as missing are 0 "
+                                         "(default keep)")))
 
 
 # --- CLI -----------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 from connectomix.cli import add_plugin_actions
 from connectomix.evaluate import merge
 
-EVALUATORS = ("segmentation", "skeletons", "synapses", "connectome", "coregister", "analysis")
+EVALUATORS = ("align", "segmentation", "skeletons", "synapses", "connectome", "coregister", "analysis")
 
 
 def add_arguments(parser) -> None:

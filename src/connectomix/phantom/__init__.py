@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from connectomix.phantom import function, render, synapses, tissue
+from connectomix.phantom import defects, function, render, synapses, tissue
 from connectomix.phantom.params import PhantomParams
 from connectomix.phantom.writer import write_phantom
 
@@ -45,6 +45,9 @@ class Phantom:
     responses: np.ndarray
     affine: np.ndarray
     stats: dict = field(default_factory=dict)
+    # serial-section misalignment and defects (params misalign_*, elastic_*, sections, folds, cracks): the defect
+    # mask (uint8 bit flags, connectomix.phantom.defects) and the ground-truth tables; None without any
+    misalignment: dict | None = None
 
 
 def generate(params: PhantomParams, voxel_size=(40, 8, 8)) -> Phantom:
@@ -123,6 +126,11 @@ def generate(params: PhantomParams, voxel_size=(40, 8, 8)) -> Phantom:
     ph.stats["contact_sites"] = int(len(neuron_sites))
     ph.stats["orphan_contact_sites"] = int(len(orphan_sites))
     ph.stats["n_neuron_synapses"] = int((syn_table.pre <= n).sum())
+    if defects.active(params):  # raw is deformed after the image statistics, measured in the aligned frame
+        ph.raw, mask, drawn, elastic = defects.apply(raw, params, voxel)
+        sections, points = defects.truth_tables(drawn, elastic, mask, params, voxel)
+        ph.misalignment = {"defects": mask, "sections": sections, "points": points}
+        ph.stats["defect_sections"] = {k: int(v) for k, v in sections.status.value_counts().items() if k != "ok"}
     ph.stats["generation_seconds"] = round(time.perf_counter() - start, 2)
     return ph
 

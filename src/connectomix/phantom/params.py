@@ -46,6 +46,20 @@ class PhantomParams:
     extra_rois: int = 4
     roi_jitter_um: float = 0.03
     response_noise: float = 0.15
+    # serial-section misalignment and defects of raw (connectomix.phantom.defects); ground truth stays aligned
+    misalign_step_nm: float = 0.0
+    misalign_jitter_nm: float = 0.0
+    misalign_rotation_deg: float = 0.0
+    misalign_scale: float = 0.0
+    elastic_nm: float = 0.0
+    elastic_length_nm: float = 800.0
+    missing_sections: int = 0
+    blank_sections: int = 0
+    low_contrast_sections: int = 0
+    low_contrast_factor: float = 0.3
+    folds: int = 0
+    cracks: int = 0
+    fold_width_nm: float = 32.0
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "PhantomParams":
@@ -79,7 +93,8 @@ class PhantomParams:
 
         if not (isinstance(self.shape, tuple) and len(self.shape) == 3 and all(is_int(s) and s >= 8 for s in self.shape)):
             bad("shape", "must be 3 integers >= 8 (z, y, x voxels)")
-        for key in ("seed", "n_synapses", "n_orphan_synapses", "extra_rois"):
+        for key in ("seed", "n_synapses", "n_orphan_synapses", "extra_rois", "missing_sections", "blank_sections",
+                    "low_contrast_sections", "folds", "cracks"):
             if not is_int(getattr(self, key)) or getattr(self, key) < 0:
                 bad(key, "must be an integer >= 0")
         for key in ("n_neurons", "n_orientations", "n_trials"):
@@ -89,7 +104,9 @@ class PhantomParams:
             value = getattr(self, f.name)
             if f.type in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 bad(f.name, "must be a number")
-        for key in ("inhibitory_fraction", "bundle_fraction", "faint_membrane_fraction", "imaged_fraction",
+        if not self.elastic_length_nm > 0:
+            bad("elastic_length_nm", "must be > 0")
+        for key in ("low_contrast_factor", "inhibitory_fraction", "bundle_fraction", "faint_membrane_fraction", "imaged_fraction",
                     "membrane_contrast"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 bad(key, "must be in [0, 1]")
@@ -101,6 +118,7 @@ class PhantomParams:
             if not getattr(self, key) > 0:
                 bad(key, "must be > 0")
         for key in ("mito_density", "noise_sigma", "blur_sigma_px", "section_jitter",
-                    "roi_jitter_um", "response_noise"):
+                    "roi_jitter_um", "response_noise", "misalign_step_nm", "misalign_jitter_nm",
+                    "misalign_rotation_deg", "misalign_scale", "elastic_nm", "fold_width_nm"):
             if not getattr(self, key) >= 0:
                 bad(key, "must be >= 0")

@@ -37,8 +37,11 @@ def write_phantom(ph, out_dir, volume_root, chunk_shape, offset_nm, pyramid_leve
     chunks = tuple(int(c) for c in chunk_shape)
     voxel = ph.voxel_size
     prov = record(ph.params.to_dict())
-    for name, data, is_label in (("raw", ph.raw, False), ("gt/labels", ph.labels, True),
-                                 ("gt/clefts", ph.clefts, True), ("gt/mito", ph.mito, True)):
+    arrays = [("raw", ph.raw, False), ("gt/labels", ph.labels, True), ("gt/clefts", ph.clefts, True),
+              ("gt/mito", ph.mito, True)]
+    if ph.misalignment is not None:  # the defect mask, in the observed (misaligned) frame of raw
+        arrays.append(("gt/defects", ph.misalignment["defects"], True))
+    for name, data, is_label in arrays:
         io.write_full(volume_root, name, data, chunks, voxel, offset_nm, is_label=is_label,
                       attrs={"provenance": prov, DIGEST_ATTR: data_digest(data)})
         io.build_pyramid(volume_root, name, pyramid_levels, pyramid_factor)
@@ -46,6 +49,9 @@ def write_phantom(ph, out_dir, volume_root, chunk_shape, offset_nm, pyramid_leve
     neurons, synapses, affine = _shift_to_offset(ph, offset_nm)
     tables = {"neurons": neurons, "objects": ph.objects, "synapses": synapses, "edges": ph.edges,
               "functional/rois": ph.rois, "functional/stimuli": ph.stimuli}
+    if ph.misalignment is not None:  # the true section transforms (connectomix.phantom.defects.truth_tables)
+        tables["align/sections"] = ph.misalignment["sections"]
+        tables["align/points"] = _shift_points(ph.misalignment["points"], offset_nm)
     for name, frame in tables.items():
         _atomic(gt / f"{name}.parquet", lambda tmp, f=frame: f.to_parquet(tmp, index=False, engine="pyarrow"))
     _atomic(gt / "functional" / "responses.npy", lambda tmp: _save_npy(tmp, ph.responses))
@@ -69,6 +75,15 @@ def write_phantom(ph, out_dir, volume_root, chunk_shape, offset_nm, pyramid_leve
 def _save_npy(path, array):
     with open(path, "wb") as f:
         np.save(f, array)
+
+
+def _shift_points(points, offset_nm):
+    """The ground-truth point table in the dataset frame (y, x positions shifted by the offset)."""
+    points = points.copy()
+    for axis, name in ((1, "y"), (2, "x")):
+        for col in (f"raw_{name}_nm", f"aligned_{name}_nm"):
+            points[col] = points[col] + float(offset_nm[axis])
+    return points
 
 
 def _shift_to_offset(ph, offset_nm):

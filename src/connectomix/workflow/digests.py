@@ -66,3 +66,12 @@ def raw_digest(ingest_summary, blocks) -> str:
     digests = summary.get("block_digests", {}).get("digests", {})
     return _blocks_digest(digests, blocks)
 
+
+
+def file_digests(paths) -> str:
+    """One digest over the contents of ``paths`` (files a checkpoint wrote, e.g. align's transforms); a missing
+    file counts as empty, so the digest is "none"-like before the checkpoint ran."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update((load_cached(path, lambda p: hashlib.sha256(p.read_bytes()).hexdigest()) or "").encode())
+    return digest.hexdigest()[:32]

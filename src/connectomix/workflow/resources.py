@@ -57,6 +57,12 @@ COSTS = {
     # the training volume, its labels and targets in memory, plus the network; training runs a fixed number of
     # iterations, whatever the volume, hence at least 30 minutes
     "train": Cost("volume", mem=30, min_runtime=30),
+    # the transforms from one section pair at a time, then a sparse solve over every section's mesh nodes
+    "align_setup": Cost("slab", mem=20, time=5),
+    # the raw window behind the block and the float32 coordinates of its voxels
+    "align_block": Cost("batch", mem=40),
+    "align_finish": SLAB,
+    "evaluate_align": SLAB,
     "predict_setup": MINIMAL,
     # measured: ~800 MB peak for a 40 x 284 x 284 read ROI (one tile per block, default model): 2 x the read voxels
     # per block; predict.batch_size blocks go through the network together; runtime x the passes per tile

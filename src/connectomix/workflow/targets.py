@@ -9,6 +9,7 @@ FUNCTIONAL_PARTS = ("rois", "responses", "stimuli")
 
 # The metric files eval/{stage}.json, in pipeline order, with the group of datasets (dataset_groups) they exist for.
 EVALUATIONS = (
+    ("align", "align_eval"),
     ("segmentation", "segment_eval"),
     ("skeletons", "phantom"),
     ("synapses", "phantom"),
@@ -73,7 +74,16 @@ def dataset_groups(wf) -> dict[str, list[str]]:
         "functional_phantom": [name for name in functional if wf.is_phantom(name)],
         "segment_eval": [name for name in wf.datasets if wf.is_phantom(name) or name in segment_gt],
         "cleft_eval": list(cleft_gt(wf)),
+        "align_eval": [name for name in phantoms if wf.cfg["align"]["enabled"] and _misaligned(wf, name)],
     }
+
+
+def _misaligned(wf, name: str) -> bool:
+    """Whether a phantom dataset has misalignment or defects (and so the truth eval/align.json needs)."""
+    from connectomix.phantom import PhantomParams
+    from connectomix.phantom.defects import active
+
+    return active(PhantomParams.from_dict(wf.dataset(name)["phantom"]))
 
 
 def segmentation_gt(wf, name: str) -> tuple[list[str], str]:
@@ -103,6 +113,7 @@ def final_targets(wf, name: str, groups: dict | None = None) -> list[str]:
     p = wf.paths
     targets = [
         wf.raw_done(name),  # phantom or ingest
+        *([p.summary("align", name)] if wf.cfg["align"]["enabled"] else []),
         p.summary("predict", name),
         p.summary("segment", name), p.table("segments", name),
         p.table("skeletons", name), p.table("morphology", name), p.file("mesh/summary.json", name),
