@@ -258,6 +258,26 @@ def test_cli_setup_block_finish(tmp_path, capsys):
     assert np.abs(syn.astype(int) - quantize(whole_syn).astype(int)).max() <= 1
 
 
+def test_affinity_channels_training_never_taught_are_written_as_no_link(tmp_path):
+    """A model trained on per-section labels only has untrained z affinities: predict writes them as 0, so
+    agglomeration never links sections on noise; the in-plane channels are as predicted."""
+    raw = _raw((8, 64, 64), seed=7)
+    root = _volume(tmp_path, raw)
+    model = _model()
+    save_checkpoint(tmp_path / "ck", model, {"iterations": 1, "untrained_affinities": [0]})
+    work = tmp_path / "predict"
+    assert main(["predict", "setup", "--volume", str(root), "--work-dir", str(work), "--params",
+                 json.dumps({"checkpoint": str(tmp_path / "ck")}), "--block-shape", "8", "32", "32",
+                 "--chunk-shape", "8", "32", "32"]) == 0
+    ids = BlockGrid(raw.shape, (8, 32, 32), model.arch.context, (8, 32, 32)).ids()
+    assert main(["predict", "block", "--work-dir", str(work), "--blocks", *ids, "--device", "cpu",
+                 "--threads", "1"]) == 0
+    aff = io.open_array(root, "affinities")[...]
+    whole = quantize(predict_volume(model, raw)[0])
+    assert not aff[0].any() and whole[0].any()
+    assert np.abs(aff[1:].astype(int) - whole[1:3].astype(int)).max() <= 1
+
+
 def test_cli_blocks_with_test_time_augmentation_equal_the_augmented_whole_volume(tmp_path):
     raw = _raw((8, 64, 64), seed=6)
     root, model, work, markers = _cli_setup(tmp_path, raw, augment="in-plane")

@@ -515,6 +515,10 @@ def test_training_on_several_volumes_normalizes_each_and_records_them(tmp_path):
     assert load_checkpoint(tmp_path / "m")[0].input_normalization == {"method": "fixed"}
     fixed = train(a, TINY, tmp_path / "f", device="cpu", threads=1, progress=False)
     assert fixed["input_normalization"] == {"method": "fixed"}
+    assert meta["untrained_affinities"] == fixed["untrained_affinities"] == []  # 3D labels teach every channel
+    flat = TrainData(a.raw, a.labels, a.voxel_size, per_section=True)
+    sections = train(flat, TINY, tmp_path / "s", device="cpu", threads=1, progress=False)
+    assert sections["untrained_affinities"] == [0]  # per-section labels: the z channel has no target
 
 
 def test_cli_trains_on_several_sources_resampled_to_one_pixel_size(tmp_path):

@@ -411,6 +411,7 @@ def _predict_blocks(s: dict, blocks, context: dict) -> list[dict]:
     out = []
     for block, prob in zip(blocks, probs):
         q = quantize(prob)
+        q[ck.get("untrained_affinities", [])] = 0  # channels training never taught (z, from 2D labels): no link
         zero_z_affinities(q[:n_aff], ck["offsets"], block.write.offset[0], s.get("zero_z_affinities_at", []))
         context["affinities"][(slice(None),) + block.write.slices] = q[:n_aff]
         digests = {"affinities": data_digest(q[:n_aff])}

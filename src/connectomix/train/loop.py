@@ -226,6 +226,10 @@ def train(data: TrainData | list, params: dict | None, out_dir, device: str = "a
     description = descriptions[0] if len(datasets) == 1 else {"datasets": descriptions}
     metrics = history[-1]["metrics"] if history else {}
 
+    # per-section labels only: the z affinities never had a target; predict writes them as 0 (no link)
+    untrained = ([c for c, o in enumerate(arch.offsets) if int(o[0]) != 0]
+                 if all(d.per_section for d in datasets) else [])
+
     def save(iteration, metrics):
         meta = {
             "iterations": iteration,
@@ -234,6 +238,7 @@ def train(data: TrainData | list, params: dict | None, out_dir, device: str = "a
                          "output_shape": list(out_shape), "init": init_record, **(extra_meta or {})},
             "validation": metrics,
             "validation_history": history,
+            "untrained_affinities": untrained,
         }
         payload = save_checkpoint(out, model, meta)
         tmp = out / "training_state.pt.tmp"
