@@ -169,9 +169,9 @@ def train_run(name: str, datasets, params: dict, threads: int) -> Path:
 def at_pixel(raw, labels, vs, pixel_nm: float):
     """A volume resampled in-plane to ``pixel_nm`` (linear raw, nearest labels); sections stay sections."""
     from connectomix.train import TrainData
-    from connectomix.train.data import rescaled
+    from connectomix.train.data import at_pixel_nm
 
-    d = rescaled(TrainData(raw, labels, vs, per_section=True), (vs[0], pixel_nm, pixel_nm))
+    d = at_pixel_nm(TrainData(raw, labels, vs, per_section=True), pixel_nm)
     return d.raw, d.labels, d.voxel_size, True
 
 

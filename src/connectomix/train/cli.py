@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from connectomix.evaluate.segmentation import load_ground_truth, load_mask
-from connectomix.train.data import load_phantom_data, load_volume_data, rescaled
+from connectomix.train.data import at_pixel_nm, load_phantom_data, load_volume_data
 from connectomix.train.loop import merge_params, train
 
 
@@ -116,16 +116,14 @@ def run(args) -> int:
         specs = _sources(args.sources)
         loaded = [_load_source(spec, merged) for spec in specs]
         data = [d for d, _ in loaded]
-        if merged["pixel_nm"] is not None:
-            data = [rescaled(d, (d.voxel_size[0], merged["pixel_nm"], merged["pixel_nm"])) for d in data]
+        data = [at_pixel_nm(d, merged["pixel_nm"]) for d in data]
         source = f"--sources '{json.dumps(specs, sort_keys=True)}' "
     else:
         spec = {k: getattr(args, k) for k in SOURCE_KEYS if getattr(args, k, None) not in (None, False)}
         if args.phantom:
             spec.pop("gt_format", None), spec.pop("clefts_format", None)
         data, source = _load_source(spec, merged)
-        if merged["pixel_nm"] is not None:
-            data = rescaled(data, (data.voxel_size[0], merged["pixel_nm"], merged["pixel_nm"]))
+        data = at_pixel_nm(data, merged["pixel_nm"])
     command = (f"python -m connectomix train {source}"
                + (f"--synapses {args.synapses} " if args.synapses else "")
                + f"--out {args.out} --params '{json.dumps(params, sort_keys=True)}' --device {args.device} "

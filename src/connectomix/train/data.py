@@ -83,6 +83,11 @@ def rescaled(data: TrainData, voxel_size: Sequence[float]) -> TrainData:
                      data.synapse_valid, desc, data.per_section, data.value_range)
 
 
+def at_pixel_nm(data: TrainData, pixel_nm: float | None) -> TrainData:
+    """``data`` resampled in-plane to ``pixel_nm`` (:func:`rescaled`; ``train.pixel_nm``), or as it is when None."""
+    return data if pixel_nm is None else rescaled(data, (data.voxel_size[0], pixel_nm, pixel_nm))
+
+
 def _geometric(arrays: list[np.ndarray], k: int, flip_y: bool, flip_x: bool, flip_z: bool) -> list[np.ndarray]:
     """The same in-plane rotation (k x 90 degrees) and flips applied to centred, square (y == x) arrays."""
     out = []

@@ -17,7 +17,7 @@ import numpy as np
 from connectomix import config
 from connectomix.evaluate.boundaries import boundary_map, boundary_prf, gt_boundaries, prf
 from connectomix.evaluate.synapses import cleft_object_prf
-from connectomix.predict import predict_volume, resolve_device
+from connectomix.predict import grey_sample, predict_volume, resolve_device
 from connectomix.provenance import config_hash
 from connectomix.train.data import TrainData, sample_batch
 from connectomix.train.targets import partner_zone
@@ -113,6 +113,18 @@ def _split(data: TrainData, fraction: float) -> tuple[TrainData, TrainData | Non
     return data.slab(0, z - n_val), data.slab(z - n_val, z)
 
 
+def normalized_datasets(data, params: dict) -> tuple[dict, list]:
+    """(``params``' input normalization, the training volume(s) of ``data`` as a list, each with the
+    ``value_range`` that normalization gives it: percentiles of a :func:`~connectomix.predict.grey_sample`)."""
+    from connectomix.models import input_normalization, input_range
+
+    norm = input_normalization({"input_normalization": params["input_normalization"]})
+    datasets = list(data) if isinstance(data, (list, tuple)) else [data]
+    for d in datasets:
+        d.value_range = input_range(grey_sample(d.raw) if norm["method"] != "fixed" else np.zeros(0), norm)
+    return norm, datasets
+
+
 HEAD = "head."  # the output head's tensors (connectomix.models.UNet.head); everything else is the backbone
 
 
@@ -157,15 +169,10 @@ def train(data: TrainData | list, params: dict | None, out_dir, device: str = "a
     import torch
     from tqdm import tqdm
 
-    from connectomix.models import UNet, architecture_from_params, input_normalization, input_range, \
-        load_checkpoint, save_checkpoint
-    from connectomix.predict import grey_sample
+    from connectomix.models import UNet, architecture_from_params, load_checkpoint, save_checkpoint
 
     params = merge_params(params)
-    norm = input_normalization({"input_normalization": params["input_normalization"]})
-    datasets = list(data) if isinstance(data, (list, tuple)) else [data]
-    for d in datasets:
-        d.value_range = input_range(grey_sample(d.raw) if norm["method"] != "fixed" else np.zeros(0), norm)
+    norm, datasets = normalized_datasets(data, params)
     dev = resolve_device(device, threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out_dir)

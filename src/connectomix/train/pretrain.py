@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from connectomix.train.data import TrainData, sample_batch
-from connectomix.train.loop import learning_rate, merge_params
+from connectomix.train.loop import learning_rate, merge_params, normalized_datasets
 
 
 
@@ -87,19 +87,15 @@ def pretrain(data: TrainData | list, params: dict | None, out_dir, device: str =
     import torch
     from tqdm import tqdm
 
-    from connectomix.models import UNet, architecture_from_params, input_normalization, input_range, \
-        load_checkpoint, save_checkpoint
-    from connectomix.predict import grey_sample, resolve_device
+    from connectomix.models import UNet, architecture_from_params, load_checkpoint, save_checkpoint
+    from connectomix.predict import resolve_device
     from connectomix.provenance import config_hash
 
     params = merge_params(params)
     pre = params["pretrain"]
     total = int(pre["iterations"])
     schedule = {**params, "iterations": total}
-    norm = input_normalization({"input_normalization": params["input_normalization"]})
-    datasets = list(data) if isinstance(data, (list, tuple)) else [data]
-    for d in datasets:
-        d.value_range = input_range(grey_sample(d.raw) if norm["method"] != "fixed" else np.zeros(0), norm)
+    norm, datasets = normalized_datasets(data, params)
     dev = resolve_device(device, threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out_dir)
@@ -229,7 +225,7 @@ def load_raw(spec: str, voxel_size=None) -> TrainData:
 
 def run(args) -> int:
     """Load the raw volumes, pretrain (or resume) and print a one-line summary."""
-    from connectomix.train.data import rescaled
+    from connectomix.train.data import at_pixel_nm
 
     try:
         params = json.loads(args.params)
@@ -237,8 +233,7 @@ def run(args) -> int:
         raise ValueError(f"--params is not valid JSON: {error}") from error
     merged = merge_params(params)
     data = [load_raw(spec, args.voxel_size) for spec in args.raw]
-    if merged["pixel_nm"] is not None:
-        data = [rescaled(d, (d.voxel_size[0], merged["pixel_nm"], merged["pixel_nm"])) for d in data]
+    data = [at_pixel_nm(d, merged["pixel_nm"]) for d in data]
     command = (f"python -m connectomix pretrain --raw {' '.join(args.raw)} "
                + (f"--voxel-size {' '.join(f'{v:g}' for v in args.voxel_size)} " if args.voxel_size else "")
                + f"--out {args.out} --params '{json.dumps(params, sort_keys=True)}' --device {args.device} "
