@@ -210,9 +210,10 @@ def synapses(r: dict) -> list[str]:
                    " / ".join(num(d[f"connectome.edge_{k}"]) for k in ("precision", "recall", "f1"))]
                   for name, d in sd["ground_truth_maps"].items()])
     out += ["", source("synapse_partners") + " The shipped model's maps; today's rule "
-            f"{json.dumps(sp['today'])} against the partner classifier (`pairing: model`, config.yaml); demo "
-            "(seed 7) and the mean of unseen seeds 10-12, on the ground-truth (`gt/labels`) or reconstructed "
-            "(`segmentation`) segmentation.", ""]
+            f"{json.dumps(sp['today'])} against the partner classifier (`pairing: model`, config.yaml) and the "
+            "`oracle` (a perfect classifier of the same sites: the ceiling on these maps); demo (seed 7) and the mean "
+            "of unseen seeds 10-12, on the ground-truth (`gt/labels`) or reconstructed (`segmentation`) "
+            "segmentation.", ""]
     out += table(["seed", "segmentation", "rule", "synapse P / R / F1", "partner accuracy", "edge P / R / F1"],
                  [[row["seed"], row["segmentation"], row["rule"], prf(row), num(row["partner_accuracy"]),
                    prf({k: row[f"edge_{k}"] for k in ("precision", "recall", "f1")})]

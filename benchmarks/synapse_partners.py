@@ -1,5 +1,6 @@
-"""Synapse partners on the phantom: today's interface rule against the partner classifier (``pairing: model``),
-on the same synapse maps, given the ground-truth labels and given the reconstruction.
+"""Synapse partners on the phantom: today's interface rule against the partner classifier (``pairing: model``)
+and its ceiling (a perfect classifier of the same sites), on the same synapse maps, given the ground-truth labels
+and given the reconstruction.
 
 ``python benchmarks/synapse_partners.py [--data SEED=DIR ...]`` -> benchmarks/results/synapse_partners.{json,md}.
 Each phantom seed's dataset folder (``DIR``: a workflow result ``results/phantom`` with ``volume.zarr`` holding
@@ -7,7 +8,8 @@ Each phantom seed's dataset folder (``DIR``: a workflow result ``results/phantom
 config.yaml up to the segmentation) is copied, the synapse stage runs on it with each rule's parameters and each
 segmentation, and the tables are scored against the phantom's ground truth. Seed 7 is the demo; seeds 10-12 are
 unseen; the classifier trained on 13-15 (``--train 13 14 15``: writes models/synapse_partners.json) and its
-``min_partner_score`` was chosen on seed 9 (``--tune 9``: prints the scan).
+``min_partner_score`` and ``min_site_distance_nm`` were chosen on seed 9 (``--tune 9``: prints the scan; the
+choice maximises synapse F1 + partner accuracy + edge F1).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ MODEL = ROOT / "models" / "synapse_partners.json"
 TODAY = {"threshold": 0.92, "smooth_sigma_nm": 0.0, "min_size_voxels": 80, "polarity": "relative",
          "min_polarity": 0.0, "pairing": "interface", "partner_radius_nm": 80.0}
 SEGMENTATIONS = ("gt/labels", "segmentation")
+VOXEL = (40.0, 8.0, 8.0)  # the phantom's voxel size (nm)
+TOLERANCE_NM = 200.0  # synapse match distance
 
 
 def run_workflow(seed: int, work: Path) -> Path:
@@ -59,7 +63,7 @@ def copy_dataset(src: Path, dst: Path) -> Path:
         for f in (".zgroup", ".zattrs"):
             if (src / "volume.zarr" / sub / f).exists():
                 shutil.copy(src / "volume.zarr" / sub / f, vol / sub / f)
-    for name in ("synapse_maps", "segmentation", "gt/labels"):
+    for name in ("raw", "synapse_maps", "segmentation", "gt/labels"):
         shutil.copytree(src / "volume.zarr" / name, vol / name, dirs_exist_ok=True)
     (dst / "gt").mkdir(exist_ok=True)
     for name in ("synapses", "neurons", "edges"):
@@ -118,8 +122,8 @@ def assign(run: dict, params: dict, model=None):
     from connectomix import synapses
 
     params = synapses.resolve(params)
-    out = synapses.assign(run["clefts"], run["pairs"], params, run["interfaces"], (40.0, 8.0, 8.0), model)
-    return synapses.synapse_table(out, (40.0, 8.0, 8.0), (0.0, 0.0, 0.0))
+    out = synapses.assign(run["clefts"], run["pairs"], params, run["interfaces"], VOXEL, model)
+    return synapses.synapse_table(out, VOXEL, (0.0, 0.0, 0.0))
 
 
 def score(seed: Seed, table, segmentation: str) -> dict:
@@ -128,7 +132,7 @@ def score(seed: Seed, table, segmentation: str) -> dict:
     from connectomix.evaluate import synapses as ev
 
     lut = seed.lut[segmentation]
-    m = ev.evaluate(table, seed.gt, 200.0, lut if lut is not None else _identity(table))
+    m = ev.evaluate(table, seed.gt, TOLERANCE_NM, lut if lut is not None else _identity(table))
     out = {k: m[k] for k in ("n_pred", "n_gt", "n_matched", "precision", "recall", "f1", "partner_accuracy",
                              "n_partners_correct")}
     right = ev.prf(m["n_partners_correct"], m["n_pred"], m["n_gt"])
@@ -147,9 +151,11 @@ def _identity(table):
 
 
 def examples(seed: Seed, params: dict):
-    """Pair features with labels (1 = the true pre, post pair of the ground-truth synapse the cleft matches) on
+    """Ordered pairs of every synapse site (:func:`connectomix.synapses.partner_model.site_pairs`) with labels
+    (1 = the true pre, post pair of a ground-truth synapse within the match tolerance of the site's centre) on
     both segmentations."""
     import pandas as pd
+    from scipy.spatial import cKDTree
 
     from connectomix import synapses
     from connectomix.evaluate import synapses as ev
@@ -158,18 +164,45 @@ def examples(seed: Seed, params: dict):
     parts = []
     for segmentation in SEGMENTATIONS:
         run = seed.stage(params, segmentation)
-        clefts = run["clefts"]
-        feats = partner_model.pair_features(clefts, run["pairs"], synapses.resolve(params), (40.0, 8.0, 8.0),
-                                            run["interfaces"])
-        ip, ig = ev.match_points(clefts[["ctr_z_nm", "ctr_y_nm", "ctr_x_nm"]].to_numpy(),
-                                 ev.positions_zyx(seed.gt, "ctr"), 200.0)
-        truth = pd.DataFrame({"id": clefts["id"].to_numpy(np.uint64)[ip], "gt_pre": seed.gt["pre"].to_numpy()[ig],
-                              "gt_post": seed.gt["post"].to_numpy()[ig]})
-        feats = feats.merge(truth, on="id", how="left")
-        feats["y"] = ((seed.to_gt(feats["a"], segmentation) == feats["gt_pre"].fillna(-1).to_numpy())
-                      & (seed.to_gt(feats["b"], segmentation) == feats["gt_post"].fillna(-1).to_numpy())).astype(float)
-        parts.append(feats)
+        feats = partner_model.site_pairs(run["clefts"], run["pairs"], synapses.resolve(params), VOXEL,
+                                         run["interfaces"])
+        centres = feats[["site_z", "site_y", "site_x"]].to_numpy(float) * np.asarray(VOXEL)
+        truth = ev.positions_zyx(seed.gt, "ctr")
+        a, b = seed.to_gt(feats["a"], segmentation), seed.to_gt(feats["b"], segmentation)
+        gt_pre, gt_post = seed.gt["pre"].to_numpy(np.int64), seed.gt["post"].to_numpy(np.int64)
+        y = np.zeros(len(feats))
+        for j, rows in enumerate(cKDTree(centres).query_ball_point(truth, TOLERANCE_NM) if len(feats) else []):
+            rows = np.asarray(rows, int)
+            y[rows[(a[rows] == gt_pre[j]) & (b[rows] == gt_post[j])]] = 1.0
+        parts.append(feats.assign(y=y, segmentation=segmentation))
     return pd.concat(parts, ignore_index=True)
+
+
+def oracle_table(seed: Seed, params: dict, segmentation: str):
+    """The ceiling of any partner model on these maps and clefts: every site that holds a true pair, with that pair
+    (the labels of :func:`examples` as scores, ``min_site_distance_nm`` as configured)."""
+    import pandas as pd
+
+    from connectomix.synapses import partner_model
+
+    ex = examples(seed, params)
+    ex = ex[ex["segmentation"] == segmentation] if "segmentation" in ex else ex
+    ex = ex[ex["y"] > 0].sort_values(["id", "segment_a", "segment_b"]).drop_duplicates(["id", "segment_a",
+                                                                                          "segment_b"])
+    ex = ex.assign(partner_score=1.0, ok=True)
+    ex = ex[~partner_model._suppressed(ex, synapses_params(params)["min_site_distance_nm"], VOXEL)]
+
+    def xyz(cols):
+        return [list(map(float, p)) for p in ex[cols].to_numpy(float)[:, ::-1] * np.asarray(VOXEL)[::-1]]
+
+    return pd.DataFrame({"ctr_pt_position": xyz(["site_z", "site_y", "site_x"]),
+                         "pre_pt_root_id": ex["a"].to_numpy(np.uint64), "post_pt_root_id": ex["b"].to_numpy(np.uint64)})
+
+
+def synapses_params(params: dict) -> dict:
+    from connectomix import synapses
+
+    return synapses.resolve(params)
 
 
 def main(argv=None) -> int:
@@ -178,7 +211,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", nargs="*", default=[], metavar="SEED=DIR",
                         help="an existing workflow result folder (results/phantom) per seed")
     parser.add_argument("--train", type=int, nargs="*", help="fit the classifier on these seeds, write --model")
-    parser.add_argument("--tune", type=int, nargs="*", help="print the min_partner_score scan on these seeds")
+    parser.add_argument("--tune", type=int, nargs="*", help="print the min_partner_score x min_site_distance_nm "
+                                                            "scan on these seeds")
     parser.add_argument("--model", default=str(MODEL))
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
@@ -207,18 +241,20 @@ def main(argv=None) -> int:
         if args.tune:
             for s in args.tune:
                 seed = load(s)
-                for minimum in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5):
-                    table = assign(seed.stage(new, "gt/labels"), {**new, "min_partner_score": minimum}, model)
-                    m = score(seed, table, "gt/labels")
-                    print(json.dumps({"seed": s, "min_partner_score": minimum,
-                                      **{k: round(v, 3) for k, v in m.items()}}), flush=True)
+                for minimum in (0.05, 0.1, 0.2, 0.3, 0.5):
+                    for distance in (0.0, 200.0, 500.0, 1000.0):
+                        chosen = {**new, "min_partner_score": minimum, "min_site_distance_nm": distance}
+                        m = score(seed, assign(seed.stage(new, "gt/labels"), chosen, model), "gt/labels")
+                        print(json.dumps({"seed": s, "min_partner_score": minimum, "min_site_distance_nm": distance,
+                                          **{k: round(v, 3) for k, v in m.items()}}), flush=True)
             return 0
         rows = []
         for s in args.seeds:
             seed = load(s)
             for segmentation in SEGMENTATIONS:
-                for rule, params in (("interface (today)", today), ("model", new)):
-                    table = assign(seed.stage(params, segmentation), params, model)
+                for rule, params in (("interface (today)", today), ("model", new), ("oracle", new)):
+                    table = (oracle_table(seed, params, segmentation) if rule == "oracle"
+                             else assign(seed.stage(params, segmentation), params, model))
                     rows.append({"seed": s, "segmentation": segmentation, "rule": rule,
                                  **score(seed, table, segmentation)})
                     print(json.dumps(rows[-1]), flush=True)
@@ -249,15 +285,17 @@ def write(rows, out: Path, today: dict, new: dict) -> None:
 
     head = ["| seed | segmentation | rule | synapse P | synapse R | synapse F1 | partner accuracy | right F1 | "
             "edge P | edge R | edge F1 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    lines = ["# Synapse partners on the phantom: today's interface rule and the partner classifier\n",
+    lines = ["# Synapse partners on the phantom: today's interface rule, the partner classifier, the ceiling\n",
              "`python benchmarks/synapse_partners.py --data SEED=DIR ...` (see its docstring). Same synapse maps "
-             "(models/phantom) for both rules. `interface (today)`: config.yaml's synapses section before the "
-             f"classifier ({json.dumps(TODAY)}). `model`: config.yaml now (`pairing: model`, "
-             f"threshold {new['threshold']}, partner_radius_nm {new['partner_radius_nm']}, min_partner_score "
-             f"{new.get('min_partner_score')}), the classifier models/synapse_partners.json trained on phantom "
-             "seeds 13-15 (ground truth and reconstruction), min_partner_score chosen on seed 9 (so seed 9 is no "
-             "test). Seed 7 is the demo, 10-12 unseen. Synapses matched one-to-one within 200 nm (Hungarian); "
-             "partner accuracy = "
+             "(models/phantom) for every rule. `interface (today)`: the rule pairing "
+             f"({json.dumps(TODAY)}). `model`: config.yaml (`pairing: model`, threshold {new['threshold']}, "
+             f"clefts of at least {new['min_size_voxels']} voxels, partner_radius_nm {new['partner_radius_nm']}, "
+             f"min_partner_score {new.get('min_partner_score')}, min_site_distance_nm "
+             f"{new.get('min_site_distance_nm')}), the classifier models/synapse_partners.json trained on phantom "
+             "seeds 13-15 (ground truth and reconstruction); its minimum score and site distance were chosen on seed "
+             "9 (so seed 9 is no test). `oracle`: the same clefts and sites with a perfect classifier (every site "
+             "holding a true pair gets it): the ceiling of any partner model on these maps. Seed 7 is the demo, "
+             "10-12 unseen. Synapses matched one-to-one within 200 nm (Hungarian); partner accuracy = "
              "matched synapses whose pre and post segments map (majority overlap) to the true pre and post; "
              "right F1 = F1 counting only synapses detected with both partners right; edges: neuron-to-neuron "
              "pairs with a synapse against the true connectome (reconstruction: segments mapped to neurons by "

@@ -6,6 +6,8 @@
 SYNAPSES = CFG["synapses"]
 # pairing 'model': the partner classifier (a new model file reruns the stitch, which assigns partners)
 PARTNER_MODEL = [SYNAPSES["partner_model"]] if SYNAPSES["pairing"] == "model" else []
+# the image the synapse maps were predicted from (its grey values near each cleft are partner evidence)
+SYNAPSES_RAW = "aligned" if CFG["align"]["enabled"] else "raw"
 
 
 # A checkpoint: see "Extending a dataset" in rules/common.smk. It needs the synapse_maps array, not the predictions.
@@ -29,7 +31,8 @@ checkpoint synapses_setup:
         **resources_of("synapses_setup"),
     shell:
         "python -m connectomix synapses setup --volume {params.volume:q} --work-dir {params.work:q} "
-        "--params {params.spec} --block-shape {params.block} --marker-dir {params.markers:q} > {log:q} 2>&1"
+        "--params {params.spec} --block-shape {params.block} --marker-dir {params.markers:q} "
+        "--raw {SYNAPSES_RAW} > {log:q} 2>&1"
 
 
 rule synapses_block:

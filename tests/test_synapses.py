@@ -63,6 +63,8 @@ def toy_maps(labels, noise=0.03, seed=0):
 
 
 def write_toy(root, labels, maps, chunks=(4, 16, 16)):
+    """The maps, the segmentation and an image (grey, darker where the cleft channel is high)."""
+    io.write_full(root, "raw", (200 - maps[0] // 3).astype(np.uint8), chunks, VS)
     io.write_full(root, "synapse_maps", maps, (3,) + chunks, VS, channels=("cleft", "pre", "post"))
     io.write_full(root, "segmentation", labels, chunks, VS, is_label=True)
 
@@ -153,13 +155,19 @@ def test_blockwise_equals_whole_volume(toy):
 
 def test_interface_faces_blockwise_sum_to_the_whole_volume():
     """Faces between two segments on a cleft, counted per block (each face by the block of its lower voxel, the
-    upper one possibly in the halo), add up to the whole volume's, at block faces and the volume's end too."""
+    upper one possibly in the halo), add up to the whole volume's, at block faces and the volume's end too; so do
+    the values read on both sides of each contact, up to FACE_DEPTH voxels deep, and the contacts' centres and
+    lowest voxels."""
+    from connectomix.synapses.partners import FACE_DEPTH
+
     rng = np.random.default_rng(4)
     seg = rng.integers(0, 5, (12, 20, 24)).astype(np.uint64)
     nearest = np.where(rng.random(seg.shape) < 0.9, rng.integers(1, 4, seg.shape), 0).astype(np.uint64)
     near = rng.random(seg.shape) < 0.7
+    values = {k: rng.integers(0, 256, seg.shape).astype(np.uint8) for k in ("pre", "post", "raw")}
     full = tuple(slice(0, n) for n in seg.shape)
-    whole = syn.interface_faces(seg, nearest, near, full).set_index(["id", "segment_a", "segment_b"])["faces"]
+    table = syn.interface_faces(seg, nearest, near, full, values=values).set_index(["id", "segment_a", "segment_b"])
+    whole = table["faces"]
     # by hand, along x only, for one triple
     a, b = seg[:, :, :-1], seg[:, :, 1:]
     ok = (nearest[:, :, :-1] == 1) & (nearest[:, :, 1:] == 1) & near[:, :, :-1] & near[:, :, 1:]
@@ -168,11 +176,18 @@ def test_interface_faces_blockwise_sum_to_the_whole_volume():
     from connectomix.blocks import BlockGrid
 
     parts = []
-    for block in BlockGrid(seg.shape, (4, 8, 8), (1, 1, 1)):
+    for block in BlockGrid(seg.shape, (4, 8, 8), (FACE_DEPTH,) * 3):
         r = block.read.slices
-        parts.append(syn.interface_faces(seg[r], nearest[r], near[r], block.write_in_read))
-    summed = syn.combine_interfaces(parts).set_index(["id", "segment_a", "segment_b"])["faces"]
-    pd.testing.assert_series_equal(summed.sort_index(), whole.sort_index(), check_dtype=False)
+        parts.append(syn.interface_faces(seg[r], nearest[r], near[r], block.write_in_read, block.read.offset,
+                                         {k: v[r] for k, v in values.items()}))
+    summed = syn.combine_interfaces(parts).set_index(["id", "segment_a", "segment_b"])
+    pd.testing.assert_frame_equal(summed.sort_index(), table.sort_index(), check_dtype=False)
+    assert (table["n_a"] > table["faces"]).any()  # sides are read deeper than the face's own voxels
+    # the lowest voxel of a contact on each side lies in that side's segment
+    for (cid, a, b), row in table.head(20).iterrows():
+        for first, segment in ((row["first_a"], a), (row["first_b"], b)):
+            v = int(first) - 1
+            assert seg[v >> 42, (v >> 21) & 0x1FFFFF, v & 0x1FFFFF] == segment
     assert set(whole.index.get_level_values(0)) <= {1, 2, 3}
     assert (whole.index.get_level_values(1) < whole.index.get_level_values(2)).all()
 

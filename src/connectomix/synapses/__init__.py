@@ -20,15 +20,18 @@ one process):
    of that cleft (nearest-cleft assignment by a Euclidean distance transform in nm): their count, summed ``pre`` and
    ``post`` probabilities, voxels within ``contact_nm`` (contact area), and the point of the segment nearest to the
    cleft's centre; and, for every pair of segments, the voxel faces they share on the cleft (both voxels within
-   ``interface_nm`` of it: the contact the cleft lies on, :func:`interface_faces`), and the voxel counts and summed
-   pre / post / cleft probabilities per distance band (``partners.BANDS_NM``: on the cleft, then up to 40, 80,
+   ``interface_nm`` of it: the contact the cleft lies on, :func:`interface_faces`, with its centre and lowest voxel
+   on each side), and the voxel counts and summed pre / post / cleft probabilities and grey values (of ``raw``, the
+   image the maps were predicted from) per distance band (``partners.BANDS_NM``: on the cleft, then up to 40, 80,
    160 nm). Sums over blocks equal the whole-volume sums, so block size never changes the result. The summed pair
    statistics and contacts are kept as ``partner_stats.parquet`` and ``interfaces.parquet`` in the work folder.
 4. Partner assignment (:func:`assign`): candidates are segments with ``>= min_contact_voxels`` contact
    voxels. With ``pairing: model`` (config.yaml) every ordered pair of distinct candidates is scored by a small
    classifier (:mod:`~connectomix.synapses.partner_model`, weights ``partner_model``) from features of the
-   cleft, of both sides and of their contact; the best pair wins and is accepted when its ``partner_score``
-   reaches ``min_partner_score`` (else ``low_score``; one candidate: ``unclear_polarity``). The rules
+   cleft, of both sides (channels and grey values) and of their contact. Each contact of two candidates on a
+   cleft is a site of its own (neighbouring synapses merged in one cleft come apart), else the whole cleft is
+   one; per site the best pair wins and is a synapse when its ``partner_score`` reaches ``min_partner_score``
+   (a cleft with none: ``low_score``; one candidate: ``unclear_polarity``). The rules
    (:func:`assign_partners`): with ``pairing: interface`` (the schema's default) a cleft that lies on a contact
    of two candidates is judged between
    that pair alone (the pair sharing the most faces on it): a synapse joins the two cells whose contact it is, and
@@ -45,16 +48,21 @@ one process):
 
 Output ``synapses.parquet`` (CAVE-style, one row per accepted cleft):
 
-* ``id`` (uint64, = the cleft's label in ``clefts``), ``pre_pt_root_id``, ``post_pt_root_id`` (segment ids);
+* ``id`` (uint64: the cleft's label in ``clefts`` for the cleft's best synapse; a further synapse on the same cleft
+  (``pairing: model``) takes the id of its contact's lowest voxel, packed as cleft ids are), ``cleft_id`` (the
+  cleft's label), ``pre_pt_root_id``, ``post_pt_root_id`` (segment ids);
 * ``pre_pt_position``, ``post_pt_position``, ``ctr_pt_position``: **lists [x, y, z] in nm** (CAVE order, x first;
   voxel (0, 0, 0) sits at the array's ``offset_nm``). ``ctr`` is the cleft's centre of mass; ``pre``/``post`` are
-  voxels inside the partner segments next to the cleft (nearest to its centre among contact voxels);
+  voxels inside the partner segments next to the cleft (nearest to its centre among contact voxels; with
+  ``pairing: model``, for a synapse on a contact: ``ctr`` is the contact's centre, ``pre``/``post`` its lowest
+  voxel in each partner);
 * ``size`` (cleft voxels, int), ``size_nm2`` (cleft area: half its exposed surface, nm^2), ``score`` (0..1),
   ``partner_score`` (0..1: the classifier's score of the pair with ``pairing: model``, else = ``score``),
   ``cleft_prob``, ``pre_prob``, ``post_prob`` (mean probabilities), ``contact_voxels`` (pre, post).
 
 ``clefts.parquet`` (beside it) lists every cleft, accepted or not, with ``status`` (``accepted`` or the rejection
-reason) and the same positions; ``synapses.json`` summarises the counts.
+reason), ``synapse_id`` and the same positions: one row per synapse on the cleft (several where a cleft holds
+several), or one row with the reason; ``synapses.json`` summarises the counts.
 
 Modules: ``params`` (parameters, halos), ``clefts`` (threshold, block labels, face merge), ``partners`` (partner
 statistics, the rules, the synapse table), ``partner_model`` (the classifier: features, scoring, training),

@@ -37,9 +37,11 @@ def _channel(meta, name: str) -> int:
 
 
 def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, marker_dir=None,
-          maps: str = SYNAPSE_MAPS, segmentation: str = "segmentation") -> dict:
+          maps: str = SYNAPSE_MAPS, segmentation: str = "segmentation", raw: str | None = "raw") -> dict:
     """Create the empty ``cleft_fragments`` array and write ``{work_dir}/setup.json`` (resolved parameters, grid
-    with the cleft halo, the map and segmentation arrays).
+    with the cleft halo, the map, segmentation and image arrays; ``raw``: the image the maps were predicted from,
+    ``aligned`` when the workflow aligns, whose grey values near each cleft are partner evidence; None: no image,
+    for the rule pairings only).
 
     An existing array with the same layout is kept (resized in place when the dataset grew, ``io.ensure_array``),
     so the blocks done before keep their pieces; cleft ids do not depend on the volume's shape (:func:`cleft_id`).
@@ -52,7 +54,12 @@ def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, 
     record = new_setup("synapses", volume, work_dir, shape=shape, block_shape=block_shape, chunk_shape=chunks,
                        halo=cleft_halo(params, meta.voxel_size), voxel_size=meta.voxel_size,
                        offset_nm=meta.offset_nm, params=params, provenance=provenance.record(params),
-                       marker_dir=marker_dir, maps=maps, segmentation=segmentation)
+                       marker_dir=marker_dir, maps=maps, segmentation=segmentation, raw=raw)
+    if raw is None and params["pairing"] == "model":
+        raise ValueError("synapses: pairing 'model' needs the image the maps were predicted from (raw)")
+    if raw is not None and tuple(io.read_meta(volume, raw).spatial_shape) != tuple(shape):
+        raise ValueError(f"synapses: the image '{raw}' in {volume} has shape {io.read_meta(volume, raw).spatial_shape}"
+                         f", the synapse maps {tuple(shape)}: give the image the maps were predicted from (--raw)")
     io.ensure_array(volume, FRAGMENTS, shape, np.uint64, chunks, meta.voxel_size, meta.offset_nm,
                     is_label=True, attrs={"provenance": record["provenance"]})
     return save_setup(record)
@@ -97,8 +104,13 @@ def finish(work_dir, out_synapses, out_clefts=None, summary=None) -> dict:
     maps = io.open_array(s["volume"], s["maps"])
     ci_pre, ci_post, ci_cleft = _channel(meta, "pre"), _channel(meta, "post"), _channel(meta, "cleft")
     seg = io.open_array(s["volume"], s["segmentation"])
+    if params["pairing"] == "model" and not s.get("raw"):
+        raise ValueError(f"{work_dir}/setup.json names no image (raw) for pairing 'model': run the setup again")
+    raw = io.open_array(s["volume"], s["raw"]) if s.get("raw") else None
     inputs = {"synapse_maps": provenance.array_digest(s["volume"], s["maps"]),
               "segmentation": provenance.array_digest(s["volume"], s["segmentation"])}
+    if raw is not None:
+        inputs["raw"] = provenance.array_digest(s["volume"], s["raw"])
     if params["pairing"] == "model":
         inputs["partner_model"] = model_digest(params["partner_model"])
     prov = provenance.record(params, inputs)
@@ -117,7 +129,8 @@ def finish(work_dir, out_synapses, out_clefts=None, summary=None) -> dict:
                                       np.asarray(maps[(ci_pre, *block.read.slices)]),
                                       np.asarray(maps[(ci_post, *block.read.slices)]), block.write_in_read,
                                       block.read.offset, vs, centres, params,
-                                      cleft_read=np.asarray(maps[(ci_cleft, *block.read.slices)]))
+                                      cleft_read=np.asarray(maps[(ci_cleft, *block.read.slices)]),
+                                      raw_read=None if raw is None else np.asarray(raw[block.read.slices]))
         parts.append(p)
         areas.append(a)
         faces.append(f)
@@ -137,7 +150,7 @@ def finish(work_dir, out_synapses, out_clefts=None, summary=None) -> dict:
         atomic_write_parquet(assigned, Path(out_clefts))
     counts = assigned["status"].value_counts().to_dict()
     result = {
-        "stage": "synapses", "clefts": int(len(assigned)), "synapses": int(len(table)),
+        "stage": "synapses", "clefts": int(len(clefts)), "synapses": int(len(table)),
         "status": {k: int(v) for k, v in counts.items()}, "pieces": int(len(stats)),
         "face_pairs": int(len(pairs)), "seconds": round(time.perf_counter() - start, 3),
         "provenance": prov,
@@ -150,7 +163,9 @@ def finish(work_dir, out_synapses, out_clefts=None, summary=None) -> dict:
 STAGE = Stage("synapses", setup, (Step("synapses", cleft_block),), finish,
               setup_options=(option("--maps", default=SYNAPSE_MAPS, help="synapse map array (channels cleft, pre, "
                                                                         "post)"),
-                             option("--segmentation", default="segmentation", help="segment label array")),
+                             option("--segmentation", default="segmentation", help="segment label array"),
+                             option("--raw", default="raw", help="the image the synapse maps were predicted from "
+                                                                 "(raw, or aligned)")),
               finish_options=(option("--synapses", dest="out_synapses", required=True,
                                      help="synapses.parquet to write"),
                               option("--clefts", dest="out_clefts", help="clefts.parquet (every cleft with its "
@@ -158,11 +173,11 @@ STAGE = Stage("synapses", setup, (Step("synapses", cleft_block),), finish,
 
 
 def detect_synapses(volume, work_dir, params=None, block_shape=(24, 192, 192), out_synapses=None, maps=SYNAPSE_MAPS,
-                    segmentation="segmentation") -> dict:
+                    segmentation="segmentation", raw: str | None = "raw") -> dict:
     """All steps in one process, through the workflow's runner (tests, notebooks, small volumes). Returns the
     finish summary."""
     work_dir = Path(work_dir)
-    setup(volume, work_dir, params, block_shape, maps=maps, segmentation=segmentation)
+    setup(volume, work_dir, params, block_shape, maps=maps, segmentation=segmentation, raw=raw)
     run_step(STAGE, work_dir)
     return finish(work_dir, out_synapses or work_dir / "synapses.parquet", work_dir / "clefts.parquet",
                   work_dir / "synapses.json")

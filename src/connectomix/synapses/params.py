@@ -30,6 +30,10 @@ def cleft_halo(params: dict, voxel_size) -> tuple[int, int, int]:
 
 
 def partner_halo(params: dict, voxel_size) -> tuple[int, int, int]:
-    """Halo (voxels) of the partner pass: the partner radius, plus one voxel for the surface-area faces."""
-    return tuple(math.ceil(params["partner_radius_nm"] / v) + 1 for v in voxel_size)  # type: ignore
+    """Halo (voxels) of the partner pass: the partner radius, plus one voxel for the surface-area faces; at least
+    the depth to which contacts are read on each side (``partners.FACE_DEPTH``)."""
+    from connectomix.synapses.partners import FACE_DEPTH
+
+    return tuple(max(math.ceil(params["partner_radius_nm"] / v) + 1, FACE_DEPTH)  # type: ignore
+                 for v in voxel_size)
 

@@ -15,14 +15,15 @@ from connectomix.synapses.clefts import probability
 
 
 BANDS_NM = (0.0, 40.0, 80.0, 160.0)  # distance bands from the cleft: its own voxels, then up to each edge (nm)
-BAND_COLUMNS = [f"{k}_b{i}" for i in range(len(BANDS_NM)) for k in ("n", "pre", "post", "cleft")]
+BAND_KEYS = ("pre", "post", "cleft", "raw", "raw2")  # per band: summed probabilities, grey value (0..1) and its square
+BAND_COLUMNS = [f"{k}_b{i}" for i in range(len(BANDS_NM)) for k in ("n", *BAND_KEYS)]
 PAIR_COLUMNS = ["id", "segment", "voxels", "sum_pre", "sum_post", "contact", "pt_dist", "pt_z", "pt_y", "pt_x",
                 *BAND_COLUMNS]
 SUM_COLUMNS = ["voxels", "sum_pre", "sum_post", "contact", *BAND_COLUMNS]
 
 
 def partner_stats_block(clefts_read, seg_read, pre_read, post_read, write_in_read, read_offset, voxel_size,
-                        centres: dict, params: dict, volume_end=None, cleft_read=None):
+                        centres: dict, params: dict, volume_end=None, cleft_read=None, raw_read=None):
     """Per (cleft, segment) sums over one block's write ROI; arrays hold the read ROI (halo >= partner radius).
 
     Every voxel of a segment within ``partner_radius_nm`` of a cleft (Euclidean, nm) counts for its nearest cleft.
@@ -31,7 +32,8 @@ def partner_stats_block(clefts_read, seg_read, pre_read, post_read, write_in_rea
     or of any shell voxel when none is in contact; ``pt_dist`` its distance in nm, +1e9 when not in contact;
     per distance band ``i`` of :data:`BANDS_NM` (band 0: the cleft's own voxels, band i: up to ``BANDS_NM[i]``):
     ``n_bi`` voxels and summed ``pre_bi``, ``post_bi``, ``cleft_bi`` probabilities (cleft: ``cleft_read``, the
-    cleft channel, else 0)); area:
+    cleft channel, else 0) and grey values ``raw_bi`` and their squares ``raw2_bi`` (``raw_read``, the image the
+    maps were predicted from, uint8 scaled to 0..1, else 0: the dark postsynaptic density and vesicle texture)); area:
     DataFrame ``id, area_nm2_x2`` (exposed cleft surface, nm^2, summed over this block's cleft voxels); interfaces:
     :func:`interface_faces` of the block.
     """
@@ -42,7 +44,9 @@ def partner_stats_block(clefts_read, seg_read, pre_read, post_read, write_in_rea
         return empty, pd.DataFrame({"id": np.zeros(0, np.uint64), "area_nm2_x2": np.zeros(0)}), _no_interfaces()
     dist_read, idx = ndimage.distance_transform_edt(~mask, sampling=voxel_size, return_indices=True)
     nearest_read = clefts_read[tuple(idx)]
-    interfaces = interface_faces(seg_read, nearest_read, dist_read <= params["interface_nm"], write_in_read)
+    interfaces = interface_faces(seg_read, nearest_read, dist_read <= params["interface_nm"], write_in_read,
+                                 read_offset, {"pre": pre_read, "post": post_read, "raw": raw_read}
+                                 if raw_read is not None else {"pre": pre_read, "post": post_read})
     nearest = nearest_read[write_in_read]
     dist = dist_read[write_in_read]
     seg = seg_read[write_in_read]
@@ -64,12 +68,14 @@ def partner_stats_block(clefts_read, seg_read, pre_read, post_read, write_in_rea
             "contact": contact.astype(np.int64), "pt_dist": np.where(contact, dc, dc + 1e9),
             "pt_z": g[0], "pt_y": g[1], "pt_x": g[2],
             "cleft": probability(cleft_read[write_in_read][sel]) if cleft_read is not None else np.zeros(len(d)),
+            "raw": probability(raw_read[write_in_read][sel]) if raw_read is not None else np.zeros(len(d)),
         })
+        df["raw2"] = df["raw"] ** 2
         band = np.searchsorted(np.asarray(BANDS_NM), d, side="left")  # 0 on the cleft, i up to BANDS_NM[i]
         for i in range(len(BANDS_NM)):
             inb = band == i
             df[f"n_b{i}"] = inb.astype(np.int64)
-            for k in ("pre", "post", "cleft"):
+            for k in BAND_KEYS:
                 df[f"{k}_b{i}"] = np.where(inb, df[k], 0.0)
         sums = df.groupby(["id", "segment"], sort=True).agg(
             voxels=("pre", "size"), sum_pre=("pre", "sum"), sum_post=("post", "sum"), contact=("contact", "sum"),
@@ -97,16 +103,30 @@ def partner_stats_block(clefts_read, seg_read, pre_read, post_read, write_in_rea
     return pairs, area, interfaces
 
 
-INTERFACE_COLUMNS = ["id", "segment_a", "segment_b", "faces"]
+FACE_KEYS = ("pre", "post", "raw")  # values read on both sides of a contact, FACE_DEPTH voxels deep
+FACE_DEPTH = 3
+INTERFACE_COLUMNS = ["id", "segment_a", "segment_b", "faces", "sum_z", "sum_y", "sum_x", "first_a", "first_b",
+                     *[f"{k}_{side}" for side in "ab" for k in ("n", *FACE_KEYS)]]
 
 
-def interface_faces(seg_read, nearest_read, near_read, write_in_read):
+def interface_faces(seg_read, nearest_read, near_read, write_in_read, read_offset=(0, 0, 0), values=None):
     """Contacts between segments on each cleft: per (cleft, segment a < segment b), the voxel faces between a voxel
     of a and a voxel of b (6-neighbours) that are both ``near`` (within ``interface_nm``) the same cleft.
 
-    ``nearest_read`` holds each read-ROI voxel's nearest cleft id (0: none). A face belongs to the block that owns
-    its lower voxel (write ROI); its upper voxel may lie in the halo, so sums over blocks equal the whole volume's.
+    Columns :data:`INTERFACE_COLUMNS`: ``faces`` (count), ``sum_z, sum_y, sum_x`` (summed face centres, global
+    voxels: their mean is the contact's centre), ``first_a``, ``first_b`` (the smallest
+    :func:`~connectomix.synapses.clefts.cleft_id` of the contact's voxels in segment a and in segment b: its lowest
+    voxel on each side) and, per side, the voxels ``n_a`` / ``n_b`` up to :data:`FACE_DEPTH` deep from each face
+    along its normal (within the side's segment and the read ROI) with the sums of ``values`` (``{key: read-ROI
+    array}`` for the keys of :data:`FACE_KEYS`, uint8 scaled to 0..1; absent keys sum to 0) over them: what lies
+    right at the contact on each side (postsynaptic density, vesicles). ``nearest_read`` holds each read-ROI
+    voxel's nearest cleft id (0: none); ``read_offset`` is the read ROI's global offset. A face belongs to the block
+    that owns its lower voxel (write ROI); its upper voxel may lie in the halo, so sums (and minima) over blocks
+    equal the whole volume's where the halo is at least ``FACE_DEPTH`` voxels.
     """
+    from connectomix.synapses.clefts import cleft_id
+
+    values = {k: probability(v) for k, v in (values or {}).items()}
     parts = []
     for axis in range(3):
         w = write_in_read[axis]
@@ -118,24 +138,60 @@ def interface_faces(seg_read, nearest_read, near_read, write_in_read):
         cleft = nearest_read[lower]
         ok = (a > 0) & (b > 0) & (a != b) & (cleft > 0) & (cleft == nearest_read[upper]) & near_read[lower] & \
             near_read[upper]
+        idx = np.nonzero(ok)
+        local = [idx[k] + lower[k].start for k in range(3)]  # read-ROI voxels of the lower side
+        low = [local[k] + read_offset[k] for k in range(3)]  # global voxels of the lower side
+        up = [c + (k == axis) for k, c in enumerate(low)]
         a, b = a[ok].astype(np.uint64), b[ok].astype(np.uint64)
-        parts.append(pd.DataFrame({"id": cleft[ok].astype(np.uint64), "segment_a": np.minimum(a, b),
-                                   "segment_b": np.maximum(a, b)}))
+        id_low, id_up = cleft_id(low), cleft_id(up)
+        a_first = a < b  # the lower voxel is in segment_a
+        frame = {"id": cleft[ok].astype(np.uint64), "segment_a": np.minimum(a, b), "segment_b": np.maximum(a, b),
+                 "z": low[0] + 0.5 * (axis == 0), "y": low[1] + 0.5 * (axis == 1), "x": low[2] + 0.5 * (axis == 2),
+                 "first_a": np.where(a_first, id_low, id_up), "first_b": np.where(a_first, id_up, id_low)}
+        # each side, FACE_DEPTH voxels deep along the normal (down from the lower voxel, up from the upper one)
+        sides = {}
+        for name, segment, start, step in (("low", a, local[axis], -1), ("up", b, local[axis] + 1, 1)):
+            n = np.zeros(len(segment))
+            sums = {k: np.zeros(len(segment)) for k in FACE_KEYS}
+            for depth in range(FACE_DEPTH):
+                pos = start + step * depth
+                inside = (pos >= 0) & (pos < seg_read.shape[axis])
+                at = [c.copy() for c in local]
+                at[axis] = np.clip(pos, 0, seg_read.shape[axis] - 1)
+                at = tuple(at)
+                same = inside & (seg_read[at] == segment)
+                n += same
+                for k in FACE_KEYS:
+                    if k in values:
+                        sums[k] += np.where(same, values[k][at], 0.0)
+            sides[name] = (n, sums)
+        for side, pick in (("a", a_first), ("b", ~a_first)):
+            n = np.where(pick, sides["low"][0], sides["up"][0])
+            frame[f"n_{side}"] = n
+            for k in FACE_KEYS:
+                frame[f"{k}_{side}"] = np.where(pick, sides["low"][1][k], sides["up"][1][k])
+        parts.append(pd.DataFrame(frame))
     df = pd.concat(parts, ignore_index=True)
     if df.empty:
         return _no_interfaces()
-    return df.groupby(["id", "segment_a", "segment_b"], sort=True).size().rename("faces").reset_index()[
-        INTERFACE_COLUMNS]
+    sums = {c: (c, "sum") for c in INTERFACE_COLUMNS[9:]}
+    return df.groupby(["id", "segment_a", "segment_b"], sort=True).agg(
+        faces=("z", "size"), sum_z=("z", "sum"), sum_y=("y", "sum"), sum_x=("x", "sum"), first_a=("first_a", "min"),
+        first_b=("first_b", "min"), **sums).reset_index()[INTERFACE_COLUMNS]
 
 
 def _no_interfaces():
-    return pd.DataFrame({c: np.zeros(0, np.int64 if c == "faces" else np.uint64) for c in INTERFACE_COLUMNS})
+    ids = ("id", "segment_a", "segment_b", "first_a", "first_b")
+    return pd.DataFrame({c: np.zeros(0, np.uint64 if c in ids else np.int64 if c == "faces" else np.float64)
+                         for c in INTERFACE_COLUMNS})
 
 
 def combine_interfaces(parts):
-    """Sum per-block :func:`interface_faces` tables."""
+    """Sum (counts, centres, side values) and take the minima (``first_a``, ``first_b``) of per-block
+    :func:`interface_faces`."""
     df = pd.concat(parts, ignore_index=True)
-    return df.groupby(["id", "segment_a", "segment_b"], sort=True)["faces"].sum().reset_index()
+    agg = {c: (c, "min" if c.startswith("first_") else "sum") for c in INTERFACE_COLUMNS[3:]}
+    return df.groupby(["id", "segment_a", "segment_b"], sort=True).agg(**agg).reset_index()[INTERFACE_COLUMNS]
 
 
 def combine_pairs(parts):
@@ -257,7 +313,8 @@ def _largest_interfaces(interfaces, cand) -> dict:
 
 
 def synapse_table(assigned, voxel_size, offset_nm):
-    """The CAVE-style ``synapses.parquet`` rows (accepted clefts only; positions as [x, y, z] nm lists)."""
+    """The CAVE-style ``synapses.parquet`` rows (accepted synapses only; positions as [x, y, z] nm lists): ``id``
+    (the assignment's ``synapse_id``, else the cleft's id) and ``cleft_id`` (the label in ``clefts``)."""
     acc = assigned[assigned["status"] == "accepted"].reset_index(drop=True)
 
     def points(prefix):
@@ -267,8 +324,10 @@ def synapse_table(assigned, voxel_size, offset_nm):
         xyz = acc[cols].to_numpy(float) * vs + off
         return [list(map(float, p)) for p in xyz]
 
+    ids = acc["synapse_id"] if "synapse_id" in acc else acc["id"]
     return pd.DataFrame({
-        "id": acc["id"].to_numpy(np.uint64),
+        "id": ids.to_numpy(np.uint64),
+        "cleft_id": acc["id"].to_numpy(np.uint64),
         "pre_pt_position": points("pre_pt"),
         "post_pt_position": points("post_pt"),
         "ctr_pt_position": points("ctr"),
