@@ -7,7 +7,7 @@ Each phantom seed's dataset folder (``DIR``: a workflow result ``results/phantom
 ``synapse_maps``, ``segmentation``, ``gt/labels``; seeds without ``--data`` are run through the workflow on
 config.yaml up to the segmentation) is copied, the synapse stage runs on it with each rule's parameters and each
 segmentation, and the tables are scored against the phantom's ground truth. Seed 7 is the demo; seeds 10-12 are
-unseen; the classifier trained on 13-15 (``--train 13 14 15``: writes models/synapse_partners.json) and its
+unseen; the classifier trained on 13-20 (``--train 13 14 15 16 17 18 19 20``: writes models/synapse_partners.json) and its
 ``min_partner_score`` and ``min_site_distance_nm`` were chosen on seed 9 (``--tune 9``: prints the scan; the
 choice maximises synapse F1 + partner accuracy + edge F1).
 """
@@ -292,7 +292,7 @@ def write(rows, out: Path, today: dict, new: dict) -> None:
              f"clefts of at least {new['min_size_voxels']} voxels, partner_radius_nm {new['partner_radius_nm']}, "
              f"min_partner_score {new.get('min_partner_score')}, min_site_distance_nm "
              f"{new.get('min_site_distance_nm')}), the classifier models/synapse_partners.json trained on phantom "
-             "seeds 13-15 (ground truth and reconstruction); its minimum score and site distance were chosen on seed "
+             "seeds 13-20 (ground truth and reconstruction); its minimum score and site distance were chosen on seed "
              "9 (so seed 9 is no test). `oracle`: the same clefts and sites with a perfect classifier (every site "
              "holding a true pair gets it): the ceiling of any partner model on these maps. Seed 7 is the demo, "
              "10-12 unseen. Synapses matched one-to-one within 200 nm (Hungarian); partner accuracy = "

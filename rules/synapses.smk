@@ -22,6 +22,7 @@ checkpoint synapses_setup:
         markers=marker_dir,
         spec=json_arg(SYNAPSES),
         block=zyx(CFG["blocks"]["shape"]),
+        image=SYNAPSES_RAW,
     log:
         PATHS.log("synapses/setup"),
     conda:
@@ -32,7 +33,7 @@ checkpoint synapses_setup:
     shell:
         "python -m connectomix synapses setup --volume {params.volume:q} --work-dir {params.work:q} "
         "--params {params.spec} --block-shape {params.block} --marker-dir {params.markers:q} "
-        "--raw {SYNAPSES_RAW} > {log:q} 2>&1"
+        "--raw {params.image} > {log:q} 2>&1"
 
 
 rule synapses_block:

@@ -110,7 +110,7 @@ def test_every_blockwise_stage_has_the_same_verbs_and_arguments(stage):
     commands = _subcommands(stage)
     setup = {"--volume", "--work-dir", "--params", "--block-shape", "--chunk-shape", "--marker-dir"}
     extras = {"align": set(), "predict": {"--input", "--missing-affinities"}, "segment": set(),
-              "synapses": {"--maps", "--segmentation"}, "skeletonize": {"--array"}}[stage]
+              "synapses": {"--maps", "--segmentation", "--raw"}, "skeletonize": {"--array"}}[stage]
     assert commands["setup"] == setup | extras
     # the block step takes the work dir, the step and the blocks, and options that cannot change a result
     assert {"--work-dir", "--step", "--blocks"} <= commands["block"]
