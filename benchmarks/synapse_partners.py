@@ -150,10 +150,10 @@ def _identity(table):
     return {i: i for i in ids}
 
 
-def examples(seed: Seed, params: dict):
+def examples(seed: Seed, params: dict, segmentations=SEGMENTATIONS):
     """Ordered pairs of every synapse site (:func:`connectomix.synapses.partner_model.site_pairs`) with labels
     (1 = the true pre, post pair of a ground-truth synapse within the match tolerance of the site's centre) on
-    both segmentations."""
+    each segmentation."""
     import pandas as pd
     from scipy.spatial import cKDTree
 
@@ -162,7 +162,7 @@ def examples(seed: Seed, params: dict):
     from connectomix.synapses import partner_model
 
     parts = []
-    for segmentation in SEGMENTATIONS:
+    for segmentation in segmentations:
         run = seed.stage(params, segmentation)
         feats = partner_model.site_pairs(run["clefts"], run["pairs"], synapses.resolve(params), VOXEL,
                                          run["interfaces"])
@@ -174,7 +174,7 @@ def examples(seed: Seed, params: dict):
         for j, rows in enumerate(cKDTree(centres).query_ball_point(truth, TOLERANCE_NM) if len(feats) else []):
             rows = np.asarray(rows, int)
             y[rows[(a[rows] == gt_pre[j]) & (b[rows] == gt_post[j])]] = 1.0
-        parts.append(feats.assign(y=y, segmentation=segmentation))
+        parts.append(feats.assign(y=y))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -183,26 +183,20 @@ def oracle_table(seed: Seed, params: dict, segmentation: str):
     (the labels of :func:`examples` as scores, ``min_site_distance_nm`` as configured)."""
     import pandas as pd
 
+    from connectomix import synapses
     from connectomix.synapses import partner_model
 
-    ex = examples(seed, params)
-    ex = ex[ex["segmentation"] == segmentation] if "segmentation" in ex else ex
+    ex = examples(seed, params, (segmentation,))
     ex = ex[ex["y"] > 0].sort_values(["id", "segment_a", "segment_b"]).drop_duplicates(["id", "segment_a",
                                                                                           "segment_b"])
     ex = ex.assign(partner_score=1.0, ok=True)
-    ex = ex[~partner_model._suppressed(ex, synapses_params(params)["min_site_distance_nm"], VOXEL)]
+    ex = ex[~partner_model.suppressed(ex, synapses.resolve(params)["min_site_distance_nm"], VOXEL)]
 
     def xyz(cols):
         return [list(map(float, p)) for p in ex[cols].to_numpy(float)[:, ::-1] * np.asarray(VOXEL)[::-1]]
 
     return pd.DataFrame({"ctr_pt_position": xyz(["site_z", "site_y", "site_x"]),
                          "pre_pt_root_id": ex["a"].to_numpy(np.uint64), "post_pt_root_id": ex["b"].to_numpy(np.uint64)})
-
-
-def synapses_params(params: dict) -> dict:
-    from connectomix import synapses
-
-    return synapses.resolve(params)
 
 
 def main(argv=None) -> int:

@@ -186,8 +186,7 @@ def test_interface_faces_blockwise_sum_to_the_whole_volume():
     # the lowest voxel of a contact on each side lies in that side's segment
     for (cid, a, b), row in table.head(20).iterrows():
         for first, segment in ((row["first_a"], a), (row["first_b"], b)):
-            v = int(first) - 1
-            assert seg[v >> 42, (v >> 21) & 0x1FFFFF, v & 0x1FFFFF] == segment
+            assert seg[tuple(syn.cleft_voxel(first)[0])] == segment
     assert set(whole.index.get_level_values(0)) <= {1, 2, 3}
     assert (whole.index.get_level_values(1) < whole.index.get_level_values(2)).all()
 
@@ -222,6 +221,11 @@ def test_stitching_matches_whole_volume_components(tmp_path, connectivity):
     spanning = [b for b in boxes if any(s.start // n != (s.stop - 1) // n for s, n in zip(b, (8, 32, 32)))]
     assert len(spanning) > 3  # the test really crosses block faces
     np.testing.assert_array_equal(got, expected)
+
+
+def test_cleft_voxel_unpacks_cleft_id():
+    zyx = np.array([[0, 0, 0], [3, 70000, 5], [2097151, 1, 2097151]])
+    np.testing.assert_array_equal(syn.cleft_voxel(syn.cleft_id(zyx.T)), zyx)
 
 
 def test_cleft_ids_stay_when_the_volume_grows(toy, tmp_path):

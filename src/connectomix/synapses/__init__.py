@@ -72,7 +72,7 @@ statistics, the rules, the synapse table), ``partner_model`` (the classifier: fe
 from __future__ import annotations
 
 from connectomix.synapses.blockwise import CLEFTS, FRAGMENTS, STAGE, SYNAPSE_MAPS, detect_synapses, finish, setup
-from connectomix.synapses.clefts import cleft_id, face_pairs, label_block, merge_pieces, threshold_cleft
+from connectomix.synapses.clefts import cleft_id, cleft_voxel, face_pairs, label_block, merge_pieces, threshold_cleft
 from connectomix.synapses.params import cleft_halo, partner_halo, resolve
 from connectomix.synapses.partner_model import PartnerModel, assign
 from connectomix.synapses.partners import assign_partners, combine_interfaces, combine_pairs, interface_faces
@@ -80,7 +80,7 @@ from connectomix.synapses.partners import partner_stats_block, synapse_table
 
 __all__ = [
     "CLEFTS", "FRAGMENTS", "STAGE", "SYNAPSE_MAPS", "PartnerModel", "assign", "assign_partners", "cleft_halo",
-    "cleft_id", "combine_interfaces",
+    "cleft_id", "cleft_voxel", "combine_interfaces",
     "combine_pairs", "detect_synapses", "face_pairs", "finish", "interface_faces", "label_block", "merge_pieces",
     "partner_halo", "partner_stats_block", "resolve", "setup", "synapse_table", "threshold_cleft",
 ]

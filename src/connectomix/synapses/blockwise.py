@@ -57,9 +57,10 @@ def setup(volume, work_dir, params: dict | None, block_shape, chunk_shape=None, 
                        marker_dir=marker_dir, maps=maps, segmentation=segmentation, raw=raw)
     if raw is None and params["pairing"] == "model":
         raise ValueError("synapses: pairing 'model' needs the image the maps were predicted from (raw)")
-    if raw is not None and tuple(io.read_meta(volume, raw).spatial_shape) != tuple(shape):
-        raise ValueError(f"synapses: the image '{raw}' in {volume} has shape {io.read_meta(volume, raw).spatial_shape}"
-                         f", the synapse maps {tuple(shape)}: give the image the maps were predicted from (--raw)")
+    raw_shape = tuple(io.read_meta(volume, raw).spatial_shape) if raw is not None else tuple(shape)
+    if raw_shape != tuple(shape):
+        raise ValueError(f"synapses: the image '{raw}' in {volume} has shape {raw_shape}, the synapse maps "
+                         f"{tuple(shape)}: give the image the maps were predicted from (--raw)")
     io.ensure_array(volume, FRAGMENTS, shape, np.uint64, chunks, meta.voxel_size, meta.offset_nm,
                     is_label=True, attrs={"provenance": record["provenance"]})
     return save_setup(record)

@@ -45,6 +45,13 @@ def cleft_id(zyx) -> np.ndarray:
     return ((z << bits | y) << bits | x) + np.uint64(1)
 
 
+def cleft_voxel(ids) -> np.ndarray:
+    """The global voxels (rows z, y, x) that :func:`cleft_id` values pack."""
+    v = np.asarray(ids, dtype=np.uint64).reshape(-1) - np.uint64(1)
+    mask, bits = np.uint64((1 << COORD_BITS) - 1), np.uint64(COORD_BITS)
+    return np.stack([v >> (bits + bits), (v >> bits) & mask, v & mask], axis=1)
+
+
 def label_block(mask: np.ndarray, prob: np.ndarray, write_offset, params: dict, inner_faces=((True, True),) * 3):
     """Connected components of one block's write-ROI mask with provisional global ids.
 

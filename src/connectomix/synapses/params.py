@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from connectomix import config
+from connectomix.synapses.partners import FACE_DEPTH
 
 
 def resolve(params: dict | None = None) -> dict:
@@ -32,8 +33,6 @@ def cleft_halo(params: dict, voxel_size) -> tuple[int, int, int]:
 def partner_halo(params: dict, voxel_size) -> tuple[int, int, int]:
     """Halo (voxels) of the partner pass: the partner radius, plus one voxel for the surface-area faces; at least
     the depth to which contacts are read on each side (``partners.FACE_DEPTH``)."""
-    from connectomix.synapses.partners import FACE_DEPTH
-
     return tuple(max(math.ceil(params["partner_radius_nm"] / v) + 1, FACE_DEPTH)  # type: ignore
                  for v in voxel_size)
 

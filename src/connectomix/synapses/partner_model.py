@@ -21,6 +21,7 @@ import pandas as pd
 
 from connectomix.mlp import MLP
 from connectomix.mlp import fit as fit_mlp
+from connectomix.synapses.clefts import cleft_voxel
 from connectomix.synapses.partners import BANDS_NM, FACE_KEYS, assign_partners, empty_assignment
 
 NB = len(BANDS_NM)
@@ -239,15 +240,6 @@ def assign(clefts, pairs, params: dict, interfaces=None, voxel_size=(1.0, 1.0, 1
     return _assign_by_model(out, pairs, params, interfaces, voxel_size, model)
 
 
-def _voxel(ids) -> np.ndarray:
-    """Global voxel (z, y, x) rows of :func:`~connectomix.synapses.clefts.cleft_id` values."""
-    from connectomix.synapses.clefts import COORD_BITS
-
-    v = np.asarray(ids, np.uint64) - np.uint64(1)
-    mask, bits = np.uint64((1 << COORD_BITS) - 1), np.uint64(COORD_BITS)
-    return np.stack([v >> (bits + bits), (v >> bits) & mask, v & mask], axis=1).astype(float)
-
-
 def _assign_by_model(out, pairs, params, interfaces, voxel_size, model):
     """``pairing: model``: the sites of each cleft (:func:`sites`); a site whose score reaches
     ``min_partner_score`` is a synapse (``accepted``; one row per synapse, so a cleft holding several has several
@@ -267,7 +259,7 @@ def _assign_by_model(out, pairs, params, interfaces, voxel_size, model):
     found = sites(out, pairs, params, voxel_size, interfaces, model)
     found = found[np.isin(found["id"].to_numpy(np.uint64), ids)]
     found["ok"] = found["partner_score"] >= params["min_partner_score"]
-    found["ok"] &= ~_suppressed(found, params["min_site_distance_nm"], voxel_size)
+    found["ok"] &= ~suppressed(found, params["min_site_distance_nm"], voxel_size)
     any_ok = found.groupby("id")["ok"].transform("any")
     # the synapses, and each cleft's best site where none is one
     best_rejected = (found[~any_ok].sort_values(["id", "partner_score"], ascending=[True, False])
@@ -298,7 +290,7 @@ def _assign_by_model(out, pairs, params, interfaces, voxel_size, model):
     on_contact = keep["faces"].to_numpy() > 0
     for name, frame, first in (("pre", pre, "first_a"), ("post", post, "first_b")):
         points = frame[["pt_z", "pt_y", "pt_x"]].to_numpy(float, copy=True)
-        points[on_contact] = _voxel(keep[first].to_numpy(np.uint64)[on_contact])
+        points[on_contact] = cleft_voxel(keep[first].to_numpy(np.uint64)[on_contact])
         for k, axis in enumerate("zyx"):
             rows[f"{name}_pt_{axis}"] = points[:, k]
     for k, axis in enumerate("zyx"):
@@ -312,7 +304,7 @@ def _assign_by_model(out, pairs, params, interfaces, voxel_size, model):
     return out
 
 
-def _suppressed(found, distance_nm: float, voxel_size) -> np.ndarray:
+def suppressed(found, distance_nm: float, voxel_size) -> np.ndarray:
     """Sites (rows of :func:`sites` with ``ok``) within ``distance_nm`` of a better-scoring ``ok`` site of the same
     cleft (greedy, best first)."""
     out = np.zeros(len(found), bool)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from connectomix.synapses.clefts import probability
+from connectomix.synapses.clefts import cleft_id, probability
 
 
 # --- partner statistics (per block of the finish pass) -------------------------------------------------------------
@@ -45,8 +45,8 @@ def partner_stats_block(clefts_read, seg_read, pre_read, post_read, write_in_rea
     dist_read, idx = ndimage.distance_transform_edt(~mask, sampling=voxel_size, return_indices=True)
     nearest_read = clefts_read[tuple(idx)]
     interfaces = interface_faces(seg_read, nearest_read, dist_read <= params["interface_nm"], write_in_read,
-                                 read_offset, {"pre": pre_read, "post": post_read, "raw": raw_read}
-                                 if raw_read is not None else {"pre": pre_read, "post": post_read})
+                                 read_offset, {k: v for k, v in (("pre", pre_read), ("post", post_read),
+                                                                 ("raw", raw_read)) if v is not None})
     nearest = nearest_read[write_in_read]
     dist = dist_read[write_in_read]
     seg = seg_read[write_in_read]
@@ -124,8 +124,6 @@ def interface_faces(seg_read, nearest_read, near_read, write_in_read, read_offse
     that owns its lower voxel (write ROI); its upper voxel may lie in the halo, so sums (and minima) over blocks
     equal the whole volume's where the halo is at least ``FACE_DEPTH`` voxels.
     """
-    from connectomix.synapses.clefts import cleft_id
-
     values = {k: probability(v) for k, v in (values or {}).items()}
     parts = []
     for axis in range(3):
