@@ -105,13 +105,30 @@ def _sources(text: str) -> list[dict]:
     return value
 
 
-def run(args) -> int:
-    """Load the training data the options name, train (or resume) and print a one-line summary."""
+def parse_params(args) -> tuple[dict, dict]:
+    """``--params`` as given (JSON) and merged over the defaults (:func:`~connectomix.train.loop.merge_params`)."""
     try:
         params = json.loads(args.params)
     except json.JSONDecodeError as error:
         raise ValueError(f"--params is not valid JSON: {error}") from error
-    merged = merge_params(params)
+    return params, merge_params(params)
+
+
+def launch(verb: str, inputs: str, fit, data, params: dict, merged: dict, args) -> tuple[dict, float]:
+    """Run ``fit`` (:func:`~connectomix.train.loop.train` or :func:`~connectomix.train.pretrain.pretrain`) with the
+    CLI's output, device and resume options, recording the command line (``python -m connectomix {verb} {inputs}``
+    and the common options); returns its checkpoint JSON and the seconds it took."""
+    command = (f"python -m connectomix {verb} {inputs}--out {args.out} "
+               f"--params '{json.dumps(params, sort_keys=True)}' --device {args.device} --threads {args.threads}")
+    t0 = time.time()
+    payload = fit(data, merged, args.out, args.device, args.threads, resume=not args.no_resume,
+                  progress=not args.no_progress, extra_meta={"command": command})
+    return payload, time.time() - t0
+
+
+def run(args) -> int:
+    """Load the training data the options name, train (or resume) and print a one-line summary."""
+    params, merged = parse_params(args)
     if args.sources:
         specs = _sources(args.sources)
         loaded = [_load_source(spec, merged) for spec in specs]
@@ -124,13 +141,8 @@ def run(args) -> int:
             spec.pop("gt_format", None), spec.pop("clefts_format", None)
         data, source = _load_source(spec, merged)
         data = at_pixel_nm(data, merged["pixel_nm"])
-    command = (f"python -m connectomix train {source}"
-               + (f"--synapses {args.synapses} " if args.synapses else "")
-               + f"--out {args.out} --params '{json.dumps(params, sort_keys=True)}' --device {args.device} "
-               + f"--threads {args.threads}")
-    t0 = time.time()
-    payload = train(data, merged, args.out, args.device, args.threads, resume=not args.no_resume,
-                    progress=not args.no_progress, extra_meta={"command": command})
+    inputs = source + (f"--synapses {args.synapses} " if args.synapses else "")
+    payload, seconds = launch("train", inputs, train, data, params, merged, args)
     print(f"train: {payload['iterations']} iterations, validation {payload['validation']} "
-          f"({time.time() - t0:.0f} s) -> {args.out}")
+          f"({seconds:.0f} s) -> {args.out}")
     return 0

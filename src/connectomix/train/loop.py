@@ -113,6 +113,21 @@ def _split(data: TrainData, fraction: float) -> tuple[TrainData, TrainData | Non
     return data.slab(0, z - n_val), data.slab(z - n_val, z)
 
 
+def prepare_run(data, params: dict, device, threads: int):
+    """What a training or pretraining run sets up first: ``(normalization, datasets, device, architecture,
+    output shape)``: :func:`normalized_datasets`, the torch device (deterministic algorithms on), the architecture
+    of ``params['model']`` and the valid output shape nearest ``params['output_shape']``."""
+    import torch
+
+    from connectomix.models import architecture_from_params
+
+    norm, datasets = normalized_datasets(data, params)
+    dev = resolve_device(device, threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    arch = architecture_from_params(params["model"])
+    return norm, datasets, dev, arch, arch.valid_output_shape(params["output_shape"])
+
+
 def normalized_datasets(data, params: dict) -> tuple[dict, list]:
     """(``params``' input normalization, the training volume(s) of ``data`` as a list, each with the
     ``value_range`` that normalization gives it: percentiles of a :func:`~connectomix.predict.grey_sample`)."""
@@ -169,15 +184,11 @@ def train(data: TrainData | list, params: dict | None, out_dir, device: str = "a
     import torch
     from tqdm import tqdm
 
-    from connectomix.models import UNet, architecture_from_params, load_checkpoint, save_checkpoint
+    from connectomix.models import UNet, load_checkpoint, save_checkpoint
 
     params = merge_params(params)
-    norm, datasets = normalized_datasets(data, params)
-    dev = resolve_device(device, threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    norm, datasets, dev, arch, out_shape = prepare_run(data, params, device, threads)
     out = Path(out_dir)
-    arch = architecture_from_params(params["model"])
-    out_shape = arch.valid_output_shape(params["output_shape"])
     if out_shape[1] != out_shape[2]:
         raise ValueError(f"train output_shape must be square in-plane (y == x), got {out_shape}")
     splits = [_split(d, params["validation_fraction"]) for d in datasets]

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from connectomix.train.data import TrainData, sample_batch
-from connectomix.train.loop import learning_rate, merge_params, normalized_datasets
+from connectomix.train.loop import learning_rate, merge_params, prepare_run
 
 
 
@@ -87,20 +87,15 @@ def pretrain(data: TrainData | list, params: dict | None, out_dir, device: str =
     import torch
     from tqdm import tqdm
 
-    from connectomix.models import UNet, architecture_from_params, load_checkpoint, save_checkpoint
-    from connectomix.predict import resolve_device
+    from connectomix.models import UNet, load_checkpoint, save_checkpoint
     from connectomix.provenance import config_hash
 
     params = merge_params(params)
     pre = params["pretrain"]
     total = int(pre["iterations"])
     schedule = {**params, "iterations": total}
-    norm, datasets = normalized_datasets(data, params)
-    dev = resolve_device(device, threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    norm, datasets, dev, arch, out_shape = prepare_run(data, params, device, threads)
     out = Path(out_dir)
-    arch = architecture_from_params(params["model"])
-    out_shape = arch.valid_output_shape(params["output_shape"])
     state_path = out / "training_state.pt"
     start, seconds, history = 0, 0.0, []
     if resume and state_path.exists() and (out / "checkpoint.json").exists():
@@ -225,22 +220,15 @@ def load_raw(spec: str, voxel_size=None) -> TrainData:
 
 def run(args) -> int:
     """Load the raw volumes, pretrain (or resume) and print a one-line summary."""
+    from connectomix.train.cli import launch, parse_params
     from connectomix.train.data import at_pixel_nm
 
-    try:
-        params = json.loads(args.params)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--params is not valid JSON: {error}") from error
-    merged = merge_params(params)
+    params, merged = parse_params(args)
     data = [load_raw(spec, args.voxel_size) for spec in args.raw]
     data = [at_pixel_nm(d, merged["pixel_nm"]) for d in data]
-    command = (f"python -m connectomix pretrain --raw {' '.join(args.raw)} "
-               + (f"--voxel-size {' '.join(f'{v:g}' for v in args.voxel_size)} " if args.voxel_size else "")
-               + f"--out {args.out} --params '{json.dumps(params, sort_keys=True)}' --device {args.device} "
-               + f"--threads {args.threads}")
-    t0 = time.time()
-    payload = pretrain(data, merged, args.out, args.device, args.threads, resume=not args.no_resume,
-                       progress=not args.no_progress, extra_meta={"command": command})
+    inputs = (f"--raw {' '.join(args.raw)} "
+              + (f"--voxel-size {' '.join(f'{v:g}' for v in args.voxel_size)} " if args.voxel_size else ""))
+    payload, seconds = launch("pretrain", inputs, pretrain, data, params, merged, args)
     print(f"pretrain: {payload['iterations']} iterations, masked MSE {payload['validation'].get('masked_mse')} "
-          f"({time.time() - t0:.0f} s) -> {args.out}")
+          f"({seconds:.0f} s) -> {args.out}")
     return 0
