@@ -7,9 +7,9 @@ Each phantom seed's dataset folder (``DIR``: a workflow result ``results/phantom
 ``synapse_maps``, ``segmentation``, ``gt/labels``; seeds without ``--data`` are run through the workflow on
 config.yaml up to the segmentation) is copied, the synapse stage runs on it with each rule's parameters and each
 segmentation, and the tables are scored against the phantom's ground truth. Seed 7 is the demo; seeds 10-12 are
-unseen; the classifier trained on 13-20 (``--train 13 14 15 16 17 18 19 20``: writes models/synapse_partners.json) and its
-``min_partner_score`` and ``min_site_distance_nm`` were chosen on seed 9 (``--tune 9``: prints the scan; the
-choice maximises synapse F1 + partner accuracy + edge F1).
+unseen; the classifier trained on 13-20 (``--train 13 14 15 16 17 18 19 20``: writes
+models/synapse_partners.json) and its ``min_partner_score`` and ``min_site_distance_nm`` were chosen on seed 9
+(``--tune 9``: prints the scan; the choice maximises synapse F1 + partner accuracy + edge F1).
 """
 
 from __future__ import annotations
